@@ -1,0 +1,40 @@
+# Two commands set up and use a fresh machine (see README):
+#   make quickstart   generate the shapes dataset, train, evaluate and export the small model
+#   make test         run the test suite
+# Each creates .venv/ with the pinned stack on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test test-all lint lock clean-quickstart
+
+$(STAMP): setup.cfg requirements-lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-lock.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(PY) -m paa_tf.cli.quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check paa_tf bin tests bench
+
+# Re-pin the whole environment after changing a pin in setup.cfg.
+lock:
+	rm -rf /tmp/paa-lock-venv && $(PYTHON) -m venv /tmp/paa-lock-venv
+	/tmp/paa-lock-venv/bin/pip install -q -e '.[dev]'
+	/tmp/paa-lock-venv/bin/pip freeze --exclude-editable | grep -v '^paa-tf' > requirements-lock.txt.new
+	(head -2 requirements-lock.txt; cat requirements-lock.txt.new) > requirements-lock.txt.tmp
+	rm requirements-lock.txt.new && mv requirements-lock.txt.tmp requirements-lock.txt
+
+clean-quickstart:
+	rm -rf data/shapes runs/quickstart

@@ -1,0 +1,368 @@
+"""Experiment configuration: typed dataclasses, YAML files and strict overrides.
+
+An experiment is one `ExperimentConfig` with the sections `data`, `model`,
+`assign`, `loss`, `train`, `eval` and `export`. YAML files may start from
+another file with `base: other.yaml` (a path relative to the file), then
+override any subset of fields. Unknown keys and values of the wrong type are
+errors that name the key and, for a misspelling, the nearest valid key.
+
+Defaults are the project defaults of the spec's first table (authors' code,
+"KK"), for the R50 1x COCO schedule.
+"""
+
+import dataclasses
+import difflib
+import pathlib
+import typing
+from typing import Optional, Tuple
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be applied."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    format: str = "coco"  # 'coco' | 'voc' | 'tfrecord'
+    train_images: str = ""  # COCO image folder for training
+    train_annotations: str = ""  # COCO instances JSON for training
+    val_images: str = ""
+    val_annotations: str = ""
+    voc_root: str = ""  # VOC folder with Annotations/, JPEGImages/, ImageSets/Main/
+    voc_train_split: str = "trainval"
+    voc_val_split: str = "test"
+    train_tfrecords: str = ""  # glob of Model Garden-layout TFRecords
+    val_tfrecords: str = ""
+    label_map: str = ""  # JSON label map; derived from the annotations when empty
+    min_size: Tuple[int, ...] = (800,)  # shorter side S, or a (S_min, S_max) range
+    max_size: int = 1333  # longer side L after resizing
+    # Padded input [H, W], multiples of 128; square so both orientations fit one static shape.
+    image_size: Tuple[int, ...] = (1408, 1408)
+    max_instances: int = 100  # GT rows per image after padding
+    flip_prob: float = 0.5
+    pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
+    pixel_std: Tuple[float, ...] = (58.395, 57.12, 57.375)
+    skip_bad_records: bool = False  # skip, count and report bad records instead of failing
+    deterministic: bool = False
+    shuffle_buffer: int = 1000
+    num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = "resnet50"  # 'tiny' | 'resnet18' | 'resnet34' | 'resnet50' | ...
+    backbone_checkpoint: Optional[str] = None  # local checkpoint or .h5/.keras weights
+    freeze_at: int = 2  # 0 none, 1 stem, 2 stem + first stage
+    frozen_bn: bool = True
+    num_classes: int = 80
+    min_level: int = 3
+    max_level: int = 7
+    fpn_channels: int = 256
+    p7_from_relu: bool = True  # KK: P7 from ReLU(P6); MM: from P6
+    head_convs: int = 4
+    head_channels: int = 256
+    head_norm: str = "group"  # 'group' | 'none'
+    aux_head: str = "iou"  # 'iou' | 'centerness' | 'none'
+    prior_prob: float = 0.01
+    octave_base_scale: float = 8.0
+    anchor_center_offset: float = 0.5
+    plus_one: bool = False  # KK's "+1" pixel convention
+    box_weights: Tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
+    delta_clamp: str = "kk"  # 'kk' (upper only) | 'mm' (both sides)
+
+
+@dataclasses.dataclass
+class AssignConfig:
+    method: str = "paa"  # 'paa' | 'iou' | 'atss'
+    candidate_iou: float = 0.1
+    low_quality: str = "kk"  # 'kk' | 'mm' low-quality rescue
+    topk: int = 9  # candidates per GT per level
+    score_lambda: float = 1.0  # weight of the GIoU term in the anchor score
+    separation: str = "kk_c"  # 'kk_c' | 'mm_c' | 'a' | 'b' | 'b_orig' | 'd' | 'fnp' | 'fsr'
+    fnp_count: int = 10
+    fsr_threshold: float = 0.1
+    single_candidate: str = "pos"  # 'pos' (KK) | 'neg' (MM)
+    no_component0: str = "all_pos"  # 'all_pos' (KK) | 'none' (MM)
+    max_gt_per_batch: int = 0  # padded G for the EM; 0 = batch size x max_instances
+    iou_positive: float = 0.5  # IoU baseline thresholds (RetinaNet)
+    iou_negative: float = 0.4
+    atss_topk: int = 9
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+@dataclasses.dataclass
+class LossConfig:
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    reg_weight: float = 1.3
+    iou_weight: float = 0.5
+    normalizer: str = "all_reduce"  # 'all_reduce' (KK) | 'per_replica' (MM)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    batch_size: int = 16  # global batch
+    total_steps: int = 90000
+    base_lr: float = 0.01
+    reference_batch: int = 16  # base_lr is for this global batch
+    scale_lr: bool = True  # scale base_lr linearly with batch_size / reference_batch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    bias_lr_factor: float = 2.0
+    bias_weight_decay: float = 0.0
+    warmup_steps: int = 500
+    warmup_method: str = "constant"  # 'constant' (KK) | 'linear' (MM)
+    warmup_factor: float = 1.0 / 3.0
+    lr_steps: Tuple[int, ...] = (60000, 80000)
+    lr_decay: float = 0.1
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    summary_every: int = 100
+    log_every: int = 20
+    eval_every: int = 0  # 0 = no periodic evaluation
+    seed: int = 0
+    mixed_precision: bool = False
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    batch_size: int = 8
+    score_threshold: float = 0.05
+    pre_nms_topk: int = 1000
+    candidate_rule: str = "kk"  # 'kk' | 'mm'
+    score: str = "sqrt"  # 'sqrt' (sqrt(p*q)) | 'product' (paper Eq. 1)
+    nms_iou: float = 0.6
+    max_detections: int = 100
+    score_voting: bool = True
+    voting_sigma: float = 0.025
+    voting_iou: float = 0.01
+    plus_one: bool = False
+    tta_scales: Tuple[int, ...] = ()  # extra shorter sides for test-time augmentation
+    tta_flip: bool = False
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    version: int = 1
+    score_voting: bool = True
+    max_image_size: int = 0  # 0 = data.image_size
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    assign: AssignConfig = dataclasses.field(default_factory=AssignConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
+def _nearest(name, candidates):
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _coerce(value, annotation, key):
+    """`value` converted to the field type `annotation`, or a ConfigError naming `key`."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, key)
+    if origin in (tuple, list):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' expects true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+    raise ConfigError(f"config key '{key}': unsupported field type {annotation}")
+
+
+def _apply(obj, updates, prefix=""):
+    """Set the fields of dataclass `obj` from the nested dict `updates`, strictly."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
+                          f"got {updates!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for name, value in updates.items():
+        key = prefix + str(name)
+        if name not in names:
+            raise ConfigError(f"unknown config key '{key}'{_nearest(str(name), names)}; "
+                              f"valid keys here: {', '.join(names)}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if value is not None:  # an empty section in YAML
+                _apply(current, value, key + ".")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def _load_yaml(path, seen=()):
+    path = pathlib.Path(path).resolve()
+    if path in seen:
+        raise ConfigError(f"config {path}: 'base' files form a cycle")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    base = content.pop("base", None)
+    layers = _load_yaml(path.parent / base, seen + (path,)) if base else []
+    return layers + [(path, content)]
+
+
+def _split_overrides(text):
+    """'a.b=1,c.d=[1,2]' -> ['a.b=1', 'c.d=[1,2]'] (commas inside brackets kept)."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_overrides(overrides):
+    """Dotted overrides ('a.b=1,c=x' strings or a list of them) -> nested dict.
+
+    Values are read as YAML scalars: `1` is an int, `0.5` a float, `true` a
+    bool, `[1, 2]` a list, anything else a string.
+    """
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    nested = {}
+    for item in overrides or []:
+        for assignment in _split_overrides(item):
+            if "=" not in assignment:
+                raise ConfigError(f"override '{assignment}' must look like section.key=value")
+            key, raw = assignment.split("=", 1)
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw
+            node = nested
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override '{key}' conflicts with another override")
+            node[parts[-1]] = value
+    return nested
+
+
+def build_config(layers=(), overrides=None):
+    """An `ExperimentConfig` from defaults, then each dict of `layers`, then `overrides`."""
+    config = ExperimentConfig()
+    for layer in layers:
+        _apply(config, layer)
+    if overrides:
+        _apply(config, parse_overrides(overrides))
+    validate(config)
+    return config
+
+
+def load_config(path=None, overrides=None):
+    """Load an experiment YAML (with its `base` chain) and apply dotted overrides."""
+    config = ExperimentConfig()
+    for file_path, content in (_load_yaml(path) if path else []):
+        try:
+            _apply(config, content)
+        except ConfigError as error:
+            raise ConfigError(f"{file_path}: {error}") from None
+    if overrides:
+        _apply(config, parse_overrides(overrides))
+    validate(config)
+    return config
+
+
+_CHOICES = {
+    "data.format": ("coco", "voc", "tfrecord"),
+    "model.aux_head": ("iou", "centerness", "none"),
+    "model.delta_clamp": ("kk", "mm"),
+    "model.head_norm": ("group", "none"),
+    "assign.method": ("paa", "iou", "atss"),
+    "assign.low_quality": ("kk", "mm"),
+    "assign.separation": ("kk_c", "mm_c", "a", "b", "b_orig", "d", "fnp", "fsr"),
+    "assign.single_candidate": ("pos", "neg"),
+    "assign.no_component0": ("all_pos", "none"),
+    "loss.normalizer": ("all_reduce", "per_replica"),
+    "train.warmup_method": ("constant", "linear"),
+    "eval.candidate_rule": ("kk", "mm"),
+    "eval.score": ("sqrt", "product"),
+}
+
+
+def validate(config):
+    """Check the choices and the cross-field rules; raise ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' is {value!r}; choose one of {choices}")
+    size = config.data.image_size
+    if len(size) != 2 or any(s <= 0 or s % 128 for s in size):
+        raise ConfigError(f"config key 'data.image_size' is {size}; give [H, W], each a positive "
+                          "multiple of 128 (the padded input bucket)")
+    if len(config.data.min_size) not in (1, 2):
+        raise ConfigError("config key 'data.min_size' takes one size S or a range [S_min, S_max]")
+    if list(config.train.lr_steps) != sorted(config.train.lr_steps):
+        raise ConfigError(f"config key 'train.lr_steps' must be increasing, got "
+                          f"{config.train.lr_steps}")
+    return config
+
+
+def to_dict(config):
+    """Plain nested dict (tuples as lists) of an `ExperimentConfig`, for YAML."""
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def save_config(config, path):
+    """Write the resolved config as YAML (re-loadable with `load_config`), atomically."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    tmp.replace(path)
+    return path

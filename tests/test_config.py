@@ -1,0 +1,82 @@
+"""Config system: YAML files, base chains, strict dotted overrides, round trip."""
+
+import pathlib
+
+import pytest
+
+from paa_tf import config as config_lib
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    cfg = config_lib.load_config(CONFIGS / name)
+    assert cfg.model.num_classes > 0
+
+
+def test_r50_1x_follows_spec_schedule():
+    cfg = config_lib.load_config(CONFIGS / "paa_r50_fpn_1x_coco.yaml")
+    assert (cfg.train.total_steps, cfg.train.lr_steps) == (90000, (60000, 80000))
+    assert cfg.train.batch_size == 16 and cfg.train.base_lr == 0.01
+    assert cfg.train.warmup_method == "constant" and cfg.train.warmup_steps == 500
+    assert cfg.data.min_size == (800,) and cfg.data.max_size == 1333
+
+
+def test_base_chain_overrides_only_what_it_names():
+    cfg = config_lib.load_config(CONFIGS / "paa_r101_fpn_2x_coco.yaml")
+    assert cfg.model.backbone == "resnet101"
+    assert cfg.data.min_size == (640, 800)
+    assert (cfg.train.total_steps, cfg.train.lr_steps) == (180000, (120000, 160000))
+    assert cfg.train.base_lr == 0.01  # inherited from the 1x file
+
+
+def test_override_types_and_lists():
+    cfg = config_lib.load_config(
+        CONFIGS / "quickstart.yaml",
+        "train.total_steps=10,train.lr_steps=[4,8],model.aux_head=centerness,"
+        "eval.score_voting=false,train.base_lr=0.02")
+    assert cfg.train.total_steps == 10 and cfg.train.lr_steps == (4, 8)
+    assert cfg.model.aux_head == "centerness" and cfg.eval.score_voting is False
+    assert cfg.train.base_lr == pytest.approx(0.02)
+
+
+def test_misspelt_override_names_key_and_nearest():
+    with pytest.raises(config_lib.ConfigError, match=r"'train.totl_steps'.*'total_steps'"):
+        config_lib.load_config(CONFIGS / "quickstart.yaml", "train.totl_steps=5")
+
+
+def test_misspelt_section_names_nearest():
+    with pytest.raises(config_lib.ConfigError, match=r"'modle'.*'model'"):
+        config_lib.build_config([{"modle": {"backbone": "tiny"}}])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(config_lib.ConfigError, match=r"'train.total_steps' expects an integer"):
+        config_lib.build_config([{"train": {"total_steps": "many"}}])
+    with pytest.raises(config_lib.ConfigError, match=r"'eval.score_voting' expects true or false"):
+        config_lib.build_config(overrides="eval.score_voting=3")
+
+
+def test_invalid_choice_and_image_size():
+    with pytest.raises(config_lib.ConfigError, match="assign.separation"):
+        config_lib.build_config(overrides="assign.separation=zz")
+    with pytest.raises(config_lib.ConfigError, match="multiple of 128"):
+        config_lib.build_config(overrides="data.image_size=[300,256]")
+
+
+def test_bad_yaml_file_names_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(config_lib.ConfigError, match="bad.yaml"):
+        config_lib.load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  backbon: tiny\n")
+    with pytest.raises(config_lib.ConfigError, match=r"typo.yaml.*'model.backbon'.*'backbone'"):
+        config_lib.load_config(typo)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = config_lib.load_config(CONFIGS / "quickstart.yaml", "train.total_steps=7")
+    path = config_lib.save_config(cfg, tmp_path / "model" / "config.yaml")
+    assert config_lib.load_config(path) == cfg
