@@ -49,6 +49,9 @@ class DataConfig:
     shuffle_buffer: int = 1000
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
     seed: int = 0
+    verify_images: str = "header"  # image check at load: 'none' | 'header' (+end marker) | 'full'
+    box_tolerance: float = 2.0  # px a box may cross the image border (clipped); more is bad
+    voc_keep_difficult: bool = False  # train on VOC 'difficult' objects instead of as crowd
 
 
 @dataclasses.dataclass
@@ -121,8 +124,7 @@ class TrainConfig:
     lr_decay: float = 0.1
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
-    summary_every: int = 100
-    log_every: int = 20
+    log_every: int = 20  # progress line and TensorBoard summaries
     eval_every: int = 0  # 0 = no periodic evaluation
     seed: int = 0
     mixed_precision: bool = False

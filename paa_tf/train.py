@@ -1,0 +1,248 @@
+"""The training loop behind `bin/paa_train`.
+
+One step = one optimizer update on a global batch, run by the detector's own
+`train_step` (assignment -> targets -> losses -> gradients) under the chosen
+`tf.distribute` strategy. Around it: resume from the newest readable
+checkpoint, periodic atomic checkpoints, TensorBoard summaries, a progress
+line, a stop on a non-finite loss that keeps the last good checkpoint, and
+optional periodic COCO evaluation.
+"""
+
+import copy
+import json
+import math
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from paa_tf import checkpoints, schedules
+from paa_tf import config as config_lib
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def build_strategy(name="auto"):
+    """A `tf.distribute` strategy by name.
+
+    'auto': MirroredStrategy over all local GPUs when there are several, else one device;
+    'one_device': the first GPU, or the CPU; 'mirrored': every local GPU (or the CPU
+    devices); 'multi_worker': MultiWorkerMirroredStrategy configured from TF_CONFIG.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; choose auto, one_device, mirrored or "
+                     "multi_worker")
+
+
+def _format_duration(seconds):
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def progress_line(step, total, elapsed, steps_done, images_per_step, logs, lr):
+    """'step 250/2000 (12%) | ETA 5m20s | 28.3 img/s | loss 1.234 ... | lr 0.0100'."""
+    rate = steps_done / elapsed if elapsed > 0 else 0.0
+    eta = (total - step) / rate if rate > 0 else float("nan")
+    parts = [f"step {step}/{total} ({100.0 * step / total:.0f}%)",
+             f"ETA {_format_duration(eta) if math.isfinite(eta) else '?'}",
+             f"{rate * images_per_step:.1f} img/s"]
+    parts.append(" ".join(f"{name} {value:.4g}" for name, value in logs.items()))
+    parts.append(f"lr {lr:.5g}")
+    return " | ".join(parts)
+
+
+def _write_run_files(config, model_dir, label_map_path=None):
+    """Resolved config and label map beside the checkpoints (chief only)."""
+    model_dir = pathlib.Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save_config(config, model_dir / "config.yaml")
+    if label_map_path is not None:
+        target = model_dir / "label_map.json"
+        content = pathlib.Path(label_map_path).read_text()
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(content)
+        tmp.replace(target)
+
+
+class Trainer:
+    """Builds data, model and optimizer from an `ExperimentConfig` and trains.
+
+    Args:
+      config: the resolved `ExperimentConfig`.
+      model_dir: folder for checkpoints, `config.yaml`, `label_map.json` and summaries.
+      strategy: a `tf.distribute.Strategy` (see `build_strategy`).
+      dataset_fn: optional `input_context -> tf.data.Dataset` of per-replica batches
+        (tests pass a small in-memory one); defaults to the configured pipeline.
+      model: optional prebuilt detector (created under `strategy.scope()`).
+    """
+
+    def __init__(self, config, model_dir, strategy, dataset_fn=None, model=None):
+        self.config = config
+        self.model_dir = pathlib.Path(model_dir)
+        self.strategy = strategy
+        self.chief = checkpoints.is_chief(strategy)
+        self.global_batch = config.train.batch_size
+        replicas = strategy.num_replicas_in_sync
+        if self.global_batch % replicas:
+            raise ValueError(f"train.batch_size={self.global_batch} must be divisible by the "
+                             f"{replicas} replicas in sync")
+        label_map_path = None
+        if dataset_fn is None:
+            dataset_fn, label_map_path = self._pipeline_fn()
+        if self.chief:
+            _write_run_files(config, self.model_dir, label_map_path)
+        self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
+        # Same seed, same initial weights: a run can be repeated, and compared across changes.
+        tf_keras.utils.set_random_seed(config.train.seed)
+        with strategy.scope():
+            self.model = model if model is not None else self._build_model()
+            self.schedule = schedules.from_config(config.train)
+            self.optimizer = tf_keras.optimizers.SGD(
+                learning_rate=self.schedule,
+                momentum=config.train.momentum)
+            if config.train.mixed_precision:
+                self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
+            self.model.compile(optimizer=self.optimizer)
+            self.optimizer.build(self.model.trainable_variables)
+        self.iterator = iter(self.dataset)
+        self.keeper = checkpoints.CheckpointKeeper(
+            self.model_dir, strategy, self.optimizer.iterations,
+            max_to_keep=config.train.keep_checkpoints, model=self.model,
+            optimizer=self.optimizer)
+        self.writer = (tf.summary.create_file_writer(str(self.model_dir / "train"))
+                       if self.chief else tf.summary.create_noop_writer())
+        self._step_fn = None
+
+    def _pipeline_fn(self):
+        from paa_tf.data import pipeline
+
+        data_config = self.config.data
+        per_replica = self.global_batch // self.strategy.num_replicas_in_sync
+        label_map_path = pipeline.label_map_file(data_config, self.model_dir)
+
+        def dataset_fn(input_context):
+            dataset, _ = pipeline.build_dataset(
+                data_config, split="train", is_training=True, batch_size=per_replica,
+                input_context=input_context)
+            return dataset
+        return dataset_fn, label_map_path
+
+    def _build_model(self):
+        from paa_tf.modeling import detector
+
+        # The backbone checkpoint is loaded by restore_or_initialise, on a fresh start only.
+        config = copy.deepcopy(self.config)
+        config.model.backbone_checkpoint = None
+        return detector.build_detector(config, tuple(config.data.image_size))
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    def _train_step_fn(self):
+        if self._step_fn is None:
+            strategy, model = self.strategy, self.model
+
+            @tf.function
+            def step_fn(iterator):
+                logs = strategy.run(model.train_step, args=(next(iterator),))
+                return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+                        for name, value in logs.items()}
+            self._step_fn = step_fn
+        return self._step_fn
+
+    def restore_or_initialise(self):
+        """Resume from the newest readable checkpoint, or initialise the backbone."""
+        restored = self.keeper.restore_latest()
+        if restored:
+            print(f"Resumed from {restored} at step {self.step}", flush=True)
+        elif self.config.model.backbone_checkpoint:
+            from paa_tf.modeling.weights import load_backbone_weights
+
+            path = self.config.model.backbone_checkpoint
+            report = load_backbone_weights(self.model.backbone, path)
+            print(f"Backbone initialised from {path}: {report.summary()}", flush=True)
+        return restored
+
+    def train(self, total_steps=None, stop_after=None):
+        """Trains until `total_steps` updates (default `train.total_steps`).
+
+        `stop_after` ends this call after that many updates (used to split a run).
+        Returns the last logs as floats. Raises NonFiniteLossError on a NaN/inf loss,
+        without saving the damaged weights.
+        """
+        cfg = self.config.train
+        total = total_steps or cfg.total_steps
+        step_fn = self._train_step_fn()
+        start_step = self.step
+        rate_base = None  # (time, step) after the first update: tracing excluded from img/s
+        logs = {}
+        with self.writer.as_default():
+            while self.step < total and (stop_after is None or self.step - start_step < stop_after):
+                raw = step_fn(self.iterator)
+                step = self.step
+                # 'lr' from the model is a window mean; the exact LR is reported separately.
+                logs = {name: float(value) for name, value in raw.items() if name != "lr"}
+                if not all(math.isfinite(v) for v in logs.values()):
+                    bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step} ({bad}); training stopped. The last "
+                        f"good checkpoint is {self.keeper.latest or 'none (no checkpoint yet)'}: "
+                        "lower train.base_lr or check the data, then run again to resume")
+                lr = float(self._current_lr(step - 1))
+                if rate_base is None:
+                    rate_base = (time.time(), step)
+                if step % cfg.log_every == 0 or step == total:
+                    # The logs are means over the steps since the last report.
+                    elapsed = time.time() - rate_base[0]
+                    done = step - rate_base[1]
+                    for name, value in logs.items():
+                        tf.summary.scalar(f"losses/{name}" if name.startswith("loss")
+                                          else name, value, step=step)
+                    tf.summary.scalar("learning_rate", lr, step=step)
+                    tf.summary.scalar("images_per_second",
+                                      done * self.global_batch / max(elapsed, 1e-9), step=step)
+                    print(progress_line(step, total, elapsed, done, self.global_batch, logs, lr),
+                          flush=True)
+                    self.model.reset_metrics()
+                if step % cfg.checkpoint_every == 0 or step == total:
+                    self.keeper.save()
+                if cfg.eval_every and (step % cfg.eval_every == 0) and step != total:
+                    self.evaluate(step)
+        self.writer.flush()
+        return logs
+
+    def _current_lr(self, step):
+        """LR the schedule gives update index `step` (0-based)."""
+        return self.schedule(max(step, 0))
+
+    def evaluate(self, step=None):
+        """COCO evaluation of the current weights on the val split; summaries under eval/."""
+        from paa_tf import evaluate as evaluate_lib
+
+        metrics = evaluate_lib.evaluate_model(self.config, self.model,
+                                              output_dir=self.model_dir / "eval")
+        if self.chief:
+            writer = tf.summary.create_file_writer(str(self.model_dir / "eval"))
+            with writer.as_default():
+                for name, value in metrics.items():
+                    if isinstance(value, (int, float)) and np.isfinite(value):
+                        tf.summary.scalar(f"coco/{name}", value, step=step or self.step)
+            writer.flush()
+            print("eval: " + json.dumps({k: round(v, 4) for k, v in metrics.items()
+                                         if isinstance(v, float)}), flush=True)
+        return metrics

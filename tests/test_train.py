@@ -1,0 +1,113 @@
+"""The training loop: resume, checkpoint fallback, non-finite loss stop (issue 6)."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from paa_tf import train as train_lib
+from tests import train_utils
+
+
+def make_trainer(model_dir, overrides=""):
+    config = train_utils.tiny_config(overrides)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    trainer = train_lib.Trainer(config, model_dir, strategy,
+                                dataset_fn=train_utils.dataset_fn_for(config.train.batch_size))
+    return trainer
+
+
+def weights_of(model):
+    return [v.numpy().copy() for v in model.weights]
+
+
+def test_resume_continues_at_the_right_step_with_the_same_lr(tmp_path, capsys):
+    first = make_trainer(tmp_path)
+    assert first.restore_or_initialise() is None
+    first.train(stop_after=3)  # interrupted after 3 updates; checkpoints at 2 (and none at 3)
+    assert first.step == 3
+    saved_at_2 = tf.train.load_checkpoint(str(tmp_path / "ckpt-2"))
+    assert saved_at_2.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 2
+    second = make_trainer(tmp_path)
+    assert second.restore_or_initialise().endswith("ckpt-2")
+    assert second.step == 2
+    # Same weights as the first run had when it saved step 2 ...
+    kernel = [v for v in second.model.weights if "kernel" in v.name][0]
+    name = [n for n, _ in tf.train.list_variables(str(tmp_path / "ckpt-2"))
+            if n.startswith("model/") and "kernel" in n][0]
+    assert name  # the model's variables are in the checkpoint
+    assert np.isfinite(kernel.numpy()).all()
+    # ... and the LR of the schedule at that step: warm-up (1/3) before step 4, full after.
+    assert float(second.optimizer.learning_rate) == pytest.approx(0.005 / 3, rel=1e-5)
+    second.train()
+    assert second.step == 6
+    assert float(second._current_lr(4)) == pytest.approx(0.005)
+    assert float(second._current_lr(5)) == pytest.approx(0.0005)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-6")
+    out = capsys.readouterr().out
+    assert "step 6/6" in out and "lr " in out and "img/s" in out
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path):
+    # Deterministic data + restore of model, optimizer slots and step: the two halves of an
+    # interrupted run give the same weights as one run straight through.
+    straight = make_trainer(tmp_path / "a", "train.checkpoint_every=2")
+    straight.train(total_steps=4)
+    first = make_trainer(tmp_path / "b", "train.checkpoint_every=2")
+    first.train(total_steps=2)
+    second = make_trainer(tmp_path / "b", "train.checkpoint_every=2")
+    second.restore_or_initialise()
+    # The data stream restarts; replay it to the same position as the straight run.
+    for _ in range(2):
+        next(second.iterator)
+    second.train(total_steps=4)
+    for a, b in zip(weights_of(straight.model), weights_of(second.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_corrupted_newest_checkpoint_falls_back_with_warning(tmp_path, capsys):
+    trainer = make_trainer(tmp_path)
+    trainer.train(total_steps=4)  # ckpt-2 and ckpt-4
+    for path in glob.glob(str(tmp_path / "ckpt-4.data-*")):
+        with open(path, "r+b") as handle:
+            handle.seek(0)
+            handle.write(b"\x00garbage" * 64)
+            handle.truncate(100)
+    again = make_trainer(tmp_path)
+    restored = again.restore_or_initialise()
+    assert restored.endswith("ckpt-2") and again.step == 2
+    assert "ckpt-4 is unreadable" in capsys.readouterr().out
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path)
+    model = trainer.model
+    original = model.train_step
+
+    def poisoned(data):
+        logs = original(data)
+        # From the third update on the loss is NaN (as a diverging run would report it).
+        bad = tf.where(model.optimizer.iterations >= 3, np.nan, 0.0)
+        return dict(logs, loss=logs["loss"] + bad)
+    model.train_step = poisoned
+    with pytest.raises(train_lib.NonFiniteLossError, match=r"step 3 .*ckpt-2"):
+        trainer.train()
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
+    assert not glob.glob(str(tmp_path / "ckpt-3*")) and not glob.glob(str(tmp_path / "ckpt-4*"))
+
+
+def test_run_files_written_beside_checkpoints(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.train(total_steps=2)
+    from paa_tf import config as config_lib
+    assert config_lib.load_config(tmp_path / "config.yaml") == trainer.config
+    assert os.path.isdir(tmp_path / "train") and os.listdir(tmp_path / "train")
+
+
+def test_progress_line_format():
+    line = train_lib.progress_line(250, 2000, 10.0, 50, 8, {"loss": 1.23456, "loss_cls": 0.5},
+                                   0.01)
+    assert line.startswith("step 250/2000 (12%) | ETA 5m50s | 40.0 img/s | loss 1.235")
+    assert line.endswith("lr 0.01")
