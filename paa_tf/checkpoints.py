@@ -39,6 +39,17 @@ def _worker_dir(model_dir, strategy):
     return os.path.join(str(model_dir), f".worker_{resolver.task_type}_{resolver.task_id}")
 
 
+def latest_step(model_dir):
+    """Step recorded in the newest listed checkpoint of `model_dir`, 0 if none/unreadable."""
+    path = tf.train.latest_checkpoint(str(model_dir))
+    if path is None:
+        return 0
+    try:
+        return int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+    except Exception:  # noqa: BLE001  (a damaged file is dealt with by restore_latest)
+        return 0
+
+
 class CheckpointKeeper:
     """Saves and restores `tf.train.Checkpoint(**objects)` under `model_dir`.
 

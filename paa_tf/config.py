@@ -124,6 +124,7 @@ class TrainConfig:
     lr_decay: float = 0.1
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
+    checkpoint_data: bool = True  # save the input iterator's position with each checkpoint
     log_every: int = 20  # progress line and TensorBoard summaries
     eval_every: int = 0  # 0 = no periodic evaluation
     seed: int = 0

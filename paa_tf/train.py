@@ -21,6 +21,8 @@ import tf_keras
 from paa_tf import checkpoints, schedules
 from paa_tf import config as config_lib
 
+_MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
@@ -100,12 +102,22 @@ class Trainer:
         if self.global_batch % replicas:
             raise ValueError(f"train.batch_size={self.global_batch} must be divisible by the "
                              f"{replicas} replicas in sync")
+        # A single replica's input iterator can be checkpointed (its position resumes
+        # exactly); a distributed one cannot, so a resumed multi-replica run reseeds its
+        # shuffling with the restored step instead of replaying the first batches.
+        self.exact_data_resume = (replicas == 1 and config.train.checkpoint_data
+                                  and not isinstance(strategy, _MULTI_WORKER))
+        resume_step = checkpoints.latest_step(self.model_dir)
         label_map_path = None
         if dataset_fn is None:
-            dataset_fn, label_map_path = self._pipeline_fn()
+            seed_offset = 0 if self.exact_data_resume else resume_step
+            dataset_fn, label_map_path = self._pipeline_fn(seed_offset)
         if self.chief:
             _write_run_files(config, self.model_dir, label_map_path)
-        self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
+        if replicas == 1 and not isinstance(strategy, _MULTI_WORKER):
+            self.dataset = dataset_fn(tf.distribute.InputContext())
+        else:
+            self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
         # Same seed, same initial weights: a run can be repeated, and compared across changes.
         tf_keras.utils.set_random_seed(config.train.seed)
         with strategy.scope():
@@ -119,18 +131,22 @@ class Trainer:
             self.model.compile(optimizer=self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
         self.iterator = iter(self.dataset)
+        # The data iterator is saved too, so a resumed run sees the batches the interrupted
+        # one would have seen next (the pipeline shuffles row indices, so its state is small).
+        data_state = {"data": self.iterator} if self.exact_data_resume else {}
         self.keeper = checkpoints.CheckpointKeeper(
             self.model_dir, strategy, self.optimizer.iterations,
             max_to_keep=config.train.keep_checkpoints, model=self.model,
-            optimizer=self.optimizer)
+            optimizer=self.optimizer, **data_state)
         self.writer = (tf.summary.create_file_writer(str(self.model_dir / "train"))
                        if self.chief else tf.summary.create_noop_writer())
         self._step_fn = None
 
-    def _pipeline_fn(self):
+    def _pipeline_fn(self, seed_offset=0):
         from paa_tf.data import pipeline
 
-        data_config = self.config.data
+        data_config = copy.deepcopy(self.config.data)
+        data_config.seed += seed_offset
         per_replica = self.global_batch // self.strategy.num_replicas_in_sync
         label_map_path = pipeline.label_map_file(data_config, self.model_dir)
 
