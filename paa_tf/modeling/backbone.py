@@ -1,0 +1,124 @@
+"""Backbones that turn an image into the C3..C5 feature maps the FPN consumes.
+
+Two families:
+
+* ``resnet18`` .. ``resnet152``: Model Garden's ``official.vision`` ResNet. Frozen BatchNorm
+  (spec §1.1: fixed affine and statistics) is Keras BatchNormalization with ``trainable=False``,
+  which in tf_keras also forces inference mode, so the moving statistics are used and never
+  updated. ``freeze_at`` freezes the stem (1) and the stages res2..res{freeze_at}.
+* ``tiny``: a plain conv net (16-128 channels) for CPU runs and tests. Stride-2 convs use an
+  explicit one-pixel zero padding and 'valid' convolution, like PyTorch (spec §1.2).
+
+``build_backbone`` returns a functional ``tf_keras.Model`` mapping an image
+``float32 [B, H, W, 3]`` to ``{3: C3, 4: C4, 5: C5}`` (strides 8, 16, 32).
+"""
+
+from __future__ import annotations
+
+import tf_keras
+
+RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101,
+                 "resnet152": 152}
+BACKBONES = ("tiny",) + tuple(RESNET_DEPTHS)
+
+# Channels of the tiny backbone's stages at strides 2, 4, 8, 16, 32.
+TINY_CHANNELS = (16, 32, 64, 96, 128)
+
+
+def _stride2_conv(x, filters, name):
+    """3x3 stride-2 conv with symmetric 1-pixel padding (PyTorch's sampling grid)."""
+    x = tf_keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    return tf_keras.layers.Conv2D(filters, 3, strides=2, padding="valid", name=name)(x)
+
+
+def build_tiny_backbone(input_shape=(None, None, 3), name="tiny_backbone") -> tf_keras.Model:
+    """A small plain conv net: each stage is a stride-2 conv then a 3x3 conv, both with ReLU.
+
+    Args:
+      input_shape: (H, W, 3); H and W may be None.
+    Returns:
+      tf_keras.Model: image float32 [B, H, W, 3] -> {3: [B, H/8, W/8, 64],
+      4: [B, H/16, W/16, 96], 5: [B, H/32, W/32, 128]} (ceil division).
+    """
+    inputs = tf_keras.Input(shape=input_shape, name="image")
+    x = inputs
+    outputs = {}
+    for stage, channels in enumerate(TINY_CHANNELS, start=1):
+        x = _stride2_conv(x, channels, name=f"stage{stage}_down")
+        x = tf_keras.layers.ReLU(name=f"stage{stage}_down_relu")(x)
+        x = tf_keras.layers.Conv2D(channels, 3, padding="same", name=f"stage{stage}_conv")(x)
+        x = tf_keras.layers.ReLU(name=f"stage{stage}_relu")(x)
+        if stage >= 3:
+            outputs[stage] = x
+    return tf_keras.Model(inputs, outputs, name=name)
+
+
+def _resnet_stage_of_layers(model: tf_keras.Model) -> list[tuple[tf_keras.layers.Layer, int]]:
+    """Pairs each top-level layer of a Model Garden ResNet with its stage (1 = stem, 2..5).
+
+    Model Garden marks the end of stage N with an identity layer named ``block_group_lN``;
+    everything before the first residual block is the stem.
+    """
+    stage = 1
+    pairs = []
+    for layer in model.layers:
+        is_block = type(layer).__name__ in ("ResidualBlock", "BottleneckBlock")
+        if is_block and stage == 1:
+            stage = 2
+        pairs.append((layer, stage))
+        if layer.name.startswith("block_group_l"):
+            stage = int(layer.name[len("block_group_l"):]) + 1
+    return pairs
+
+
+def build_resnet_backbone(depth: int, input_shape=(None, None, 3), freeze_at: int = 2,
+                          frozen_bn: bool = True) -> tf_keras.Model:
+    """Model Garden ResNet with frozen BN and a frozen stem/first stages.
+
+    Args:
+      depth: 18, 34, 50, 101 or 152.
+      input_shape: (H, W, 3); H and W may be None.
+      freeze_at: 0 freezes nothing, 1 the stem, k >= 2 the stem and stages res2..res{k}.
+      frozen_bn: True makes every BatchNormalization a fixed affine map (inference mode).
+    Returns:
+      tf_keras.Model: image float32 [B, H, W, 3] -> {3: C3, 4: C4, 5: C5}.
+    """
+    from official.vision.modeling.backbones import resnet
+
+    if not 0 <= freeze_at <= 5:
+        raise ValueError(f"model.freeze_at must be in 0..5, got {freeze_at}")
+    resnet_model = resnet.ResNet(
+        depth, input_specs=tf_keras.layers.InputSpec(shape=[None, *input_shape]),
+        bn_trainable=not frozen_bn)
+    for layer, stage in _resnet_stage_of_layers(resnet_model):
+        if stage <= freeze_at:
+            layer.trainable = False
+    inputs = tf_keras.Input(shape=input_shape, name="image")
+    endpoints = resnet_model(inputs)
+    outputs = {level: endpoints[str(level)] for level in (3, 4, 5)}
+    return tf_keras.Model(inputs, outputs, name=f"resnet{depth}_backbone")
+
+
+def build_backbone(model_config, input_shape=(None, None, 3)) -> tf_keras.Model:
+    """Builds the backbone named by ``model_config.backbone`` (see module docstring).
+
+    Weights are not loaded here; see ``paa_tf.modeling.weights.load_backbone_weights``.
+    """
+    name = getattr(model_config, "backbone", "resnet50")
+    if name == "tiny":
+        return build_tiny_backbone(input_shape)
+    if name in RESNET_DEPTHS:
+        return build_resnet_backbone(
+            RESNET_DEPTHS[name], input_shape,
+            freeze_at=getattr(model_config, "freeze_at", 2),
+            frozen_bn=getattr(model_config, "frozen_bn", True))
+    raise ValueError(
+        f"model.backbone = {name!r} is not supported; choose one of {', '.join(BACKBONES)}")
+
+
+def resnet_inner_model(backbone: tf_keras.Model) -> tf_keras.Model | None:
+    """The wrapped Model Garden ResNet of a ResNet backbone (for weight loading), else None."""
+    for layer in backbone.layers:
+        if type(layer).__name__ == "ResNet":
+            return layer
+    return None

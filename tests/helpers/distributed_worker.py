@@ -1,0 +1,111 @@
+"""Subprocess side of tests/test_distributed.py (logical devices and TF_CONFIG must be set
+before TensorFlow initialises, so these runs cannot share the pytest process).
+
+    python distributed_worker.py mirrored OUT.json     # single device vs 2-replica Mirrored
+    python distributed_worker.py multiworker OUT.json  # one worker of a TF_CONFIG cluster
+
+Writes a JSON report to OUT.json.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+from paa_tf.config import build_config  # noqa: E402
+from paa_tf.modeling import build_detector  # noqa: E402
+
+IMAGE_SIZE = (128, 128)
+OVERRIDES = ("model.backbone=tiny,model.num_classes=3,model.fpn_channels=32,"
+             "model.head_channels=32,model.head_convs=2,model.max_level=5")
+
+
+def synthetic_batch():
+    """Two 128x128 images with 2 and 1 boxes (yxyx pixels), padded to 4 GT rows."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, *IMAGE_SIZE, 3)).astype(np.float32)
+    boxes = np.full((2, 4, 4), -1.0, np.float32)
+    classes = np.full((2, 4), -1, np.int32)
+    boxes[0, :2] = [[10, 10, 60, 50], [70, 60, 120, 125]]
+    classes[0, :2] = [0, 2]
+    boxes[1, :1] = [[30, 20, 90, 100]]
+    classes[1, :1] = [1]
+    return {"image": image, "gt_boxes": boxes, "gt_classes": classes}
+
+
+def dataset(steps):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # The global batch of 2 images: each of 2 replicas gets one image.
+    # Static batch shapes: the assignment needs them (drop_remainder).
+    batches = tf.data.Dataset.from_tensor_slices(synthetic_batch()).batch(2, drop_remainder=True)
+    return batches.repeat(steps).with_options(options)
+
+
+def one_step(strategy, initial_weights):
+    """Loss and weight change of one SGD(lr=1, no momentum) step: the change is -gradient."""
+    config = build_config(overrides=OVERRIDES)
+    with strategy.scope():
+        model = build_detector(config, IMAGE_SIZE)
+        model.set_weights(initial_weights)
+        model.compile(optimizer=tf_keras.optimizers.SGD(1.0, momentum=0.0))
+    history = model.fit(dataset(1), epochs=1, verbose=0)
+    deltas = [w1 - w0 for w0, w1 in zip(initial_weights, model.get_weights())]
+    return {k: float(v[-1]) for k, v in history.history.items()}, deltas
+
+
+def run_mirrored(out_path):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf_keras.utils.set_random_seed(0)
+    initial = build_detector(build_config(overrides=OVERRIDES), IMAGE_SIZE).get_weights()
+    single_logs, single_deltas = one_step(tf.distribute.get_strategy(), initial)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored_logs, mirrored_deltas = one_step(mirrored, initial)
+    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(single_deltas, mirrored_deltas))
+    max_ref = max(float(np.max(np.abs(a))) for a in single_deltas)
+    report = {"replicas": mirrored.num_replicas_in_sync, "single": single_logs,
+              "mirrored": mirrored_logs, "max_abs_gradient_difference": max_abs,
+              "max_abs_gradient": max_ref,
+              "relative_differences": [
+                  float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
+                  for a, b in zip(single_deltas, mirrored_deltas)]}
+    with open(out_path, "w") as f:
+        json.dump(report, f)
+
+
+def run_multiworker(out_path):
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    tf_keras.utils.set_random_seed(0)
+    config = build_config(overrides=OVERRIDES)
+    with strategy.scope():
+        model = build_detector(config, IMAGE_SIZE)
+        model.compile(optimizer=tf_keras.optimizers.SGD(0.01, momentum=0.9))
+    # Each worker builds its own pipeline with the static per-replica batch the assignment
+    # needs (Keras' automatic sharding of a batched dataset loses the static batch size).
+    def per_worker(context):
+        batches = tf.data.Dataset.from_tensor_slices(synthetic_batch()).shard(
+            context.num_input_pipelines, context.input_pipeline_id)
+        batch = context.get_per_replica_batch_size(2)
+        return batches.batch(batch, drop_remainder=True).repeat()
+
+    inputs = strategy.distribute_datasets_from_function(per_worker)
+    history = model.fit(inputs, epochs=1, steps_per_epoch=3, verbose=0)
+    checksum = float(sum(np.sum(np.abs(w)) for w in model.get_weights()))
+    report = {"replicas": strategy.num_replicas_in_sync,
+              "logs": {k: float(v[-1]) for k, v in history.history.items()},
+              "steps": int(model.optimizer.iterations.numpy()), "weight_checksum": checksum}
+    with open(out_path, "w") as f:
+        json.dump(report, f)
+
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], sys.argv[2]
+    {"mirrored": run_mirrored, "multiworker": run_multiworker}[mode](out)
