@@ -35,6 +35,10 @@ def build_strategy(name="auto"):
     'one_device': the first GPU, or the CPU; 'mirrored': every local GPU (or the CPU
     devices); 'multi_worker': MultiWorkerMirroredStrategy configured from TF_CONFIG.
     """
+    if name == "multi_worker":
+        # Must come first: collective ops are configured before the runtime starts, and
+        # listing devices would start it.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device"
@@ -42,8 +46,6 @@ def build_strategy(name="auto"):
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}; choose auto, one_device, mirrored or "
                      "multi_worker")
 

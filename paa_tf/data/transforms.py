@@ -1,0 +1,137 @@
+"""In-graph image and box transforms of the input pipeline (pure TensorFlow, per image).
+
+Boxes are `[ymin, xmin, ymax, xmax]` float32 pixels. The output image lives in a fixed
+padded bucket `[H, W]` (static shape); the resized content occupies the top-left
+`[scaled_h, scaled_w]` corner, the rest is zero after normalisation (the mean colour).
+
+`image_info` float32 [4, 2] = [[orig_h, orig_w], [scaled_h, scaled_w], [scale_y, scale_x],
+[offset_y, offset_x]]; a box in input pixels maps back to the original image as
+`(box - offset) / scale` (see `boxes_to_original`). The offset is 0 in this pipeline (content
+is padded at the bottom and right) and is kept for crops or centred padding.
+
+Decoding ignores EXIF orientation (as `tf.io.decode_image` and COCO's own annotations do):
+pixels are used as stored in the file.
+"""
+
+import tensorflow as tf
+
+
+def decode_image(encoded):
+    """JPEG/PNG/GIF/BMP/WebP bytes -> uint8 [h, w, 3] RGB.
+
+    Grayscale is repeated to 3 channels, CMYK JPEGs are converted by the JPEG decoder, an
+    alpha channel is dropped, 16-bit PNGs are scaled to 8 bits, an animated GIF gives its
+    first frame.
+    """
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize_scale(height, width, shorter_side, max_size, image_size):
+    """Scale so that the shorter side becomes `shorter_side`, the longer side <= `max_size`,
+    and the result fits the padded bucket `image_size` = (H, W). float32 scalar."""
+    height = tf.cast(height, tf.float32)
+    width = tf.cast(width, tf.float32)
+    shorter_side = tf.cast(shorter_side, tf.float32)
+    return tf.reduce_min(tf.stack([
+        shorter_side / tf.minimum(height, width),
+        float(max_size) / tf.maximum(height, width),
+        float(image_size[0]) / height,
+        float(image_size[1]) / width]))
+
+
+def resize_image(image, shorter_side, max_size, image_size, pixel_mean=None, pixel_std=None):
+    """Resize `image` [h, w, 3] (bilinear) per `resize_scale`, normalising when asked.
+
+    With `pixel_mean`/`pixel_std` (RGB, 0-255) the result is `(resized - mean) / std`; the
+    normalisation runs on whichever of the original and the resized image is smaller (bilinear
+    weights sum to 1, so both orders agree to float rounding; this halves the cost at
+    800/1333). Returns (image float32 [h', w', 3], image_info float32 [4, 2]); the per-axis
+    scale in image_info is the exact ratio h'/h, w'/w after rounding the size.
+    """
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    scale = resize_scale(height, width, shorter_side, max_size, image_size)
+    new_height = tf.clip_by_value(
+        tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32), 1, image_size[0])
+    new_width = tf.clip_by_value(
+        tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32), 1, image_size[1])
+    size = tf.stack([new_height, new_width])
+
+    def resize(x):
+        return tf.image.resize(x, size, method="bilinear")
+
+    if pixel_mean is None:
+        resized = resize(image)
+    else:
+        resized = tf.cond(scale >= 1.0,
+                          lambda: resize(normalize(image, pixel_mean, pixel_std)),
+                          lambda: normalize(resize(image), pixel_mean, pixel_std))
+    resized.set_shape([None, None, 3])
+    original = tf.cast(tf.stack([height, width]), tf.float32)
+    scaled = tf.cast(size, tf.float32)
+    image_info = tf.stack([original, scaled, scaled / original, tf.zeros([2], tf.float32)])
+    return resized, image_info
+
+
+def scale_boxes(boxes, image_info):
+    """Original-pixel boxes [N, 4] yxyx -> input pixels: box * scale + offset."""
+    scale = tf.tile(image_info[2], [2])
+    offset = tf.tile(image_info[3], [2])
+    return boxes * scale + offset
+
+
+def boxes_to_original(boxes, image_info):
+    """Input-pixel boxes [..., N, 4] yxyx -> original-image pixels: (box - offset) / scale.
+
+    `image_info` [..., 4, 2] as produced by the pipeline (works batched). TF or numpy inputs.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    image_info = tf.convert_to_tensor(image_info, tf.float32)
+    scale = tf.concat([image_info[..., 2, :], image_info[..., 2, :]], axis=-1)[..., None, :]
+    offset = tf.concat([image_info[..., 3, :], image_info[..., 3, :]], axis=-1)[..., None, :]
+    return (boxes - offset) / scale
+
+
+def flip_left_right(image, boxes):
+    """Mirror `image` [h, w, C] and its `boxes` [N, 4] yxyx (pixels of this image)."""
+    width = tf.cast(tf.shape(image)[1], boxes.dtype)
+    flipped = tf.stack([boxes[:, 0], width - boxes[:, 3], boxes[:, 2], width - boxes[:, 1]],
+                       axis=-1)
+    return tf.reverse(image, axis=[1]), flipped
+
+
+def normalize(image, pixel_mean, pixel_std):
+    """uint8 (or float 0-255) [h, w, 3] RGB -> float32 (image - mean) / std per channel."""
+    mean = tf.constant(pixel_mean, tf.float32)
+    inv_std = 1.0 / tf.constant(pixel_std, tf.float32)
+    return (tf.cast(image, tf.float32) - mean) * inv_std
+
+
+def pad_image(image, image_size):
+    """Zero-pad `image` [h, w, 3] (h <= H, w <= W) bottom/right to `image_size` = (H, W).
+
+    Zero is the mean colour of a normalised image. Output has the static shape [H, W, 3].
+    """
+    shape = tf.shape(image)
+    image = tf.pad(image, [[0, image_size[0] - shape[0]], [0, image_size[1] - shape[1]], [0, 0]])
+    image.set_shape([image_size[0], image_size[1], 3])
+    return image
+
+
+def pad_instances(boxes, classes, max_instances):
+    """Pad (or cut) boxes [N, 4] and classes [N] to `max_instances` rows, padding with -1."""
+    count = tf.minimum(tf.shape(boxes)[0], max_instances)
+    boxes = tf.pad(boxes[:count], [[0, max_instances - count], [0, 0]], constant_values=-1.0)
+    classes = tf.pad(classes[:count], [[0, max_instances - count]], constant_values=-1)
+    boxes.set_shape([max_instances, 4])
+    classes.set_shape([max_instances])
+    return boxes, classes
+
+
+def preprocess(image, *, shorter_side, max_size, image_size, pixel_mean, pixel_std):
+    """Inference preprocessing: uint8 [h, w, 3] -> (float32 [H, W, 3], image_info [4, 2])."""
+    resized, image_info = resize_image(image, shorter_side, max_size, image_size, pixel_mean,
+                                       pixel_std)
+    return pad_image(resized, image_size), image_info

@@ -1,0 +1,161 @@
+"""Reader for Pascal VOC layout: `Annotations/*.xml`, `JPEGImages/`, `ImageSets/Main/<split>.txt`.
+
+Coordinates: VOC `bndbox` values are 1-based inclusive pixel indices (`xmin=1, xmax=W` is the
+whole width), so the continuous box is `[ymin - 1, xmin - 1, ymax, xmax]`.
+`difficult` objects are flagged like COCO crowd boxes (kept out of the training targets and
+ignored, not counted as misses, by a COCO-style evaluation) unless `keep_difficult`.
+Image ids: VOC has none, so each image gets `records.stable_id(file stem)` (a 48-bit hash of
+the stem, stable across splits and machines); the report's `id_to_name` keeps the mapping.
+"""
+
+import glob
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from paa_tf.data import label_map as label_map_lib
+from paa_tf.data import records as records_lib
+
+
+def _check_root(root, split):
+    for sub in ("Annotations", "JPEGImages"):
+        if not os.path.isdir(os.path.join(root, sub)):
+            raise ValueError(f"VOC root {root} has no {sub}/ folder; data.voc_root must hold "
+                             "Annotations/, JPEGImages/ and ImageSets/Main/")
+    split_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+    if not os.path.isfile(split_file):
+        found = sorted(os.path.basename(p)[:-4] for p in
+                       glob.glob(os.path.join(root, "ImageSets", "Main", "*.txt")))
+        raise ValueError(f"VOC split file not found: {split_file}; splits present: {found} "
+                         "(set data.voc_train_split / data.voc_val_split)")
+    return split_file
+
+
+def read_split(root, split):
+    """File stems listed in `ImageSets/Main/<split>.txt`, in file order, without duplicates."""
+    split_file = _check_root(root, split)
+    stems, seen = [], set()
+    with open(split_file) as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0] not in seen:
+                seen.add(parts[0])
+                stems.append(parts[0])
+    return stems
+
+
+def default_label_map(root):
+    """Label map of the class names in all `Annotations/*.xml` (the same for every split).
+
+    The 20 VOC classes in their usual order when every name is one of them; otherwise the
+    names sorted alphabetically. Unreadable files are skipped here (the reader reports them).
+    """
+    names = set()
+    for path in glob.glob(os.path.join(root, "Annotations", "*.xml")):
+        try:
+            tree = ET.parse(path)
+        except (ET.ParseError, OSError):
+            continue
+        names.update((obj.findtext("name") or "").strip() for obj in tree.iter("object"))
+    names.discard("")
+    if not names:
+        raise ValueError(f"no object names found in {root}/Annotations/*.xml; pass "
+                         "data.label_map")
+    if names <= set(label_map_lib.VOC_CLASSES):
+        return label_map_lib.from_names(label_map_lib.VOC_CLASSES)
+    return label_map_lib.from_names(sorted(names))
+
+
+def _number(node, key, xml_path, position):
+    text = node.findtext(key) if node is not None else None
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"object {position}: <bndbox><{key}> is {text!r}, not a number "
+                         f"({xml_path})") from None
+
+
+def parse_xml(xml_path, label_map, keep_difficult=False):
+    """One VOC XML file -> (file name, height, width, boxes, classes, difficult); ValueError.
+
+    Height/width are 0 when the XML has no usable <size> (then read from the image header).
+    """
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as error:
+        line, column = error.position
+        raise ValueError(f"malformed XML (line {line}, column {column}): {error}") from None
+    except OSError as error:
+        raise ValueError(f"cannot read annotation file {xml_path}: {error}") from None
+    stem = os.path.splitext(os.path.basename(xml_path))[0]
+    file_name = (root.findtext("filename") or "").strip() or stem + ".jpg"
+    try:
+        height = int(float(root.findtext("size/height") or 0))
+        width = int(float(root.findtext("size/width") or 0))
+    except ValueError:
+        height = width = 0
+    boxes, classes, difficult = [], [], []
+    for position, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        index = label_map.index_of_name(name)
+        if index is None:
+            raise ValueError(f"object {position}: unknown class name {name!r} (label map: "
+                             f"{list(label_map.names)})")
+        box = obj.find("bndbox")
+        if box is None:
+            raise ValueError(f"object {position} ({name}) has no <bndbox>")
+        x1, y1, x2, y2 = (_number(box, k, xml_path, position)
+                          for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append([y1 - 1.0, x1 - 1.0, y2, x2])
+        classes.append(index)
+        try:
+            difficult.append(bool(int(obj.findtext("difficult") or 0)) and not keep_difficult)
+        except ValueError:
+            raise ValueError(f"object {position}: <difficult> must be 0 or 1") from None
+    return (file_name, height, width, np.array(boxes, np.float32).reshape(-1, 4),
+            np.array(classes, np.int32), np.array(difficult, bool))
+
+
+def read_voc(root, split, report, *, skip_bad_records=False, label_map=None,
+             keep_difficult=False):
+    """Records of the images listed in `ImageSets/Main/<split>.txt`; returns (records, map).
+
+    Malformed XML, a missing XML file, unknown class names and non-numeric coordinates are
+    collected and raised together (`BadRecordError`, naming each XML file), or skipped and
+    reported with `skip_bad_records`.
+    """
+    root = os.fspath(root)
+    stems = read_split(root, split)
+    if label_map is None:
+        label_map = default_label_map(root)
+    records, problems, ids = [], [], {}
+    for stem in stems:
+        xml_path = os.path.join(root, "Annotations", stem + ".xml")
+        image_id = records_lib.stable_id(stem)
+        if image_id in ids:
+            raise ValueError(f"VOC stems {ids[image_id]!r} and {stem!r} hash to the same id; "
+                             "rename one of the files")
+        ids[image_id] = stem
+        if not os.path.isfile(xml_path):
+            problems.append((image_id, stem, f"annotation file not found: {xml_path}"))
+            continue
+        try:
+            file_name, height, width, boxes, classes, difficult = parse_xml(
+                xml_path, label_map, keep_difficult)
+        except ValueError as error:
+            problems.append((image_id, stem, f"{error} in {xml_path}"))
+            continue
+        path = os.path.join(root, "JPEGImages", file_name)
+        if not os.path.exists(path) and os.path.exists(os.path.join(root, "JPEGImages",
+                                                                    stem + ".jpg")):
+            file_name, path = stem + ".jpg", os.path.join(root, "JPEGImages", stem + ".jpg")
+        records.append(records_lib.ImageRecord(
+            image_id=image_id, name=file_name, height=height, width=width, boxes=boxes,
+            classes=classes, is_crowd=difficult,
+            annotation_ids=[f"object {k}" for k in range(len(boxes))], source=xml_path,
+            path=path))
+    records_lib.raise_or_skip(problems, report, skip_bad_records,
+                              "Fix or remove the XML files named above (or pass a "
+                              "data.label_map listing every class name).")
+    return records, label_map

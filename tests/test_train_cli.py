@@ -1,0 +1,131 @@
+"""bin/paa_train end to end on a tiny generated dataset (issue 6).
+
+Each test runs the real program in a subprocess, as a user would.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from paa_tf.data import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(REPO / "bin" / "paa_train")]
+SMALL = ("model.fpn_channels=32,model.head_channels=32,model.head_convs=1,"
+         "train.batch_size=2,train.warmup_steps=2,train.log_every=1,train.lr_steps=[100]")
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory):
+    """A 24-image shapes dataset at 128 px and a config file pointing at it."""
+    root = tmp_path_factory.mktemp("tiny")
+    paths = synthetic.make_shapes_dataset(root / "shapes", num_train=24, num_val=4,
+                                          image_size=128, seed=3)
+    config = root / "tiny.yaml"
+    config.write_text(
+        f"base: {REPO / 'configs' / 'quickstart.yaml'}\n"
+        "data:\n"
+        f"  train_images: {paths['train_image_dir']}\n"
+        f"  train_annotations: {paths['train_annotation_file']}\n"
+        f"  val_images: {paths['val_image_dir']}\n"
+        f"  val_annotations: {paths['val_annotation_file']}\n"
+        "  min_size: [128]\n  max_size: 128\n  image_size: [128, 128]\n  max_instances: 10\n")
+    return config
+
+
+def env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+
+
+def run_train(config, model_dir, overrides, *extra, timeout=300):
+    command = TRAIN + ["--config", str(config), "--model_dir", str(model_dir),
+                       "--override", f"{SMALL},{overrides}", *extra]
+    return subprocess.run(command, capture_output=True, text=True, env=env(), timeout=timeout,
+                          cwd=REPO)
+
+
+def test_override_reaches_the_model(tiny_experiment, tmp_path):
+    result = run_train(tiny_experiment, tmp_path, "model.head_channels=64,train.total_steps=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    shapes = dict(tf.train.list_variables(str(tmp_path / "ckpt-1")))
+    kernels = [shape for name, shape in shapes.items() if name.startswith("model/")]
+    assert [3, 3, 32, 64] in kernels  # first tower conv: FPN 32 -> head 64 channels
+    assert [3, 3, 64, 6] in kernels  # class logits from a 64-channel tower, 6 shapes
+    saved = (tmp_path / "config.yaml").read_text()
+    assert "head_channels: 64" in saved
+    label_map = json.loads((tmp_path / "label_map.json").read_text())
+    assert len(label_map["classes"] if isinstance(label_map, dict) else label_map) == 6
+
+
+def test_misspelt_override_fails_naming_the_key(tiny_experiment, tmp_path):
+    result = run_train(tiny_experiment, tmp_path, "train.totl_steps=3")
+    assert result.returncode != 0
+    assert "train.totl_steps" in result.stderr and "total_steps" in result.stderr
+
+
+def test_sigkill_then_resume_finishes_the_same_number_of_steps(tiny_experiment, tmp_path):
+    overrides = "train.total_steps=10,train.checkpoint_every=3"
+    command = TRAIN + ["--config", str(tiny_experiment), "--model_dir", str(tmp_path),
+                       "--override", f"{SMALL},{overrides}"]
+    log = open(tmp_path.parent / "killed.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env(),
+                               cwd=REPO)
+    deadline = time.time() + 240
+    # Kill once the run is past its first checkpoint but before the next one.
+    while time.time() < deadline and "step 4/10" not in open(log.name).read():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert "step 4/10" in open(log.name).read(), open(log.name).read()[-3000:]
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
+    resumed = run_train(tiny_experiment, tmp_path, overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stdout and "ckpt-3 at step 3" in resumed.stdout
+    assert "step 10/10" in resumed.stdout and "step 11/" not in resumed.stdout
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-10")
+
+
+def test_mixed_precision_step_runs_with_finite_losses(tiny_experiment, tmp_path):
+    result = run_train(tiny_experiment, tmp_path, "train.total_steps=2", "--mixed_precision")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 2/2" in result.stdout and "nan" not in result.stdout.lower()
+    assert "mixed_precision: true" in (tmp_path / "config.yaml").read_text()
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_workers_train_and_only_the_chief_writes(tiny_experiment, tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        worker_env = env()
+        worker_env["TF_CONFIG"] = json.dumps({"cluster": cluster,
+                                              "task": {"type": "worker", "index": index}})
+        command = TRAIN + ["--config", str(tiny_experiment), "--model_dir", str(tmp_path),
+                           "--strategy", "multi_worker", "--override",
+                           f"{SMALL},train.total_steps=3,train.checkpoint_every=3"]
+        processes.append(subprocess.Popen(command, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True, env=worker_env,
+                                          cwd=REPO))
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+        assert "paa_train: 2 replica(s) with CollectiveAllReduceStrategy" in output, output[:3000]
+        assert "step 3/3" in output
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
+    # Only the chief wrote: one event file, no leftover scratch folder of worker 1.
+    assert len(os.listdir(tmp_path / "train")) == 1
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".worker")]
