@@ -92,6 +92,7 @@ class AssignConfig:
     max_gt_per_batch: int = 0  # padded G for the EM; 0 = batch size x max_instances
     iou_positive: float = 0.5  # IoU baseline thresholds (RetinaNet)
     iou_negative: float = 0.4
+    iou_low_quality: bool = True  # IoU baseline: give each GT its best anchors too
     atss_topk: int = 9
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0

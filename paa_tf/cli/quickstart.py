@@ -21,7 +21,7 @@ STEPS = [
     ("evaluate it with pycocotools", "paa_tf.cli.eval",
      ["--model_dir", MODEL_DIR]),
     ("export it as a SavedModel", "paa_tf.cli.export",
-     ["--model_dir", MODEL_DIR, "--export_dir", f"{MODEL_DIR}/export"]),
+     ["--model_dir", MODEL_DIR, "--export_dir", f"{MODEL_DIR}/export", "--overwrite"]),
 ]
 
 

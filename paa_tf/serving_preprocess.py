@@ -1,0 +1,177 @@
+"""In-graph request checks and pre-processing of the exported SavedModel's signatures.
+
+A request is a batch of encoded images (`tf.string` [B], JPEG or PNG, any sizes) or of
+decoded images (`uint8` [B, h, w, 3], one size per request). Each image is decoded (for
+strings), then goes through exactly the evaluation pre-processing of
+`paa_tf.data.transforms` (resize to the shorter side S with the longer side <= L, normalise,
+zero-pad bottom/right to the static bucket [H, W]), one image at a time with `tf.map_fn`, so
+images of different sizes can share a request.
+
+Bad requests fail with `tf.errors.InvalidArgumentError` whose message says what is wrong:
+which input index is not a JPEG or PNG, or what rank/shape was expected. The checks read the
+*runtime* shape: TensorFlow Serving does not compare a request's shape with the signature, so
+a rank-2 string tensor reaches the graph, and a static-shape assertion would have been
+folded away at export time.
+"""
+
+import dataclasses
+from typing import Tuple
+
+import tensorflow as tf
+
+from paa_tf.data import transforms
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingPreprocess:
+    """Pre-processing settings frozen into the export (all from the experiment config).
+
+    `shorter_side` is the evaluation scale: the largest of `data.min_size`, as the
+    evaluation pipeline (`paa_tf.data.pipeline`) uses. `image_size` is the padded bucket
+    (H, W) the anchors are made for.
+    """
+    shorter_side: int
+    max_size: int
+    image_size: Tuple[int, int]
+    pixel_mean: Tuple[float, ...]
+    pixel_std: Tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, config):
+        """Settings of an `ExperimentConfig`; `export.max_image_size` (> 0) replaces the
+        bucket `data.image_size` by a square one of that side (a multiple of 128)."""
+        data = config.data
+        image_size = tuple(int(s) for s in data.image_size)
+        side = int(getattr(config.export, "max_image_size", 0) or 0)
+        if side:
+            if side % 128:
+                raise ValueError(f"config key 'export.max_image_size' is {side}; give a "
+                                 "multiple of 128 (the padded bucket side), or 0 to use "
+                                 "data.image_size")
+            image_size = (side, side)
+        return cls(shorter_side=max(int(s) for s in data.min_size),
+                   max_size=int(data.max_size), image_size=image_size,
+                   pixel_mean=tuple(float(v) for v in data.pixel_mean),
+                   pixel_std=tuple(float(v) for v in data.pixel_std))
+
+
+def runtime_shape(tensor):
+    """int32 [rank] shape of `tensor` as fed at run time.
+
+    `PlaceholderWithDefault` with an unknown shape hides the static shape of the signature
+    input, so the rank checks below are evaluated per request instead of being constant-folded.
+    """
+    hidden = tf.raw_ops.PlaceholderWithDefault(input=tensor, shape=tf.TensorShape(None))
+    return tf.shape(hidden)
+
+
+def _checked(tensor, conditions):
+    """`tensor` after the (condition, message list) assertions, in order."""
+    asserts = []
+    for condition, data in conditions:
+        with tf.control_dependencies(asserts):
+            asserts.append(tf.debugging.Assert(condition, data, summarize=16))
+    with tf.control_dependencies(asserts):
+        return tf.identity(tensor)
+
+
+def check_encoded(encoded):
+    """Assert `encoded` is a 1-D string batch whose items all start like JPEG or PNG files.
+
+    Returns `encoded` (tf.string [B]) gated on the checks; a failure raises
+    InvalidArgumentError naming the bad input indices.
+    """
+    shape = runtime_shape(encoded)
+    rank_ok = tf.equal(tf.size(shape), 1)
+    flat = tf.reshape(encoded, [-1])
+    is_image = tf.logical_or(
+        tf.equal(tf.strings.substr(flat, 0, len(JPEG_MAGIC)), JPEG_MAGIC),
+        tf.equal(tf.strings.substr(flat, 0, len(PNG_MAGIC)), PNG_MAGIC))
+    bad = tf.reshape(tf.where(tf.logical_not(is_image)), [-1])
+    checked = _checked(encoded, [
+        (rank_ok, ["'inputs' must be a 1-D batch of encoded images (tf.string [batch]); got a "
+                   "tensor of shape", shape]),
+        (tf.equal(tf.size(bad), 0),
+         ["'inputs' holds bytes that are not a JPEG or PNG image (JPEG or PNG expected) at "
+          "index", bad]),
+    ])
+    return tf.reshape(checked, [-1])
+
+
+def check_images(images):
+    """Assert `images` is uint8 [B, h, w, 3] with h, w >= 1; returns it gated on the checks."""
+    shape = runtime_shape(images)
+    rank_ok = tf.equal(tf.size(shape), 4)
+    # The padded shape keeps the indexing valid when the rank is wrong (that assert fails).
+    padded = tf.concat([shape, tf.ones([4], tf.int32)], axis=0)
+    size_ok = tf.logical_and(tf.equal(padded[3], 3),
+                             tf.logical_and(padded[1] >= 1, padded[2] >= 1))
+    message = ("'inputs' must be uint8 images [batch, height, width, 3] (RGB, one size per "
+               "request, height and width >= 1); got a tensor of shape")
+    checked = _checked(images, [(rank_ok, [message, shape]),
+                                (size_ok, [message, shape])])
+    return tf.ensure_shape(checked, [None, None, None, 3])
+
+
+def _decode_one(encoded):
+    """Encoded JPEG/PNG scalar -> uint8 [h, w, 3] (grey expanded, alpha dropped)."""
+    return transforms.decode_image(encoded)
+
+
+def _preprocess_one(image, params):
+    return transforms.preprocess(
+        image, shorter_side=params.shorter_side, max_size=params.max_size,
+        image_size=params.image_size, pixel_mean=params.pixel_mean, pixel_std=params.pixel_std)
+
+
+def _output_signature(params):
+    height, width = params.image_size
+    return (tf.TensorSpec([height, width, 3], tf.float32), tf.TensorSpec([4, 2], tf.float32))
+
+
+def preprocess_encoded(encoded, params):
+    """Checked, decoded and pre-processed batch of encoded images.
+
+    Args:
+      encoded: tf.string [B] JPEG or PNG bytes, sizes may differ.
+      params: `ServingPreprocess`.
+    Returns:
+      (images float32 [B, H, W, 3] normalised and padded, image_info float32 [B, 4, 2]).
+    """
+    encoded = check_encoded(encoded)
+    return tf.map_fn(lambda item: _preprocess_one(_decode_one(item), params), encoded,
+                     fn_output_signature=_output_signature(params))
+
+
+def preprocess_images(images, params):
+    """Checked and pre-processed batch of uint8 images [B, h, w, 3] (same as encoded ones)."""
+    images = check_images(images)
+    return tf.map_fn(lambda image: _preprocess_one(image, params), images,
+                     fn_output_signature=_output_signature(params))
+
+
+def encoded_image_size(encoded):
+    """(height, width) int32 [2] of one encoded image, from its header when possible.
+
+    JPEG: `tf.io.extract_jpeg_shape` (no decoding). PNG: the IHDR chunk (bytes 16-23, big
+    endian). Anything else is decoded.
+    """
+    def png_size():
+        header = tf.io.decode_raw(tf.strings.substr(encoded, 16, 8), tf.uint8)
+        header = tf.reshape(tf.cast(header, tf.int32), [2, 4])
+        values = header[:, 0] * 16777216 + header[:, 1] * 65536 + header[:, 2] * 256 \
+            + header[:, 3]
+        return tf.stack([values[1], values[0]])  # IHDR stores width first
+
+    def decoded_size():
+        return tf.shape(transforms.decode_image(encoded))[:2]
+
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(JPEG_MAGIC)), JPEG_MAGIC)
+    is_png = tf.logical_and(
+        tf.equal(tf.strings.substr(encoded, 0, len(PNG_MAGIC)), PNG_MAGIC),
+        tf.strings.length(encoded) >= 24)
+    return tf.case([(is_jpeg, lambda: tf.io.extract_jpeg_shape(encoded)[:2]),
+                    (is_png, png_size)], default=decoded_size)
