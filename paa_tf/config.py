@@ -145,7 +145,7 @@ class EvalConfig:
     voting_sigma: float = 0.025
     voting_iou: float = 0.01
     plus_one: bool = False
-    tta_scales: Tuple[int, ...] = ()  # extra shorter sides for test-time augmentation
+    tta_scales: Tuple[int, ...] = ()  # shorter sides of the test-time views (all of them)
     tta_flip: bool = False
 
 

@@ -4,8 +4,14 @@ Detections arrive as the padded dict of `paa_tf.postprocess.postprocess` (boxes 
 original-image pixels, contiguous classes, -1 pads); this module turns them into COCO
 results (`[x, y, w, h]`, original image ids, the dataset's own category ids via a label map
 {contiguous index -> dataset id}), runs pycocotools, and writes `results.json` and
-`metrics.json`. Only `evaluate_model` (a trained detector on the configured val split)
-imports TensorFlow and the model/data packages; the rest needs no TensorFlow.
+`metrics.json`. Only the model-running functions (`make_predict_fn`,
+`make_tta_predict_fn`, `evaluate_model`) import TensorFlow and the model/data packages; the
+rest needs no TensorFlow.
+
+Test-time augmentation (`eval.tta_scales`, `eval.tta_flip`): each view (shorter side,
+mirrored or not) is pre-processed from the undecoded image, run through the network, and its
+pre-NMS candidates are mapped to the original image; the candidates of all views are merged
+before class-aware NMS and score voting (`paa_tf.postprocess.merge_tta`).
 """
 
 import contextlib
@@ -317,20 +323,129 @@ def make_predict_fn(config, model, params=None):
     return lambda batch: detect(batch["image"], batch["image_info"])
 
 
+def tta_views(config, scales=None, flip=None):
+    """Test-time views [(shorter_side, flipped)] of `eval.tta_scales` and `eval.tta_flip`.
+
+    `scales` lists every scale to run (the evaluation scale is not added); without scales
+    but with `flip`, the evaluation scale (the largest `data.min_size`) is run plain and
+    mirrored. Returns [] when there is no test-time augmentation.
+    """
+    scales = tuple(config.eval.tta_scales if scales is None else scales)
+    flip = bool(config.eval.tta_flip if flip is None else flip)
+    if not scales and not flip:
+        return []
+    if any(int(s) <= 0 for s in scales):
+        raise ValueError(f"eval.tta_scales is {list(scales)}; give positive shorter sides")
+    scales = scales or (max(int(s) for s in config.data.min_size),)
+    return [(int(s), f) for s in scales for f in ((False, True) if flip else (False,))]
+
+
+def view_geometry(config, shorter_side):
+    """(max_size, padded bucket (H, W)) of a test-time view at `shorter_side`.
+
+    Up to the evaluation scale: `data.max_size` and `data.image_size`, so the evaluation
+    scale itself is exactly the evaluation input. Above it, the longer-side limit grows in
+    proportion (1333 at 800 -> 1667 at 1000) and the bucket grows to hold it (a multiple of
+    128), for which a copy of the network with its own anchors is built.
+    """
+    data = config.data
+    eval_side = max(int(s) for s in data.min_size)
+    bucket = tuple(int(s) for s in data.image_size)
+    if shorter_side <= eval_side:
+        return int(data.max_size), bucket
+    max_size = int(math.ceil(data.max_size * shorter_side / eval_side))
+    side = -(-max_size // 128) * 128
+    return max_size, (max(bucket[0], side), max(bucket[1], side))
+
+
+def make_tta_predict_fn(config, model, views, params=None):
+    """`predict_fn(batch) -> detections dict` (original pixels) with test-time augmentation.
+
+    `batch["encoded"]` is tf.string [B] undecoded images (`paa_tf.export.encoded_eval_dataset`).
+    Each view (shorter side, flipped) pre-processes them as the evaluation pipeline does at
+    that scale (`view_geometry`; a flipped view is mirrored after resizing, before padding),
+    runs the network and selects its pre-NMS candidates (`select_candidates`); the
+    candidates of all views are mapped to the original image and merged before NMS and score
+    voting (`paa_tf.postprocess.merge_tta`).
+    """
+    import dataclasses
+
+    import tensorflow as tf
+
+    from paa_tf import postprocess
+    from paa_tf.data import transforms
+
+    if not views:
+        raise ValueError("make_tta_predict_fn: give at least one (shorter_side, flipped) view")
+    params = postprocess.PostprocessParams.from_config(config) if params is None else params
+    data = config.data
+    networks = {tuple(int(s) for s in data.image_size): model}
+    plan = []
+    for side, flipped in views:
+        max_size, bucket = view_geometry(config, int(side))
+        if bucket not in networks:
+            from paa_tf.modeling.detector import build_detector
+
+            plain = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, backbone_checkpoint=None))
+            networks[bucket] = build_detector(plain, image_size=bucket)
+            networks[bucket].set_weights(model.get_weights())
+        net = networks[bucket]
+        plan.append((int(side), bool(flipped), max_size, bucket, net,
+                     postprocess.level_sizes_from_ids(np.asarray(net.level_ids)),
+                     np.asarray(net.anchors, np.float32)))
+
+    def view_inputs(encoded, side, flipped, max_size, bucket):
+        def one(item):
+            image = transforms.normalize(transforms.decode_image(item), data.pixel_mean,
+                                         data.pixel_std)
+            resized, info = transforms.resize_image(image, side, max_size, bucket)
+            if flipped:
+                resized = tf.reverse(resized, axis=[1])
+            return transforms.pad_image(resized, bucket), info
+
+        return tf.map_fn(one, encoded, fn_output_signature=(
+            tf.TensorSpec([bucket[0], bucket[1], 3], tf.float32),
+            tf.TensorSpec([4, 2], tf.float32)))
+
+    @tf.function(reduce_retracing=True)
+    def detect(encoded):
+        merged = []
+        for side, flipped, max_size, bucket, net, level_sizes, anchors in plan:
+            images, info = view_inputs(encoded, side, flipped, max_size, bucket)
+            outputs = net(images, training=False)
+            candidates = postprocess.select_candidates(
+                outputs["cls_logits"], outputs["box_deltas"], outputs.get("iou_logits"),
+                anchors, level_sizes, info, params)
+            merged.append({"candidates": candidates, "image_info": info, "flipped": flipped})
+        return postprocess.merge_tta(merged, params)
+
+    return lambda batch: detect(tf.convert_to_tensor(batch["encoded"], tf.string))
+
+
 def evaluate_model(config, model, output_dir=None, max_batches=None, params=None,
                    verbose=True):
     """COCO evaluation of `model` on the val split of `config.data` (COCO, VOC or TFRecord).
 
-    Ground truth from `val_ground_truth`. Returns `coco_evaluate`'s metrics.
+    Ground truth from `val_ground_truth`. With `eval.tta_scales` / `eval.tta_flip` the
+    images are evaluated with test-time augmentation (`make_tta_predict_fn`). Returns
+    `coco_evaluate`'s metrics.
     """
     from paa_tf.data import pipeline
 
     data_cfg = config.data
     label_map = pipeline.dataset_label_map(data_cfg)
     coco_gt = val_ground_truth(data_cfg, label_map)
-    dataset, _ = pipeline.build_dataset(data_cfg, split="val", is_training=False,
-                                        batch_size=config.eval.batch_size, repeat=False)
-    return evaluate_dataset(dataset, make_predict_fn(config, model, params), coco_gt,
-                            label_map=label_map, output_dir=output_dir,
-                            max_batches=max_batches, plus_one=config.eval.plus_one,
-                            verbose=verbose)
+    views = tta_views(config)
+    if views:
+        from paa_tf import export
+
+        dataset, _ = export.encoded_eval_dataset(data_cfg, config.eval.batch_size)
+        predict_fn = make_tta_predict_fn(config, model, views, params)
+    else:
+        dataset, _ = pipeline.build_dataset(data_cfg, split="val", is_training=False,
+                                            batch_size=config.eval.batch_size, repeat=False)
+        predict_fn = make_predict_fn(config, model, params)
+    return evaluate_dataset(dataset, predict_fn, coco_gt, label_map=label_map,
+                            output_dir=output_dir, max_batches=max_batches,
+                            plus_one=config.eval.plus_one, verbose=verbose)

@@ -162,7 +162,8 @@ def test_unknown_image_id_is_a_clear_error(shared_data):
 def test_cli_help_and_usage_errors(repo_root, tmp_path):
     help_out = _run_cli(repo_root, "--help")  # absl's --help exits with status 1
     for flag in ("results_file", "gt_as_detections", "model_dir", "checkpoint", "saved_model",
-                 "score_voting", "batch_size", "data", "config", "annotations"):
+                 "score_voting", "batch_size", "data", "config", "annotations", "tta_scales",
+                 "tta_flip"):
         assert f"--{flag}:" in help_out.stdout or f"--[no]{flag}:" in help_out.stdout, flag
     nothing = _run_cli(repo_root, f"--output_dir={tmp_path}")
     assert nothing.returncode != 0 and "nothing to evaluate" in nothing.stderr
@@ -241,3 +242,99 @@ def test_saved_model_evaluation_matches_checkpoint(shared_data, repo_root, tmp_p
     assert got["num_detections"] == want["num_detections"]
     for name in evaluate.METRIC_NAMES:
         assert got[name] == pytest.approx(want[name], abs=1e-3), name
+
+
+def test_tta_views_and_geometry():
+    from paa_tf import config as config_lib
+
+    config = config_lib.load_config(overrides=["data.min_size=[640,800]", "data.max_size=1333",
+                                               "data.image_size=[1408,1408]"])
+    assert evaluate.tta_views(config) == []
+    assert evaluate.tta_views(config, flip=True) == [(800, False), (800, True)]
+    assert evaluate.tta_views(config, scales=[640, 1000], flip=True) == [
+        (640, False), (640, True), (1000, False), (1000, True)]
+    assert evaluate.view_geometry(config, 800) == (1333, (1408, 1408))
+    assert evaluate.view_geometry(config, 640) == (1333, (1408, 1408))
+    # Above the evaluation scale the longer side grows in proportion: 1333 * 1000 / 800.
+    assert evaluate.view_geometry(config, 1000) == (1667, (1792, 1792))
+    with pytest.raises(ValueError, match="positive"):
+        evaluate.tta_views(config, scales=[0])
+
+
+def test_tta_at_the_evaluation_scale_equals_plain_evaluation(repo_root, tmp_path):
+    """`bin/paa_eval --tta_scales=<eval scale>` (one view, no flip: the undecoded images
+    pre-processed per view, candidates merged by `merge_tta`) writes exactly the detections
+    of the plain in-process evaluation. The images are scaled by exactly 2, so NMS and
+    voting in original pixels see the same IoUs as in input pixels."""
+    from tests.test_predict import tiny_run
+
+    config, model, model_dir, _ = tiny_run(tmp_path, num_val=4)
+    plain = evaluate.evaluate_model(config, model, output_dir=str(tmp_path / "plain"),
+                                    verbose=False)
+    assert plain["num_images"] == 4 and plain["num_detections"] > 0
+    proc = _run_cli(repo_root, f"--model_dir={model_dir}", "--tta_scales=128",
+                    f"--output_dir={tmp_path / 'tta'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = json.loads((tmp_path / "plain" / "results.json").read_text())
+    got = json.loads((tmp_path / "tta" / "results.json").read_text())
+    assert got == want
+    bad = _run_cli(repo_root, f"--model_dir={model_dir}", "--tta_scales=128,abc")
+    assert bad.returncode != 0 and "positive integers" in bad.stderr
+
+
+def _encoded_png(image):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_flip_tta_on_a_symmetric_image_gives_mirrored_boxes(tmp_path):
+    """On a left-right symmetric image the mirrored view sees the same pixels, so its
+    detections mapped back are the plain detections mirrored (x -> W - x), same scores and
+    classes; merging both views keeps mirror-twin detections mirrored."""
+    import tensorflow as tf
+
+    from paa_tf.data import transforms
+    from tests.test_predict import tiny_run
+
+    config, model, _, _ = tiny_run(tmp_path, num_val=1)
+    rng = np.random.default_rng(1)
+    half = rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)
+    half[10:40, 5:25] = (250, 30, 30)  # an object-like block on each side
+    image = np.concatenate([half, half[:, ::-1]], axis=1)
+    batch = {"encoded": tf.constant([_encoded_png(image)])}
+    data = config.data
+    pre, info = transforms.preprocess(tf.constant(image), shorter_side=128, max_size=128,
+                                      image_size=(128, 128), pixel_mean=data.pixel_mean,
+                                      pixel_std=data.pixel_std)
+    plain = {k: np.asarray(v) for k, v in evaluate.make_predict_fn(config, model)(
+        {"image": pre[None], "image_info": info[None]}).items()}
+    flipped = {k: np.asarray(v) for k, v in evaluate.make_tta_predict_fn(
+        config, model, [(128, True)])(batch).items()}
+    count = int(plain["num_detections"][0])
+    assert count > 0 and int(flipped["num_detections"][0]) == count
+    np.testing.assert_allclose(flipped["detection_scores"], plain["detection_scores"], atol=1e-6)
+    np.testing.assert_array_equal(flipped["detection_classes"], plain["detection_classes"])
+    ymin, xmin, ymax, xmax = np.moveaxis(plain["detection_boxes"][0, :count], -1, 0)
+    mirrored = np.stack([ymin, 64.0 - xmax, ymax, 64.0 - xmin], axis=-1)
+    np.testing.assert_allclose(flipped["detection_boxes"][0, :count], mirrored, atol=1e-3)
+
+    both = {k: np.asarray(v)[0] for k, v in evaluate.make_tta_predict_fn(
+        config, model, [(128, False), (128, True)])(batch).items()}
+    count = int(both["num_detections"])
+    boxes, scores, classes = (both["detection_boxes"][:count], both["detection_scores"][:count],
+                              both["detection_classes"][:count])
+    twins = 0
+    for i in range(count):
+        if scores[i] <= scores.min():
+            continue  # its twin may be the 101st detection
+        same = [j for j in range(count) if j != i and classes[j] == classes[i]
+                and abs(scores[j] - scores[i]) < 1e-6]
+        if same:
+            twins += 1
+            j = same[0]
+            np.testing.assert_allclose(boxes[j], [boxes[i, 0], 64.0 - boxes[i, 3], boxes[i, 2],
+                                                  64.0 - boxes[i, 1]], atol=1e-3)
+    assert twins >= 2

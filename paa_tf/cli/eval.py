@@ -12,6 +12,9 @@ Examples::
         [--data=val2017/ --annotations=ANN.json] [--score_voting=false] [--batch_size=8]
     # an exported SavedModel (bin/paa_export), run on the undecoded image files
     bin/paa_eval --saved_model=export/1 [--data=val2017/ --annotations=ANN.json]
+    # test-time augmentation of a checkpoint: every listed shorter side, each also mirrored;
+    # the views' candidates are merged before NMS and score voting
+    bin/paa_eval --model_dir=runs/x --tta_scales=640,800 --tta_flip
 
 Writes ``results.json`` (COCO results) and ``metrics.json`` (the 12 COCO numbers by name and
 per-category AP) into ``--output_dir`` (default ``<model_dir>/eval``, or ``./paa_eval_output``).
@@ -28,7 +31,7 @@ from paa_tf import evaluate
 FLAGS = flags.FLAGS
 _FLAG_NAMES = ("annotations", "results_file", "gt_as_detections", "output_dir", "model_dir",
                "checkpoint", "config", "data", "score_voting", "batch_size", "saved_model",
-               "max_batches")
+               "max_batches", "tta_scales", "tta_flip")
 
 MODELING_MODULE = "paa_tf.modeling.detector"
 CHECKPOINT_UNAVAILABLE = "evaluating a checkpoint needs paa_tf.modeling (not available)"
@@ -64,6 +67,11 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("max_batches", None, "Stop after this many batches (quick checks); "
                          "only the images seen are scored.", lower_bound=1,
                          flag_values=flag_values)
+    flags.DEFINE_list("tta_scales", None, "Test-time augmentation: the shorter sides to run "
+                      "(comma-separated, e.g. 640,800; the evaluation scale is not added). "
+                      "Overrides eval.tta_scales.", flag_values=flag_values)
+    flags.DEFINE_bool("tta_flip", None, "Test-time augmentation: also run each scale mirrored "
+                      "(overrides eval.tta_flip).", flag_values=flag_values)
     # absl's --help lists only the key flags of the script named by sys.argv[0]; these flags
     # live in this module, so register them for the script as well.
     for name in _FLAG_NAMES:
@@ -84,7 +92,20 @@ def _overrides():
         overrides.append(f"eval.score_voting={str(FLAGS.score_voting).lower()}")
     if FLAGS.batch_size is not None:
         overrides.append(f"eval.batch_size={FLAGS.batch_size}")
+    if FLAGS.tta_scales is not None:
+        overrides.append(f"eval.tta_scales=[{','.join(_tta_scales())}]")
+    if FLAGS.tta_flip is not None:
+        overrides.append(f"eval.tta_flip={str(FLAGS.tta_flip).lower()}")
     return overrides or None
+
+
+def _tta_scales():
+    """--tta_scales as decimal strings; a usage error for anything but positive integers."""
+    scales = [s.strip() for s in FLAGS.tta_scales if s.strip()]
+    if not all(s.isdigit() and int(s) > 0 for s in scales):
+        raise app.UsageError(f"--tta_scales={','.join(FLAGS.tta_scales)}: give positive "
+                             "integers (shorter sides in pixels), e.g. --tta_scales=640,800")
+    return scales
 
 
 def _apply_flag_overrides(config):
@@ -158,6 +179,9 @@ def _run_model(output_dir):
                              "or set data.val_images / data.val_annotations in the config")
     if FLAGS.saved_model:
         from paa_tf import export
+        if FLAGS.tta_scales or FLAGS.tta_flip:
+            raise app.UsageError("--tta_scales/--tta_flip need a checkpoint (--model_dir): an "
+                                 "exported SavedModel has its pre-processing built in")
         if FLAGS.score_voting is not None:
             print("note: --score_voting has no effect on a SavedModel (fixed at export)")
         predict_fn = export.load_exported(FLAGS.saved_model)
