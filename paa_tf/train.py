@@ -99,6 +99,7 @@ class Trainer:
         self.model_dir = pathlib.Path(model_dir)
         self.strategy = strategy
         self.chief = checkpoints.is_chief(strategy)
+        self.data_reports = []  # the input pipeline's bad-record reports, shown at the end
         self.global_batch = config.train.batch_size
         replicas = strategy.num_replicas_in_sync
         if self.global_batch % replicas:
@@ -153,9 +154,10 @@ class Trainer:
         label_map_path = pipeline.label_map_file(data_config, self.model_dir)
 
         def dataset_fn(input_context):
-            dataset, _ = pipeline.build_dataset(
+            dataset, report = pipeline.build_dataset(
                 data_config, split="train", is_training=True, batch_size=per_replica,
                 input_context=input_context)
+            self.data_reports.append(report)
             return dataset
         return dataset_fn, label_map_path
 

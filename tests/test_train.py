@@ -110,3 +110,19 @@ def test_progress_line_format():
                                    0.01)
     assert line.startswith("step 250/2000 (12%) | ETA 5m50s | 40.0 img/s | loss 1.235")
     assert line.endswith("lr 0.01")
+
+
+def test_backbone_checkpoint_loads_on_a_fresh_start_only(tmp_path, capsys):
+    donor = make_trainer(tmp_path / "donor")
+    weights = tmp_path / "backbone.weights.h5"
+    donor.model.backbone.save_weights(str(weights))
+    fresh = make_trainer(tmp_path / "run", f"model.backbone_checkpoint={weights}")
+    assert fresh.restore_or_initialise() is None
+    assert "Backbone initialised from" in capsys.readouterr().out
+    for ours, theirs in zip(fresh.model.backbone.weights, donor.model.backbone.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    fresh.train(total_steps=2)
+    resumed = make_trainer(tmp_path / "run", f"model.backbone_checkpoint={weights}")
+    assert resumed.restore_or_initialise().endswith("ckpt-2")
+    out = capsys.readouterr().out
+    assert "Resumed from" in out and "Backbone initialised" not in out

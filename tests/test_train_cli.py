@@ -65,6 +65,17 @@ def test_override_reaches_the_model(tiny_experiment, tmp_path):
     assert len(label_map["classes"] if isinstance(label_map, dict) else label_map) == 6
 
 
+def test_periodic_evaluation_writes_coco_metrics(tiny_experiment, tmp_path):
+    result = run_train(tiny_experiment, tmp_path, "train.total_steps=3,train.eval_every=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "eval: {" in result.stdout and '"AP"' in result.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["AP"] <= 1.0
+    assert [f for f in os.listdir(tmp_path / "eval") if "tfevents" in f]
+    # the bad-record report of the input pipeline is repeated at the end
+    assert "0 bad records skipped" in result.stdout.split("finished at step 3")[1]
+
+
 def test_misspelt_override_fails_naming_the_key(tiny_experiment, tmp_path):
     result = run_train(tiny_experiment, tmp_path, "train.totl_steps=3")
     assert result.returncode != 0

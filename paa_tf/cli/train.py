@@ -71,6 +71,8 @@ def _main(argv):
         return 3
     print(f"paa_train: finished at step {trainer.step}; checkpoint {trainer.keeper.latest}",
           flush=True)
+    for report in trainer.data_reports:  # skipped records are listed again at the end
+        print(report.summary(), flush=True)
     return 0
 
 
