@@ -112,8 +112,8 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
         files = tfrecord_lib.find_shards(
             config.train_tfrecords if split == "train" else config.val_tfrecords)
         label_map = label_map or tfrecord_lib.default_label_map(files)
-        records, counts = tfrecord_lib.scan_tfrecords(files, report, label_map=label_map,
-                                                      level=level, skip_bad_records=skip)
+        records, counts, files = tfrecord_lib.scan_tfrecords(
+            files, report, label_map=label_map, level=level, skip_bad_records=skip)
         layout = (files, counts)
     else:
         raise ValueError(f"data.format is {config.format!r}; choose 'coco', 'voc' or 'tfrecord'")
