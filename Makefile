@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-all lint lock clean-quickstart
+.PHONY: quickstart test lint lock clean-quickstart
 
 $(STAMP): setup.cfg requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,6 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
-
-test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check paa_tf bin tests bench

@@ -25,7 +25,7 @@ BACKBONES = ("tiny",) + tuple(RESNET_DEPTHS)
 TINY_CHANNELS = (16, 32, 64, 96, 128)
 
 
-def _conv_bn_relu(x, filters, name, strides=1):
+def _conv_bn_relu(x, filters, name, strides=1, frozen_bn=False):
     """3x3 conv (symmetric 1-pixel padding when strided, PyTorch's grid), BatchNorm, ReLU.
 
     BatchNorm makes this from-scratch net train in the CPU quickstart's budget; without it
@@ -36,15 +36,20 @@ def _conv_bn_relu(x, filters, name, strides=1):
     x = tf_keras.layers.Conv2D(filters, 3, strides=strides,
                                padding="valid" if strides == 2 else "same", use_bias=False,
                                name=name)(x)
-    x = tf_keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3, name=f"{name}_bn")(x)
+    bn = tf_keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3, name=f"{name}_bn")
+    # Frozen BN is a fixed affine map in inference mode (identity at initialisation).
+    bn.trainable = not frozen_bn
+    x = bn(x)
     return tf_keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def build_tiny_backbone(input_shape=(None, None, 3), name="tiny_backbone") -> tf_keras.Model:
+def build_tiny_backbone(input_shape=(None, None, 3), name="tiny_backbone",
+                        frozen_bn=False) -> tf_keras.Model:
     """A small conv net: each stage is a stride-2 conv then a 3x3 conv, each with BN + ReLU.
 
     Args:
       input_shape: (H, W, 3); H and W may be None.
+      frozen_bn: keep BatchNorm fixed (`model.frozen_bn`); train it when from scratch.
     Returns:
       tf_keras.Model: image float32 [B, H, W, 3] -> {3: [B, H/8, W/8, 64],
       4: [B, H/16, W/16, 96], 5: [B, H/32, W/32, 128]} (ceil division).
@@ -53,8 +58,8 @@ def build_tiny_backbone(input_shape=(None, None, 3), name="tiny_backbone") -> tf
     x = inputs
     outputs = {}
     for stage, channels in enumerate(TINY_CHANNELS, start=1):
-        x = _conv_bn_relu(x, channels, name=f"stage{stage}_down", strides=2)
-        x = _conv_bn_relu(x, channels, name=f"stage{stage}_conv")
+        x = _conv_bn_relu(x, channels, f"stage{stage}_down", strides=2, frozen_bn=frozen_bn)
+        x = _conv_bn_relu(x, channels, f"stage{stage}_conv", frozen_bn=frozen_bn)
         if stage >= 3:
             outputs[stage] = x
     return tf_keras.Model(inputs, outputs, name=name)
@@ -113,7 +118,8 @@ def build_backbone(model_config, input_shape=(None, None, 3)) -> tf_keras.Model:
     """
     name = getattr(model_config, "backbone", "resnet50")
     if name == "tiny":
-        return build_tiny_backbone(input_shape)
+        return build_tiny_backbone(input_shape,
+                                   frozen_bn=getattr(model_config, "frozen_bn", True))
     if name in RESNET_DEPTHS:
         return build_resnet_backbone(
             RESNET_DEPTHS[name], input_shape,
