@@ -206,7 +206,8 @@ def main():
     parser.add_argument("--gts", type=int, default=20)
     parser.add_argument("--candidates", type=int, default=45)
     parser.add_argument("--repeats", type=int, default=3, help="reference repetitions")
-    parser.add_argument("--pad-to", type=int, default=256, help="assign.max_gt_per_batch")
+    parser.add_argument("--pad-to", type=int, default=0,
+                        help="assign.max_gt_per_batch (0, the default: B x GTs, as in training)")
     parser.add_argument("--full", action="store_true", help="also time the whole assignment")
     parser.add_argument("--size", type=int, default=512, help="input size for --full")
     args = parser.parse_args()
