@@ -32,7 +32,10 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from paa_tf.config import EvalConfig
 from paa_tf.ops import boxes as box_ops
+
+_EVAL = EvalConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +45,17 @@ class PostprocessParams:
     `plus_one` governs voting IoU and clipping; `decode_plus_one`, `box_weights` and
     `delta_clamp` must match how the model was trained (`model.*` in the config).
     """
-    score_threshold: float = 0.05
-    pre_nms_topk: int = 1000
-    candidate_rule: str = "kk"  # 'kk' | 'mm'
-    score: str = "sqrt"  # 'sqrt' | 'product'
-    nms_iou: float = 0.6
-    max_detections: int = 100
-    score_voting: bool = True
-    voting_sigma: float = 0.025
-    voting_iou: float = 0.01
-    plus_one: bool = False
+    # Defaults come from `EvalConfig`, the one place the project's defaults are written.
+    score_threshold: float = _EVAL.score_threshold
+    pre_nms_topk: int = _EVAL.pre_nms_topk
+    candidate_rule: str = _EVAL.candidate_rule  # 'kk' | 'mm'
+    score: str = _EVAL.score  # 'sqrt' | 'product'
+    nms_iou: float = _EVAL.nms_iou
+    max_detections: int = _EVAL.max_detections
+    score_voting: bool = _EVAL.score_voting
+    voting_sigma: float = _EVAL.voting_sigma
+    voting_iou: float = _EVAL.voting_iou
+    plus_one: bool = _EVAL.plus_one
     decode_plus_one: bool = False
     box_weights: Tuple[float, ...] = box_ops.BOX_WEIGHTS
     delta_clamp: str = "kk"
