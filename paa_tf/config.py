@@ -315,6 +315,12 @@ def load_config(path=None, overrides=None):
     return config
 
 
+# Counts that must be at least 1: zero or a negative value would fail deep inside TensorFlow.
+_POSITIVE = ("data.max_instances", "model.num_classes", "model.fpn_channels",
+             "model.head_channels", "assign.topk", "assign.fnp_count", "train.batch_size",
+             "train.total_steps", "train.checkpoint_every", "train.log_every", "eval.batch_size",
+             "eval.pre_nms_topk", "eval.max_detections")
+
 _CHOICES = {
     "data.format": ("coco", "voc", "tfrecord"),
     "model.aux_head": ("iou", "centerness", "none"),
@@ -339,6 +345,11 @@ def validate(config):
         value = getattr(getattr(config, section), name)
         if value not in choices:
             raise ConfigError(f"config key '{key}' is {value!r}; choose one of {choices}")
+    for key in _POSITIVE:
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) < 1:
+            raise ConfigError(f"config key '{key}' is {getattr(getattr(config, section), name)}; "
+                              "it must be at least 1")
     size = config.data.image_size
     if len(size) != 2 or any(s <= 0 or s % 128 for s in size):
         raise ConfigError(f"config key 'data.image_size' is {size}; give [H, W], each a positive "

@@ -65,6 +65,13 @@ def test_invalid_choice_and_image_size():
         config_lib.build_config(overrides="data.image_size=[300,256]")
 
 
+@pytest.mark.parametrize("key", ["train.batch_size", "eval.batch_size", "train.total_steps",
+                                 "model.num_classes", "assign.fnp_count"])
+def test_counts_below_one_name_the_key(key):
+    with pytest.raises(config_lib.ConfigError, match=f"'{key}' is 0; it must be at least 1"):
+        config_lib.build_config(overrides=f"{key}=0")
+
+
 def test_bad_yaml_file_names_path(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")

@@ -1,0 +1,132 @@
+"""`bin/paa_ablate`: the paper's Table 1 ablations, trained at quickstart scale.
+
+Example::
+
+    bin/paa_ablate --output_dir runs/ablate --steps 1200 --seeds 0,1,2
+    bin/paa_ablate --output_dir runs/ablate --steps 1200 --seeds 0 --rows iou,paa_ioupred
+    bin/paa_ablate --output_dir runs/ablate --steps 1200 --seeds 0,1,2 --report_only
+
+Every training runs `paa_tf.cli.train` on configs/quickstart.yaml (generating the shapes
+dataset first if it is missing) with the same budget per seed; each is then scored with
+`paa_tf.cli.eval`. Finished runs are reused, interrupted ones resume, and a training that
+fails (say, a non-finite loss) is recorded as failed in the table instead of stopping the
+rest. The report (ablations.md, ablations.png, ablations.json) covers whatever has finished.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from paa_tf import ablation
+
+CONFIG = "configs/quickstart.yaml"
+
+flags.DEFINE_string("output_dir", "runs/ablate", "Folder for the runs and the report.")
+flags.DEFINE_integer("steps", 1200, "Training steps (of 8 images) per row and seed; the LR "
+                     "schedule is the quickstart's, scaled to this length.", lower_bound=1)
+flags.DEFINE_list("seeds", ["0"], "Seeds to train each row with (comma-separated).")
+flags.DEFINE_list("rows", [], "Training keys to run (default all): "
+                  + ", ".join(ablation.trainings()))
+flags.DEFINE_string("config", CONFIG, "Base experiment config.")
+flags.DEFINE_list("extra_overrides", [], "Overrides applied to every training (e.g. a smaller "
+                  "data set for a smoke test).")
+flags.DEFINE_bool("report_only", False, "Only write the report from the finished runs.")
+
+FLAGS = flags.FLAGS
+
+
+def _run(command, log_path):
+    """Runs `command`, appending its output to `log_path`; returns the exit code."""
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def _last_line(log_path):
+    """The last non-blank line of a log: for a Python failure, the exception."""
+    with open(log_path, errors="replace") as log:
+        lines = [line.strip() for line in log if line.strip()]
+    return lines[-1][:200] if lines else "no output"
+
+
+def _ensure_shapes_dataset():
+    """Generates the quickstart's dataset when the base config points at it and it is absent."""
+    if FLAGS.config != CONFIG or os.path.isfile("data/shapes/annotations/instances_val.json"):
+        return
+    print("[ablate] generating data/shapes (bin/paa_make_shapes)", flush=True)
+    subprocess.run([sys.executable, "-m", "paa_tf.cli.make_shapes", "--output_dir",
+                    "data/shapes"], check=True)
+
+
+def _train_and_evaluate(training, overrides, seed, votings):
+    """One training (resumed or reused if done) and its evaluations; False if it failed."""
+    model_dir = ablation.run_dir(FLAGS.output_dir, training, seed)
+    os.makedirs(model_dir, exist_ok=True)
+    if os.path.isfile(os.path.join(model_dir, "FAILED.json")):
+        print(f"[ablate] {training} seed {seed}: failed earlier (delete "
+              f"{model_dir}/FAILED.json to retry)", flush=True)
+        return False
+    log_path = os.path.join(model_dir, "ablate.log")
+    all_overrides = (list(overrides) + list(ablation.budget_overrides(FLAGS.steps, seed))
+                     + list(FLAGS.extra_overrides))
+    start = time.time()
+    final = os.path.join(model_dir, f"ckpt-{FLAGS.steps}.index")
+    if not os.path.isfile(final):
+        print(f"[ablate] training {training} seed {seed} ({FLAGS.steps} steps)", flush=True)
+        code = _run([sys.executable, "-m", "paa_tf.cli.train", "--config", FLAGS.config,
+                     "--model_dir", model_dir, "--override", ",".join(all_overrides)], log_path)
+        if code != 0 or not os.path.isfile(final):
+            reason = f"training exited with code {code}: {_last_line(log_path)} (log: {log_path})"
+            with open(os.path.join(model_dir, "FAILED.json"), "w") as f:
+                json.dump({"reason": reason}, f)
+            print(f"[ablate] {training} seed {seed}: {reason}", flush=True)
+            return False
+    for voting in votings:
+        out = ablation.eval_dir(model_dir, voting)
+        if os.path.isfile(os.path.join(out, "metrics.json")):
+            continue
+        code = _run([sys.executable, "-m", "paa_tf.cli.eval", "--model_dir", model_dir,
+                     f"--score_voting={str(voting).lower()}", "--output_dir", out], log_path)
+        if code != 0:
+            raise RuntimeError(f"evaluation of {model_dir} failed with code {code}; see "
+                               f"{log_path}")
+    metrics = ablation.load_run(model_dir, False) or ablation.load_run(model_dir, True)
+    print(f"[ablate] {training} seed {seed}: done in {time.time() - start:.0f} s, AP "
+          f"{metrics['AP']:.3f}", flush=True)
+    return True
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+        rows = ablation.select_rows(FLAGS.rows)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    if not FLAGS.report_only:
+        _ensure_shapes_dataset()
+        for seed in seeds:  # every row once before any row twice: partial runs stay useful
+            for training, overrides in ablation.trainings(rows).items():
+                votings = sorted({r.voting for r in rows if r.training == training})
+                _train_and_evaluate(training, overrides, seed, votings)
+                ablation.write_report(FLAGS.output_dir, seeds, FLAGS.steps)
+    records = ablation.write_report(FLAGS.output_dir, seeds, FLAGS.steps)
+    print(ablation.markdown_table(records))
+    print(f"[ablate] report: {FLAGS.output_dir}/ablations.md, ablations.png", flush=True)
+    return 0
+
+
+def main():
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()
