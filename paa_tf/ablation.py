@@ -170,6 +170,54 @@ def collect(output_dir, seeds, rows=ROWS) -> List[dict]:
     return records
 
 
+# The paper's orderings checked by the report: (better row, worse row, relation).
+ORDERINGS: Tuple[Tuple[str, str, str], ...] = (
+    ("PAA", "IoU assignment", ">"),
+    ("PAA + IoU pred", "IoU assignment + IoU pred", ">"),
+    ("PAA + IoU pred", "PAA + centerness", ">="),
+    ("ATSS + IoU pred", "ATSS + centerness", ">="),
+    ("PAA + IoU pred + score voting", "PAA + IoU pred", ">="),
+)
+
+
+def orderings(records) -> List[dict]:
+    """Each paper ordering compared seed by seed (AP points, ours).
+
+    A relation holds when it holds for every seed both rows have, fails when the opposite
+    strict relation holds for every seed, and is 'mixed' otherwise; a '>=' relation with all
+    differences zero holds.
+    """
+    by_name = {r["name"]: r for r in records}
+    out = []
+    for better, worse, relation in ORDERINGS:
+        a, b = by_name[better]["per_seed"], by_name[worse]["per_seed"]
+        seeds = sorted(set(a) & set(b))
+        diffs = [round(a[s] - b[s], 2) for s in seeds]
+        if not diffs:
+            verdict = "not run"
+        elif all(d > 0 for d in diffs) or (relation == ">=" and all(d >= 0 for d in diffs)):
+            verdict = "held"
+        elif all(d < 0 for d in diffs):
+            verdict = "did not hold"
+        else:
+            verdict = "mixed"
+        out.append({"better": better, "worse": worse, "relation": relation, "seeds": seeds,
+                    "diffs": diffs, "mean_diff": statistics.fmean(diffs) if diffs else None,
+                    "verdict": verdict})
+    return out
+
+
+def orderings_table(checks) -> str:
+    lines = ["| paper's ordering | AP difference per seed (points) | mean | at this scale |",
+             "| --- | --- | --- | --- |"]
+    for c in checks:
+        per_seed = ", ".join(f"{d:+.1f} (seed {s})" for s, d in zip(c["seeds"], c["diffs"]))
+        mean = "–" if c["mean_diff"] is None else f"{c['mean_diff']:+.1f}"
+        lines.append(f"| {c['better']} {c['relation']} {c['worse']} | {per_seed or '–'} | "
+                     f"{mean} | {c['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _cell(summary):
     if not summary["n"]:
         return "–"
@@ -235,6 +283,7 @@ def write_report(output_dir, seeds, steps, rows=ROWS) -> List[dict]:
         f.write(f"Quickstart model, {steps} steps of 8 images per training, seeds "
                 f"{', '.join(map(str, seeds))}; AP on the 200 generated val images.\n\n")
         f.write(markdown_table(records))
+        f.write("\n" + orderings_table(orderings(records)))
     bar_chart(records, os.path.join(output_dir, "ablations.png"),
               f"PAA ablations (Table 1) at quickstart scale, {steps} steps")
     return records

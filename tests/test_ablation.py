@@ -92,7 +92,35 @@ def test_report_statistics_failures_and_missing_runs(tmp_path):
     assert "| PAA | 39.9 | – | – | – |" in table
     assert "seed 0: training exited with code 3" in table
     assert (tmp_path / "ablations.png").stat().st_size > 10_000
+
+    checks = {(c["better"], c["worse"]): c for c in ablation.orderings(records.values())}
+    voting = checks[("PAA + IoU pred + score voting", "PAA + IoU pred")]
+    assert (voting["seeds"], voting["diffs"], voting["verdict"]) == ([0], [2.0], "held")
+    vs_iou = checks[("PAA + IoU pred", "IoU assignment + IoU pred")]
+    assert vs_iou["verdict"] == "not run"  # no IoU + IoU pred run
     assert json.loads((tmp_path / "ablations.json").read_text())["total_steps"] == 800
+    assert "| PAA + IoU pred + score voting >= PAA + IoU pred | +2.0 (seed 0) | +2.0 | held |" \
+        in table
+
+
+def test_orderings_verdicts_are_paired_by_seed():
+    def rec(name, per_seed):
+        return {"name": name, "per_seed": per_seed}
+
+    names = {n for pair in ablation.ORDERINGS for n in pair[:2]}
+    base = {n: rec(n, {}) for n in names}
+    base["PAA"] = rec("PAA", {0: 30.0, 1: 25.0, 2: 31.0})
+    base["IoU assignment"] = rec("IoU assignment", {0: 29.0, 1: 26.0, 3: 10.0})
+    base["ATSS + IoU pred"] = rec("ATSS + IoU pred", {0: 20.0, 1: 21.0})
+    base["ATSS + centerness"] = rec("ATSS + centerness", {0: 20.0, 1: 21.0})
+    base["PAA + IoU pred"] = rec("PAA + IoU pred", {0: 20.0, 1: 22.0})
+    base["PAA + centerness"] = rec("PAA + centerness", {0: 21.0, 1: 22.5})
+    checks = {(c["better"], c["worse"]): c for c in ablation.orderings(base.values())}
+    paa = checks[("PAA", "IoU assignment")]
+    assert (paa["seeds"], paa["diffs"], paa["verdict"]) == ([0, 1], [1.0, -1.0], "mixed")
+    assert checks[("ATSS + IoU pred", "ATSS + centerness")]["verdict"] == "held"  # ties, >=
+    centerness = checks[("PAA + IoU pred", "PAA + centerness")]
+    assert (centerness["verdict"], centerness["mean_diff"]) == ("did not hold", -0.75)
 
 
 def test_tiny_ablation_run_trains_scores_reuses_and_records_failures(tmp_path):
