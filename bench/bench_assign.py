@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_common import run_times  # noqa: E402  (bench/ is the script folder)
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.mixture import GaussianMixture  # noqa: E402
 
@@ -74,14 +75,6 @@ def gmm_and_separation(costs, mask):
     fit = fit_gmm_1d(costs, mask)
     return fit.components, separate(costs, mask, fit.components, fit.log_density, "kk_c")
 
-
-def run_times(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def side_by_side(fast, slow, fast_repeats, slow_repeats):

@@ -35,7 +35,6 @@ import argparse
 import glob
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Before TensorFlow: keeps Keras 3 out of the process (see paa_tf/__init__.py).
 import paa_tf  # noqa: E402,F401  # isort: skip
 
+import bench_common  # noqa: E402  (bench/ is the script folder)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -58,21 +58,12 @@ SCORE_THRESHOLD = 0.05  # both models' default pre-NMS score threshold (checked 
 
 
 def machine_facts():
-    """'CPU model | cores visible | TensorFlow version | threads' line."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        model = names[0] if names else model
-    except OSError:
-        pass
-    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The common machine line plus TF's thread settings."""
     intra = tf.config.threading.get_intra_op_parallelism_threads()
     inter = tf.config.threading.get_inter_op_parallelism_threads()
     threads = ("TF default threads" if intra == inter == 0
                else f"TF threads intra {intra}, inter {inter}")
-    return (f"{model} | {visible} of {os.cpu_count()} cores visible to this process | "
-            f"TensorFlow {tf.__version__} | {threads}")
+    return f"{bench_common.machine_facts(tf)} | {threads}"
 
 
 def load_photo():

@@ -31,7 +31,6 @@ data.max_instances).
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -53,20 +52,7 @@ R50_LARGE_OVERRIDES = ("data.image_size=[896,1408],data.min_size=[800],data.max_
                        "train.batch_size=2")
 
 
-def machine_facts():
-    """'CPU model | cores visible | TensorFlow version' line."""
-    import tensorflow as tf
-
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        model = names[0] if names else model
-    except OSError:
-        pass
-    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{model} | {visible} of {os.cpu_count()} cores visible to this process | "
-            f"TensorFlow {tf.__version__}")
+from bench_common import machine_facts, run_times  # noqa: E402  (bench/: script folder)
 
 
 def load_config(path, overrides):
@@ -189,14 +175,6 @@ def assign_runner(model, inputs):
     return lambda: run().numpy()
 
 
-def seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
 
 def ms(times):
     import numpy as np
@@ -263,7 +241,7 @@ def bench_assign_alone(trainers, batch, repeats, paa_step):
     times = {method: [] for method in METHODS}
     for _ in range(repeats):
         for method, run in runs.items():
-            times[method] += seconds(run, 1)
+            times[method] += run_times(run, 1)
     print(f"\nassignment alone (paa_tf.assign.assign in a tf.function on fixed model outputs, "
           f"{repeats} runs each, interleaved):")
     for method in METHODS:

@@ -1,0 +1,31 @@
+"""What the benchmarks share: the machine line they print first, and a repeat timer."""
+
+import os
+import platform
+import time
+
+
+def machine_facts(tf=None):
+    """'CPU model | cores visible | TensorFlow version' (+ TF's thread settings if `tf`)."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if tf is None:
+        import tensorflow as tf
+    return (f"{model} | {visible} of {os.cpu_count()} cores visible to this process | "
+            f"TensorFlow {tf.__version__}")
+
+
+def run_times(fn, repeats):
+    """Wall-clock seconds of `repeats` calls of `fn()`, in call order."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
