@@ -29,6 +29,7 @@ class Row:
     training: key of the training it evaluates; rows with the same key share it.
     overrides: config overrides of that training (on top of the quickstart config).
     voting: evaluate with score voting.
+    score: eval.score to rank detections with ('' = the config's, sqrt(p*q)).
     paper_ap: the paper's COCO minival AP (R50, 135k iterations), or None.
     """
 
@@ -38,6 +39,7 @@ class Row:
     overrides: Tuple[str, ...]
     voting: bool = False
     paper_ap: Optional[float] = None
+    score: str = ""
 
 
 _IOU_PRED = "model.aux_head=iou"
@@ -78,6 +80,12 @@ ROWS: Tuple[Row, ...] = (
         ("assign.separation=fsr", "assign.fsr_threshold=0.1", _IOU_PRED), paper_ap=23.8),
     Row("FSR > 0.2", "separation", "fsr0.2",
         ("assign.separation=fsr", "assign.fsr_threshold=0.2", _IOU_PRED), paper_ap=19.3),
+    # Not in the paper: the IoU head trained but unused at test time, to tell its effect on
+    # training (features, gradients) from its effect on ranking detections.
+    Row("IoU assignment + IoU pred, ranked by p alone", "diagnostic", "iou_ioupred",
+        ("assign.method=iou", _IOU_PRED), score="cls"),
+    Row("PAA + IoU pred, ranked by p alone", "diagnostic", "paa_ioupred",
+        ("assign.method=paa", _IOU_PRED), score="cls"),
 )
 
 
@@ -124,17 +132,18 @@ def run_dir(output_dir, training, seed):
     return os.path.join(output_dir, "runs", training, f"seed{seed}")
 
 
-def eval_dir(model_dir, voting):
-    return os.path.join(model_dir, "eval_voting" if voting else "eval_plain")
+def eval_dir(model_dir, voting, score=""):
+    name = "eval_voting" if voting else "eval_plain"
+    return os.path.join(model_dir, f"{name}_{score}" if score else name)
 
 
-def load_run(model_dir, voting) -> Optional[dict]:
+def load_run(model_dir, voting, score="") -> Optional[dict]:
     """metrics.json of one evaluation, a {'failed': reason} record, or None if not run."""
     failure = os.path.join(model_dir, "FAILED.json")
     if os.path.isfile(failure):
         with open(failure) as f:
             return {"failed": json.load(f).get("reason", "failed")}
-    path = os.path.join(eval_dir(model_dir, voting), "metrics.json")
+    path = os.path.join(eval_dir(model_dir, voting, score), "metrics.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -155,7 +164,7 @@ def collect(output_dir, seeds, rows=ROWS) -> List[dict]:
     for row in rows:
         aps, ap50s, failures, per_seed = [], [], [], {}
         for seed in seeds:
-            metrics = load_run(run_dir(output_dir, row.training, seed), row.voting)
+            metrics = load_run(run_dir(output_dir, row.training, seed), row.voting, row.score)
             if metrics is None:
                 continue
             if "failed" in metrics:
@@ -232,7 +241,8 @@ def markdown_table(records) -> str:
     lines = ["| row | paper AP (R50, COCO) | AP (%) | AP50 (%) | seeds | notes |",
              "| --- | --- | --- | --- | --- | --- |"]
     for group, title in (("modules", "Effects of individual methods (Table 1 right)"),
-                         ("separation", "Separation boundaries, FNP, FSR (Table 1 left)")):
+                         ("separation", "Separation boundaries, FNP, FSR (Table 1 left)"),
+                         ("diagnostic", "Diagnostic, not in the paper")):
         lines.append(f"| **{title}** | | | | | |")
         for rec in (r for r in records if r["group"] == group):
             paper = "–" if rec["paper_ap"] is None else f"{rec['paper_ap']:.1f}"

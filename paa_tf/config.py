@@ -138,7 +138,7 @@ class EvalConfig:
     score_threshold: float = 0.05
     pre_nms_topk: int = 1000
     candidate_rule: str = "kk"  # 'kk' | 'mm'
-    score: str = "sqrt"  # 'sqrt' (sqrt(p*q)) | 'product' (paper Eq. 1)
+    score: str = "sqrt"  # 'sqrt' (sqrt(p*q)) | 'product' (paper Eq. 1) | 'cls' (p alone)
     nms_iou: float = 0.6
     max_detections: int = 100
     score_voting: bool = True
@@ -334,7 +334,7 @@ _CHOICES = {
     "loss.normalizer": ("all_reduce", "per_replica"),
     "train.warmup_method": ("constant", "linear"),
     "eval.candidate_rule": ("kk", "mm"),
-    "eval.score": ("sqrt", "product"),
+    "eval.score": ("sqrt", "product", "cls"),
 }
 
 

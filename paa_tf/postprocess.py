@@ -49,7 +49,7 @@ class PostprocessParams:
     score_threshold: float = _EVAL.score_threshold
     pre_nms_topk: int = _EVAL.pre_nms_topk
     candidate_rule: str = _EVAL.candidate_rule  # 'kk' | 'mm'
-    score: str = _EVAL.score  # 'sqrt' | 'product'
+    score: str = _EVAL.score  # 'sqrt' | 'product' | 'cls'
     nms_iou: float = _EVAL.nms_iou
     max_detections: int = _EVAL.max_detections
     score_voting: bool = _EVAL.score_voting
@@ -64,8 +64,8 @@ class PostprocessParams:
         if self.candidate_rule not in ("kk", "mm"):
             raise ValueError(f"postprocess: candidate_rule must be 'kk' or 'mm' "
                              f"(config key eval.candidate_rule), got {self.candidate_rule!r}")
-        if self.score not in ("sqrt", "product"):
-            raise ValueError(f"postprocess: score must be 'sqrt' or 'product' "
+        if self.score not in ("sqrt", "product", "cls"):
+            raise ValueError(f"postprocess: score must be 'sqrt', 'product' or 'cls' "
                              f"(config key eval.score), got {self.score!r}")
         if self.voting_sigma <= 0:
             raise ValueError(f"postprocess: voting_sigma must be > 0 (config key "
@@ -106,8 +106,12 @@ def level_sizes_from_ids(level_ids):
 
 
 def _scores(probs, quality, score):
-    """Unified score of class probabilities [B, A, C] and quality [B, A] (or None)."""
-    if quality is None:
+    """Unified score of class probabilities [B, A, C] and quality [B, A] (or None).
+
+    'cls' ranks by p alone even when the model has an IoU or centerness head (ablations:
+    the head trained, its prediction unused).
+    """
+    if quality is None or score == "cls":
         return probs
     product = probs * quality[..., None]
     return tf.sqrt(product) if score == "sqrt" else product

@@ -44,7 +44,7 @@ def test_every_row_is_a_valid_config_that_differs_as_named(row):
 
 def test_shared_trainings_and_voting_rows():
     keys = ablation.trainings()
-    assert len(keys) == 15  # 17 rows; voting and separation (c) reuse "PAA + IoU pred"
+    assert len(keys) == 15  # 19 rows: voting, separation (c) and diagnostics reuse trainings
     voting = [r for r in ablation.ROWS if r.voting]
     assert [r.training for r in voting] == ["paa_ioupred"]
     assert all(not r.voting for r in ablation.ROWS if r.name != "PAA + IoU pred + score voting")
@@ -54,7 +54,8 @@ def test_shared_trainings_and_voting_rows():
     with pytest.raises(ValueError, match="unknown ablation rows"):
         ablation.select_rows(["paa", "nonsense"])
     assert {r.training for r in ablation.select_rows(["paa_ioupred"])} == {"paa_ioupred"}
-    assert len(ablation.select_rows(["paa_ioupred"])) == 3
+    assert len(ablation.select_rows(["paa_ioupred"])) == 4  # + voting, (c), ranked by p
+    assert {r.score for r in ablation.ROWS if r.group == "diagnostic"} == {"cls"}
 
 
 def _write_metrics(output_dir, training, seed, voting, ap, ap50):
@@ -147,10 +148,15 @@ def test_tiny_ablation_run_trains_scores_reuses_and_records_failures(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     model_dir = pathlib.Path(ablation.run_dir(out, "paa_ioupred", 0))
     assert (model_dir / "ckpt-2.index").is_file()
-    for voting in (False, True):
-        metrics = json.loads((pathlib.Path(ablation.eval_dir(model_dir, voting))
+    for voting, score in ((False, ""), (True, ""), (False, "cls")):
+        metrics = json.loads((pathlib.Path(ablation.eval_dir(model_dir, voting, score))
                               / "metrics.json").read_text())
         assert metrics["num_images"] == 4
+        saved = json.loads((pathlib.Path(ablation.eval_dir(model_dir, voting, score))
+                            / "results.json").read_text())
+        assert len(saved) == metrics["num_detections"]
+    log = (model_dir / "ablate.log").read_text()
+    assert "--score_voting=true" in log and "--score=cls" in log
     saved = config_lib.load_config(str(model_dir / "config.yaml"))
     assert (saved.train.total_steps, saved.model.head_channels) == (2, 32)
 

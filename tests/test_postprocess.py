@@ -200,9 +200,9 @@ def test_topk_is_per_level():
                                [math.sqrt(0.81), math.sqrt(0.27), 0.0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("score, expected", [("sqrt", 0.54), ("product", 0.2916)])
+@pytest.mark.parametrize("score, expected", [("sqrt", 0.54), ("product", 0.2916), ("cls", 0.36)])
 def test_unified_score(score, expected):
-    """Spec §11.7: p = 0.36, q = 0.81 -> sqrt 0.54, product 0.2916; no IoU head -> p."""
+    """Spec §11.7: p = 0.36, q = 0.81 -> sqrt 0.54, product 0.2916; "cls" or no IoU head -> p."""
     cls, deltas, iou, anchors, info = _toy_head([(0.36, 0.81)])
     out = pp.postprocess(cls, deltas, iou, anchors, info, level_sizes=[1],
                          params=_params(score=score))

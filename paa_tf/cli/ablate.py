@@ -64,7 +64,7 @@ def _ensure_shapes_dataset():
                     "data/shapes"], check=True)
 
 
-def _train_and_evaluate(training, overrides, seed, votings):
+def _train_and_evaluate(training, overrides, seed, evaluations):
     """One training (resumed or reused if done) and its evaluations; False if it failed."""
     model_dir = ablation.run_dir(FLAGS.output_dir, training, seed)
     os.makedirs(model_dir, exist_ok=True)
@@ -87,12 +87,13 @@ def _train_and_evaluate(training, overrides, seed, votings):
                 json.dump({"reason": reason}, f)
             print(f"[ablate] {training} seed {seed}: {reason}", flush=True)
             return False
-    for voting in votings:
-        out = ablation.eval_dir(model_dir, voting)
+    for voting, score in evaluations:
+        out = ablation.eval_dir(model_dir, voting, score)
         if os.path.isfile(os.path.join(out, "metrics.json")):
             continue
         code = _run([sys.executable, "-m", "paa_tf.cli.eval", "--model_dir", model_dir,
-                     f"--score_voting={str(voting).lower()}", "--output_dir", out], log_path)
+                     f"--score_voting={str(voting).lower()}", "--output_dir", out]
+                    + ([f"--score={score}"] if score else []), log_path)
         if code != 0:
             raise RuntimeError(f"evaluation of {model_dir} failed with code {code}; see "
                                f"{log_path}")
@@ -115,8 +116,9 @@ def _main(argv):
         _ensure_shapes_dataset()
         for seed in seeds:  # every row once before any row twice: partial runs stay useful
             for training, overrides in ablation.trainings(rows).items():
-                votings = sorted({r.voting for r in rows if r.training == training})
-                _train_and_evaluate(training, overrides, seed, votings)
+                evaluations = sorted({(r.voting, r.score) for r in rows
+                                      if r.training == training})
+                _train_and_evaluate(training, overrides, seed, evaluations)
                 ablation.write_report(FLAGS.output_dir, seeds, FLAGS.steps)
     records = ablation.write_report(FLAGS.output_dir, seeds, FLAGS.steps)
     print(ablation.markdown_table(records))

@@ -30,7 +30,7 @@ from paa_tf import evaluate
 
 FLAGS = flags.FLAGS
 _FLAG_NAMES = ("annotations", "results_file", "gt_as_detections", "output_dir", "model_dir",
-               "checkpoint", "config", "data", "score_voting", "batch_size", "saved_model",
+               "checkpoint", "config", "data", "score_voting", "score", "batch_size", "saved_model",
                "max_batches", "tta_scales", "tta_flip")
 
 MODELING_MODULE = "paa_tf.modeling.detector"
@@ -59,6 +59,9 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_string("data", None, "COCO image folder to evaluate on (default: config "
                         "data.val_images).", flag_values=flag_values)
     flags.DEFINE_bool("score_voting", None, "Override eval.score_voting (true|false).",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("score", None, ["sqrt", "product", "cls"], "Override eval.score: "
+                      "sqrt(p*q), p*q, or the class probability p alone.",
                       flag_values=flag_values)
     flags.DEFINE_integer("batch_size", None, "Override eval.batch_size.", lower_bound=1,
                          flag_values=flag_values)
@@ -90,6 +93,8 @@ def _overrides():
     overrides = []
     if FLAGS.score_voting is not None:
         overrides.append(f"eval.score_voting={str(FLAGS.score_voting).lower()}")
+    if FLAGS.score is not None:
+        overrides.append(f"eval.score={FLAGS.score}")
     if FLAGS.batch_size is not None:
         overrides.append(f"eval.batch_size={FLAGS.batch_size}")
     if FLAGS.tta_scales is not None:
@@ -182,8 +187,9 @@ def _run_model(output_dir):
         if FLAGS.tta_scales or FLAGS.tta_flip:
             raise app.UsageError("--tta_scales/--tta_flip need a checkpoint (--model_dir): an "
                                  "exported SavedModel has its pre-processing built in")
-        if FLAGS.score_voting is not None:
-            print("note: --score_voting has no effect on a SavedModel (fixed at export)")
+        if FLAGS.score_voting is not None or FLAGS.score is not None:
+            print("note: --score_voting and --score have no effect on a SavedModel (fixed at "
+                  "export)")
         predict_fn = export.load_exported(FLAGS.saved_model)
         dataset, _ = export.encoded_eval_dataset(config.data, config.eval.batch_size)
         coco_gt = evaluate.val_ground_truth(config.data, predict_fn.label_map)
