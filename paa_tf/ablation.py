@@ -256,7 +256,7 @@ def markdown_table(records) -> str:
 
 
 def bar_chart(records, path, title):
-    """Horizontal bars of our mean AP (whiskers: min–max over seeds) beside the paper's AP."""
+    """Horizontal bars of our mean AP (whiskers: min–max, dots: seeds) beside the paper's AP."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -268,7 +268,10 @@ def bar_chart(records, path, title):
     paper = [r["paper_ap"] or 0.0 for r in records][::-1]
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.38 * len(records) + 1.5), sharey=True)
     axes[0].barh(names, ours, xerr=[low, high], color="#3b7dd8", capsize=3)
-    axes[0].set_title("this repo: quickstart model, generated shapes (AP %)")
+    for y, rec in enumerate(records[::-1]):  # each seed's AP as a dot
+        seeds = list(rec["per_seed"].values())
+        axes[0].plot(seeds, [y] * len(seeds), "o", color="black", markersize=3)
+    axes[0].set_title("this repo: quickstart model, generated shapes (AP %, dots: seeds)")
     lo = min((v - e for v, e, r in zip(ours, low, records[::-1]) if r["AP"]["n"]), default=0)
     axes[0].set_xlim(max(0.0, lo - 5), max(ours + [1.0]) + 3)
     axes[1].barh(names, paper, color="#999999")
