@@ -273,14 +273,16 @@ def bar_chart(records, path, title):
         axes[0].plot(seeds, [y] * len(seeds), "o", color="black", markersize=3)
     axes[0].set_title("this repo: quickstart model, generated shapes (AP %, dots: seeds)")
     lo = min((v - e for v, e, r in zip(ours, low, records[::-1]) if r["AP"]["n"]), default=0)
-    axes[0].set_xlim(max(0.0, lo - 5), max(ours + [1.0]) + 3)
+    axes[0].set_xlim(max(0.0, lo - 5), max([v + h for v, h in zip(ours, high)] + [1.0]) + 3)
     axes[1].barh(names, paper, color="#999999")
     axes[1].set_title("paper: R50, COCO minival (AP %)")
     axes[1].set_xlim(15, 43)
-    for ax, values in ((axes[0], ours), (axes[1], paper)):
-        for y, v in enumerate(values):
+    # Value labels right of the whiskers, so that they stay readable.
+    for ax, values, ends in ((axes[0], ours, [v + h for v, h in zip(ours, high)]),
+                             (axes[1], paper, paper)):
+        for y, (v, end) in enumerate(zip(values, ends)):
             if v:
-                ax.text(v + 0.2, y, f"{v:.1f}", va="center", fontsize=8)
+                ax.text(end + 0.3, y, f"{v:.1f}", va="center", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

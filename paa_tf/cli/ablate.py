@@ -25,17 +25,6 @@ from paa_tf import ablation
 
 CONFIG = "configs/quickstart.yaml"
 
-flags.DEFINE_string("output_dir", "runs/ablate", "Folder for the runs and the report.")
-flags.DEFINE_integer("steps", 1200, "Training steps (of 8 images) per row and seed; the LR "
-                     "schedule is the quickstart's, scaled to this length.", lower_bound=1)
-flags.DEFINE_list("seeds", ["0"], "Seeds to train each row with (comma-separated).")
-flags.DEFINE_list("rows", [], "Training keys to run (default all): "
-                  + ", ".join(ablation.trainings()))
-flags.DEFINE_string("config", CONFIG, "Base experiment config.")
-flags.DEFINE_list("extra_overrides", [], "Overrides applied to every training (e.g. a smaller "
-                  "data set for a smoke test).")
-flags.DEFINE_bool("report_only", False, "Only write the report from the finished runs.")
-
 FLAGS = flags.FLAGS
 
 
@@ -126,7 +115,27 @@ def _main(argv):
     return 0
 
 
+def define_flags():
+    """Defines the flags at start-up, not on import: names like --config and --output_dir are
+    also defined by the other programs, whose modules may share a process with this one."""
+    flags.DEFINE_string("output_dir", "runs/ablate", "Folder for the runs and the report.")
+    flags.DEFINE_integer("steps", 800, "Training steps (of 8 images) per row and seed; the LR "
+                         "schedule is the quickstart's, scaled to this length.", lower_bound=1)
+    flags.DEFINE_list("seeds", ["0"], "Seeds to train each row with (comma-separated).")
+    flags.DEFINE_list("rows", [], "Training keys to run (default all): "
+                      + ", ".join(ablation.trainings()))
+    flags.DEFINE_string("config", CONFIG, "Base experiment config.")
+    flags.DEFINE_list("extra_overrides", [], "Overrides applied to every training (e.g. a smaller "
+                      "data set for a smoke test).")
+    flags.DEFINE_bool("report_only", False, "Only write the report from the finished runs.")
+    # absl's --help lists the key flags of the script named by sys.argv[0] only.
+    for name in ("output_dir", "steps", "seeds", "rows", "config", "extra_overrides",
+                 "report_only"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
 def main():
+    define_flags()
     app.run(_main)
 
 
