@@ -19,6 +19,8 @@ import os
 import statistics
 from typing import Dict, List, Optional, Tuple
 
+import yaml
+
 
 @dataclasses.dataclass(frozen=True)
 class Row:
@@ -132,6 +134,21 @@ def run_dir(output_dir, training, seed):
     return os.path.join(output_dir, "runs", training, f"seed{seed}")
 
 
+def check_budget(model_dir, steps):
+    """Raises ValueError if `model_dir` holds a training of another length than `steps`.
+
+    Runs of different budgets must not be resumed into each other or averaged together.
+    """
+    path = os.path.join(model_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        found = (yaml.safe_load(f) or {}).get("train", {}).get("total_steps")
+    if found is not None and found != steps:
+        raise ValueError(f"{model_dir} holds a {found}-step training, not {steps} steps; give "
+                         f"--steps {found} or another --output_dir")
+
+
 def eval_dir(model_dir, voting, score=""):
     name = "eval_voting" if voting else "eval_plain"
     return os.path.join(model_dir, f"{name}_{score}" if score else name)
@@ -158,13 +175,15 @@ def summarise(values: List[float]) -> dict:
             "min": min(values) if n else math.nan, "max": max(values) if n else math.nan}
 
 
-def collect(output_dir, seeds, rows=ROWS) -> List[dict]:
+def collect(output_dir, seeds, steps, rows=ROWS) -> List[dict]:
     """One record per row: AP / AP50 summaries over the seeds found, and failures."""
     records = []
     for row in rows:
         aps, ap50s, failures, per_seed = [], [], [], {}
         for seed in seeds:
-            metrics = load_run(run_dir(output_dir, row.training, seed), row.voting, row.score)
+            model_dir = run_dir(output_dir, row.training, seed)
+            check_budget(model_dir, steps)
+            metrics = load_run(model_dir, row.voting, row.score)
             if metrics is None:
                 continue
             if "failed" in metrics:
@@ -291,7 +310,7 @@ def bar_chart(records, path, title):
 
 def write_report(output_dir, seeds, steps, rows=ROWS) -> List[dict]:
     """ablations.json, ablations.md and ablations.png in `output_dir` from the finished runs."""
-    records = collect(output_dir, seeds, rows)
+    records = collect(output_dir, seeds, steps, rows)
     with open(os.path.join(output_dir, "ablations.json"), "w") as f:
         json.dump({"total_steps": steps, "seeds": list(seeds), "rows": records}, f, indent=1)
     with open(os.path.join(output_dir, "ablations.md"), "w") as f:

@@ -100,6 +100,12 @@ def test_report_statistics_failures_and_missing_runs(tmp_path):
     vs_iou = checks[("PAA + IoU pred", "IoU assignment + IoU pred")]
     assert vs_iou["verdict"] == "not run"  # no IoU + IoU pred run
     assert json.loads((tmp_path / "ablations.json").read_text())["total_steps"] == 800
+
+    # A run of another budget in the same folder is an error, never averaged in.
+    (pathlib.Path(ablation.run_dir(tmp_path, "iou", 0)) / "config.yaml").write_text(
+        "train:\n  total_steps: 500\n")
+    with pytest.raises(ValueError, match="holds a 500-step training, not 800 steps"):
+        ablation.write_report(str(tmp_path), [0, 1, 2], 800)
     assert "| PAA + IoU pred + score voting >= PAA + IoU pred | +2.0 (seed 0) | +2.0 | held |" \
         in table
 
@@ -173,3 +179,12 @@ def test_tiny_ablation_run_trains_scores_reuses_and_records_failures(tmp_path):
                          .read_text())["reason"]
     # The program's own error, not just an exit code.
     assert "'train.batch_size' is 0; it must be at least 1" in failure
+
+    # Another budget in the same folder stops with the folder named, before any training.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bin" / "paa_ablate"), "--output_dir", str(out), "--steps",
+         "3", "--seeds", "0", "--rows", "paa_ioupred", "--extra_overrides", extra],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode != 0
+    assert "holds a 2-step training, not 3 steps" in result.stderr
+    assert not (model_dir / "ckpt-3.index").exists()

@@ -2,9 +2,9 @@
 
 Example::
 
-    bin/paa_ablate --output_dir runs/ablate --steps 1200 --seeds 0,1,2
-    bin/paa_ablate --output_dir runs/ablate --steps 1200 --seeds 0 --rows iou,paa_ioupred
-    bin/paa_ablate --output_dir runs/ablate --steps 1200 --seeds 0,1,2 --report_only
+    bin/paa_ablate --output_dir runs/ablate --steps 800 --seeds 0,1,2
+    bin/paa_ablate --output_dir runs/ablate --steps 800 --seeds 0 --rows iou,paa_ioupred
+    bin/paa_ablate --output_dir runs/ablate --steps 800 --seeds 0,1,2 --report_only
 
 Every training runs `paa_tf.cli.train` on configs/quickstart.yaml (generating the shapes
 dataset first if it is missing) with the same budget per seed; each is then scored with
@@ -61,6 +61,7 @@ def _train_and_evaluate(training, overrides, seed, evaluations):
         print(f"[ablate] {training} seed {seed}: failed earlier (delete "
               f"{model_dir}/FAILED.json to retry)", flush=True)
         return False
+    ablation.check_budget(model_dir, FLAGS.steps)
     log_path = os.path.join(model_dir, "ablate.log")
     all_overrides = (list(overrides) + list(ablation.budget_overrides(FLAGS.steps, seed))
                      + list(FLAGS.extra_overrides))
@@ -101,6 +102,14 @@ def _main(argv):
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     os.makedirs(FLAGS.output_dir, exist_ok=True)
+    try:
+        _run_all(seeds, rows)
+    except ValueError as error:  # a run of another budget in --output_dir
+        raise app.UsageError(str(error)) from None
+    return 0
+
+
+def _run_all(seeds, rows):
     if not FLAGS.report_only:
         _ensure_shapes_dataset()
         for seed in seeds:  # every row once before any row twice: partial runs stay useful
@@ -112,7 +121,6 @@ def _main(argv):
     records = ablation.write_report(FLAGS.output_dir, seeds, FLAGS.steps)
     print(ablation.markdown_table(records))
     print(f"[ablate] report: {FLAGS.output_dir}/ablations.md, ablations.png", flush=True)
-    return 0
 
 
 def define_flags():
