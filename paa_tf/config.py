@@ -347,9 +347,9 @@ def validate(config):
             raise ConfigError(f"config key '{key}' is {value!r}; choose one of {choices}")
     for key in _POSITIVE:
         section, name = key.split(".")
-        if getattr(getattr(config, section), name) < 1:
-            raise ConfigError(f"config key '{key}' is {getattr(getattr(config, section), name)}; "
-                              "it must be at least 1")
+        value = getattr(getattr(config, section), name)
+        if value < 1:
+            raise ConfigError(f"config key '{key}' is {value}; it must be at least 1")
     size = config.data.image_size
     if len(size) != 2 or any(s <= 0 or s % 128 for s in size):
         raise ConfigError(f"config key 'data.image_size' is {size}; give [H, W], each a positive "
