@@ -254,34 +254,12 @@ def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def current_mib():
-    """Current RSS in MiB (VmRSS), or NaN where /proc is missing."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-def reset_peak():
-    """Resets the peak RSS to the current RSS (Linux >= 4.0: clear_refs '5'); False if not."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def child_memory(args):
     """Hidden child mode: peak RSS (MiB) at each stage of one (config, method), as JSON.
 
     Stages: imports, batch, build (trainer: model + optimizer slots), first step (trace +
-    XLA compile + step), and, when the kernel lets the peak be reset to the current RSS after
-    the first step, the peak of the next `--memory-steps` steps alone (compilation excluded).
+    XLA compile + step) and `--memory-steps` later steps. ru_maxrss cannot be reset, so the
+    later figure includes the first step's peak.
     """
     import tensorflow as tf  # noqa: F401
 
@@ -294,8 +272,6 @@ def child_memory(args):
         report["build"] = peak_mib()
         report["first_step_s"] = timed_step(trainer)[0]
         report["first_step"] = peak_mib()
-        report["before_later"] = current_mib()
-        report["reset"] = reset_peak()
         report["step_s"] = [timed_step(trainer)[0] for _ in range(args.memory_steps)]
         report["later"] = peak_mib()
     report["description"] = description
@@ -329,9 +305,8 @@ def bench_memory(args):
 
     print(machine_facts())
     print(f"peak RSS (ru_maxrss, MiB) of a fresh process per (config, method): after imports, "
-          f"batch, build (model + optimizer), the 1st step (trace + XLA compile + step), then "
-          f"the peak of {args.memory_steps} later steps alone (peak reset to the current RSS "
-          f"after the 1st step). step peak = max(1st, later) - build; steady = later - build.")
+          f"batch, build (model + optimizer), the 1st step (trace + XLA compile + step), and "
+          f"after {args.memory_steps} more steps. step peak = that peak - build.")
     for path, overrides in memory_cases(args):
         print(f"\nconfig {path}, overrides {','.join(overrides) or 'none'}")
         for method in METHODS:
@@ -340,12 +315,9 @@ def bench_memory(args):
                 continue
             if method == METHODS[0]:
                 print(f"  {r['description']}")
-            top = max(r["first_step"], r["later"]) if r["reset"] else r["later"]
-            steady = (f"{r['later'] - r['build']:6.0f}" if r["reset"] else "   n/a")
             print(f"  {method:5s} imports {r['imports']:5.0f} | batch {r['batch']:5.0f} | "
                   f"build {r['build']:5.0f} | 1st step {r['first_step']:6.0f} | later "
-                  f"{r['later']:6.0f} (from RSS {r['before_later']:6.0f}) || step peak "
-                  f"{top - r['build']:6.0f} | steady {steady} | absolute {top:6.0f} || 1st step "
+                  f"{r['later']:6.0f} || step peak {r['later'] - r['build']:6.0f} || 1st step "
                   f"{r['first_step_s']:.1f} s, later {np.median(r['step_s']):.2f} s")
 
 
