@@ -12,17 +12,13 @@ The label map (ids -> contiguous indices) is written beside the shards as label_
 image, not a full decode) so that the pipeline knows the records and their problems up front.
 """
 
-import logging
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import records as records_lib
-
-LOGGER = logging.getLogger(__name__)
 
 _FORMATS = {b"\xff\xd8": b"jpeg", b"\x89P": b"png", b"GI": b"gif", b"BM": b"bmp",
             b"RI": b"webp"}
@@ -162,16 +158,15 @@ def _parse(example, label_map):
 
 
 def scan_tfrecords(files, report, *, label_map, level="header", skip_bad_records=False):
-    """Read and validate every record of `files`; returns (records, readable_counts, files).
+    """Read and validate every record of `files`; returns (records, readable_counts).
 
     Each record has `tfrecord_index` = its global position (shards in order, then position in
     the shard) and boxes in original pixels. `readable_counts[i]` is how many records of shard
-    i can be read: a corrupt shard tail is reported and never read again by the pipeline,
-    which reads a repaired temporary copy of such a shard (`files` as returned).
+    i can be read: a corrupt shard tail is reported and never read again by the pipeline.
     """
-    records, problems, counts, readable_files, offset = [], [], [], [], 0
+    records, problems, counts, offset = [], [], [], 0
     for path in files:
-        position, good = 0, []
+        position = 0
         iterator = iter(tf.data.TFRecordDataset(path))
         while True:
             try:
@@ -182,11 +177,7 @@ def scan_tfrecords(files, report, *, label_map, level="header", skip_bad_records
                 problems.append((None, f"{path} record {position}", "shard is corrupt from "
                                  f"here on ({type(error).__name__}); records after it are not "
                                  "read. Rewrite the shard"))
-                # TensorFlow's reader can crash the process near a damaged tail (seen as a
-                # rare segfault while iterating), so the pipeline reads a repaired copy.
-                path = _repaired_copy(path, good)
                 break
-            good.append(serialized)
             where, image_id = f"{path} record {position}", None
             try:
                 example = tf.train.Example.FromString(serialized)
@@ -212,21 +203,8 @@ def scan_tfrecords(files, report, *, label_map, level="header", skip_bad_records
                     tfrecord_index=offset + position))
             position += 1
         counts.append(position)
-        readable_files.append(path)
         offset += position
     records_lib.raise_or_skip(problems, report, skip_bad_records,
                               "Rewrite these records (e.g. with paa_make_tfrecord) or pass the "
                               "right data.label_map.")
-    return records, counts, readable_files
-
-
-def _repaired_copy(path, serialized_records):
-    """A temporary shard holding the readable records of the damaged shard `path`."""
-    folder = tempfile.mkdtemp(prefix="paa_tf_repaired_")
-    target = os.path.join(folder, os.path.basename(path))
-    with tf.io.TFRecordWriter(target) as writer:
-        for serialized in serialized_records:
-            writer.write(serialized)
-    LOGGER.warning("%s is damaged; its %d readable records are read from %s", path,
-                   len(serialized_records), target)
-    return target
+    return records, counts
