@@ -76,7 +76,6 @@ def gmm_and_separation(costs, mask):
     return fit.components, separate(costs, mask, fit.components, fit.log_density, "kk_c")
 
 
-
 def side_by_side(fast, slow, fast_repeats, slow_repeats):
     """Times of `fast` (run before and after `slow`: load drift hits both) and of `slow`.
 

@@ -40,6 +40,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_common import machine_facts, run_times  # noqa: E402  (bench/: script folder)
+
 import paa_tf  # noqa: E402,F401  (keeps Keras 3 out before TensorFlow loads)
 
 METHODS = ("paa", "iou", "atss")
@@ -50,9 +52,6 @@ R50 = "configs/paa_r50_fpn_1x_coco.yaml"
 R50_OVERRIDES = "data.image_size=[512,512],data.min_size=[512],data.max_size=512,train.batch_size=2"
 R50_LARGE_OVERRIDES = ("data.image_size=[896,1408],data.min_size=[800],data.max_size=1333,"
                        "train.batch_size=2")
-
-
-from bench_common import machine_facts, run_times  # noqa: E402  (bench/: script folder)
 
 
 def load_config(path, overrides):
@@ -173,7 +172,6 @@ def assign_runner(model, inputs):
                       *inputs, plus_one=model.plus_one).labels
 
     return lambda: run().numpy()
-
 
 
 def ms(times):

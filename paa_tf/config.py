@@ -315,6 +315,9 @@ def load_config(path=None, overrides=None):
     return config
 
 
+# Ways to rank detections (eval.score): sqrt(p*q), p*q (paper Eq. 1), or p alone.
+SCORES = ("sqrt", "product", "cls")
+
 # Counts that must be at least 1: zero or a negative value would fail deep inside TensorFlow.
 _POSITIVE = ("data.max_instances", "model.num_classes", "model.fpn_channels",
              "model.head_channels", "assign.topk", "assign.fnp_count", "train.batch_size",
@@ -334,7 +337,7 @@ _CHOICES = {
     "loss.normalizer": ("all_reduce", "per_replica"),
     "train.warmup_method": ("constant", "linear"),
     "eval.candidate_rule": ("kk", "mm"),
-    "eval.score": ("sqrt", "product", "cls"),
+    "eval.score": SCORES,
 }
 
 

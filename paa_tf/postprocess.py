@@ -32,7 +32,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from paa_tf.config import EvalConfig
+from paa_tf.config import SCORES, EvalConfig
 from paa_tf.ops import boxes as box_ops
 
 _EVAL = EvalConfig()
@@ -64,8 +64,8 @@ class PostprocessParams:
         if self.candidate_rule not in ("kk", "mm"):
             raise ValueError(f"postprocess: candidate_rule must be 'kk' or 'mm' "
                              f"(config key eval.candidate_rule), got {self.candidate_rule!r}")
-        if self.score not in ("sqrt", "product", "cls"):
-            raise ValueError(f"postprocess: score must be 'sqrt', 'product' or 'cls' "
+        if self.score not in SCORES:
+            raise ValueError(f"postprocess: score must be one of {SCORES} "
                              f"(config key eval.score), got {self.score!r}")
         if self.voting_sigma <= 0:
             raise ValueError(f"postprocess: voting_sigma must be > 0 (config key "

@@ -27,6 +27,7 @@ import sys
 from absl import app, flags
 
 from paa_tf import evaluate
+from paa_tf.config import SCORES
 
 FLAGS = flags.FLAGS
 _FLAG_NAMES = ("annotations", "results_file", "gt_as_detections", "output_dir", "model_dir",
@@ -60,7 +61,7 @@ def define_flags(flag_values=FLAGS):
                         "data.val_images).", flag_values=flag_values)
     flags.DEFINE_bool("score_voting", None, "Override eval.score_voting (true|false).",
                       flag_values=flag_values)
-    flags.DEFINE_enum("score", None, ["sqrt", "product", "cls"], "Override eval.score: "
+    flags.DEFINE_enum("score", None, list(SCORES), "Override eval.score: "
                       "sqrt(p*q), p*q, or the class probability p alone.",
                       flag_values=flag_values)
     flags.DEFINE_integer("batch_size", None, "Override eval.batch_size.", lower_bound=1,
