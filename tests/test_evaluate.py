@@ -334,7 +334,9 @@ def test_flip_tta_on_a_symmetric_image_gives_mirrored_boxes(tmp_path):
                 and abs(scores[j] - scores[i]) < 1e-6]
         if same:
             twins += 1
-            j = same[0]
-            np.testing.assert_allclose(boxes[j], [boxes[i, 0], 64.0 - boxes[i, 3], boxes[i, 2],
-                                                  64.0 - boxes[i, 1]], atol=1e-3)
+            mirrored = np.array([boxes[i, 0], 64.0 - boxes[i, 3], boxes[i, 2], 64.0 - boxes[i, 1]])
+            # Unrelated detections can tie in score too: the twin is the closest tied box (or i
+            # itself when its box is its own mirror image and NMS merged the twins).
+            gap = min(float(np.abs(boxes[j] - mirrored).max()) for j in [i, *same])
+            assert gap < 1e-3, (i, boxes[i], [boxes[j] for j in same])
     assert twins >= 2
