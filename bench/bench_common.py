@@ -1,7 +1,8 @@
-"""What the benchmarks share: the machine line they print first, and a repeat timer."""
+"""What the benchmarks share: the machine line they print first, repeat timers, real photos."""
 
 import os
 import platform
+import statistics
 import time
 
 
@@ -46,3 +47,25 @@ def load_photos(count, tf):
                          "run from the project root with ../shared/data present")
     return [(path, tf.io.decode_jpeg(tf.io.read_file(path), channels=3)[None])
             for path in paths]
+
+
+def alternating_rounds(calls, inputs, rounds, warmup=1):
+    """{name: median over rounds of seconds per input} of each callable in `calls`.
+
+    Each round calls every one of `calls` (name -> callable(input)) on all `inputs`; the order
+    of the callables is reversed every other round, so that load drift and cache effects hit
+    all of them alike. `warmup` untimed rounds first (graph loading, kernel selection).
+    """
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            for item in inputs:
+                calls[name](item)
+    per_round = {name: [] for name in names}
+    for index in range(rounds):
+        for name in (names if index % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            for item in inputs:
+                calls[name](item)
+            per_round[name].append((time.perf_counter() - start) / len(inputs))
+    return {name: statistics.median(times) for name, times in per_round.items()}

@@ -10,6 +10,8 @@ outputs are checked to agree, then, on several real COCO photos:
                   + backward (gradients of the head's variables: what a training step pays)
   end to end      each detector exported with `paa_tf.export` (score voting on) and reloaded;
                   its `image_tensor` signature on each photo (uint8 [1, h, w, 3])
+  XLA (--xla)     the lean detector's network (backbone, FPN, head) as a `tf.function` with
+                  and without `jit_compile=True`, the other way to make the GroupNorm cheap
   op-time shares  a `tf.profiler` trace of the exported signature over the photos; every op's
                   time summed by part: GroupNorm (the ops under a `*_gn<i>` name scope), the
                   rest of the head, FPN, backbone, and pre-/post-processing (everything else)
@@ -27,7 +29,6 @@ import argparse
 import collections
 import glob
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ import bench_inference  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
+from bench_common import alternating_rounds  # noqa: E402
 
 from paa_tf.modeling import head as head_module  # noqa: E402
 
@@ -82,23 +84,6 @@ def build_pair(size):
             source.assign(rng.uniform(0.5, 1.5, source.shape).astype(np.float32))
         target.assign(source)
     return config, {"keras": keras, "lean": lean}
-
-
-def alternating_rounds(calls, inputs, rounds, warmup=1):
-    """{variant: median over rounds of seconds per input}; order alternates by round."""
-    names = list(calls)
-    for _ in range(warmup):
-        for name in names:
-            for item in inputs:
-                calls[name](item)
-    per_round = {name: [] for name in names}
-    for index in range(rounds):
-        for name in (names if index % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            for item in inputs:
-                calls[name](item)
-            per_round[name].append((time.perf_counter() - start) / len(inputs))
-    return {name: statistics.median(times) for name, times in per_round.items()}
 
 
 def head_calls(models, pyramids):
@@ -181,6 +166,8 @@ def main():
                         help="square input bucket (multiple of 128)")
     parser.add_argument("--photos", type=int, default=4, help="real COCO photos")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (all photos each)")
+    parser.add_argument("--xla", action="store_true",
+                        help="also time the lean network XLA-compiled (jit_compile=True)")
     args = parser.parse_args()
     if args.size % 128:
         parser.error(f"--size {args.size} must be a multiple of 128 (PAA's padded bucket)")
@@ -216,6 +203,17 @@ def main():
     for kind, calls in head_calls(models, pyramids).items():
         results[f"head alone, {kind}"] = alternating_rounds(calls, pyramids, args.rounds)
 
+    if args.xla:
+        network = {"plain": tf.function(lambda x: lean(x, training=False)),
+                   "XLA": tf.function(lambda x: lean(x, training=False), jit_compile=True)}
+        start = time.perf_counter()
+        network["XLA"](inputs[0])
+        print(f"XLA compilation of the network: {time.perf_counter() - start:.0f} s")
+        xla = alternating_rounds({name: lambda x, f=f: f(x)["cls_logits"].numpy()
+                                  for name, f in network.items()}, inputs, args.rounds)
+        print(f"lean network, tf.function {xla['plain'] * 1e3:.1f} ms/photo, with jit_compile "
+              f"{xla['XLA'] * 1e3:.1f} ms/photo: plain / XLA = {xla['plain'] / xla['XLA']:.2f}x")
+
     with tempfile.TemporaryDirectory(prefix="bench_group_norm_") as scratch:
         signatures = {}
         for name, model in models.items():
@@ -227,7 +225,7 @@ def main():
                  for name, signature in signatures.items()}
         results["end to end (SavedModel)"] = alternating_rounds(calls, images, args.rounds)
         shares = {}
-        for name, signature in signatures.items():
+        for name in signatures:
             shares[name] = profile_op_time(calls[name], images,
                                            os.path.join(scratch, f"profile_{name}"))
 
