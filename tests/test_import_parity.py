@@ -19,6 +19,7 @@ import torch
 
 from paa_tf import config as config_lib
 from paa_tf import export, postprocess
+from paa_tf.convert import coco_categories
 from tests.helpers import torch_references as ref
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -196,3 +197,178 @@ def test_detections_match_after_the_references_post_processing(imported):
                 & (np.abs(got_boxes - want["detection_boxes"][0, i]).max(axis=1) <= 1e-3))
         assert same.any(), f"reference detection {i} has no paa-tf twin"
         free[np.flatnonzero(same)[0]] = False
+
+
+# --- Bad checkpoints: every error names the key, and nothing is loaded. ---
+
+def _state(imported):
+    from paa_tf.convert import torch_file
+
+    return torch_file.read_state_dict(imported["checkpoint"])[0]
+
+
+def _cls_key(source):
+    return "bbox_head.atss_cls.weight" if source == "mmdet" else "rpn.head.cls_logits.weight"
+
+
+def test_unknown_missing_and_mismatched_keys_are_named_and_nothing_is_loaded(imported):
+    from paa_tf.convert import strict_load
+    from paa_tf.convert.torch_file import CheckpointError
+
+    source, model = imported["source"], imported["model"]
+    before = [v.numpy() for v in model.head.scales]
+    layout = "mmdet" if source == "mmdet" else "authors"
+    state = _state(imported)
+    state["bbox_head.extra_conv.weight"] = np.zeros((4, 4, 3, 3), np.float32)
+    with pytest.raises(CheckpointError, match=r"'bbox_head\.extra_conv\.weight' \[4, 4, 3, 3\]"):
+        strict_load.load_strict(model, state, layout)
+    state = _state(imported)
+    missing = next(k for k in state if k.endswith("layer3.4.bn2.running_var"))
+    del state[missing]
+    with pytest.raises(CheckpointError, match=rf"'{missing}' \(for backbone/layer3_4_bn2/"
+                                              r"moving_variance\)"):
+        strict_load.load_strict(model, state, layout)
+    state = _state(imported)
+    state[_cls_key(source)] = np.zeros((81, 256, 3, 3), np.float32)
+    with pytest.raises(CheckpointError, match=rf"'{_cls_key(source)}': shape \[81, 256, 3, 3\]"):
+        strict_load.load_strict(model, state, layout)
+    # All or nothing: the failed loads changed no variable.
+    for variable, value in zip(model.head.scales, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_cli_reports_a_bad_checkpoint_naming_the_key(imported, tmp_path, capsys):
+    content = torch.load(imported["checkpoint"], weights_only=True)
+    weights = content["state_dict" if imported["source"] == "mmdet" else "model"]
+    key = next(k for k in weights if k.endswith("layer1.0.conv1.weight"))
+    weights[key] = weights[key][:, :, :1, :1].repeat(1, 1, 3, 3)
+    bad = tmp_path / "bad.pth"
+    torch.save(content, bad)
+    assert cli_import(["--checkpoint", bad, "--output", tmp_path / "run"]) == 1
+    error = capsys.readouterr().err
+    assert f"'{key.removeprefix('module.')}': shape [64, 64, 3, 3]" in error
+    assert "nothing was loaded" in error
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_a_file_with_arbitrary_python_objects_is_refused_unread(tmp_path):
+    import argparse
+
+    from paa_tf.convert import torch_file
+
+    path = tmp_path / "pickled.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(torch_file.CheckpointError, match="weights_only=True"):
+        torch_file.read_state_dict(path)
+
+
+def test_missing_pytorch_says_what_to_install(monkeypatch):
+    import sys
+
+    from paa_tf.convert import torch_file
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # 'import torch' now raises
+    with pytest.raises(torch_file.CheckpointError, match=r"pip install torch==2\.13\.0"):
+        torch_file.read_state_dict(__file__)
+
+
+def test_a_config_that_computes_something_else_is_refused():
+    from paa_tf.convert import run_folder
+    from paa_tf.convert.torch_file import CheckpointError
+
+    authors = config_lib.load_config(REPO / "configs" / "paa_r50_fpn_1.5x_coco_authors.yaml")
+    with pytest.raises(CheckpointError, match="model.backbone_style is 'msra'"):
+        run_folder.check_config(authors, "mmdet", 50, "authors.yaml")
+    mmdet = config_lib.load_config(REPO / "configs" / "paa_r50_fpn_1x_coco_mmdet.yaml")
+    with pytest.raises(CheckpointError, match="model.backbone is 'resnet50'"):
+        run_folder.check_config(mmdet, "mmdet", 101, "mmdet.yaml")
+
+
+# --- ImageNet initialisation (what mmdetection trains from). ---
+
+def test_imagenet_resnet_converts_to_a_backbone_checkpoint_training_loads_whole(tmp_path):
+    """torchvision's ResNet-50 classifier file -> a TF backbone checkpoint; build_detector
+    with the mmdet preset loads every backbone variable and gives torchvision's features."""
+    network = ref.randomize(ref.ResNet(50, msra=False), seed=21)
+    classifier = torch.nn.Linear(2048, 1000)
+    state = {**network.state_dict(), **{f"fc.{k}": v for k, v in classifier.state_dict().items()}}
+    path = tmp_path / "resnet50-imagenet.pth"
+    torch.save(state, path)
+    assert cli_import(["--checkpoint", path, "--output", tmp_path / "tv"]) == 0
+    report = json.loads((tmp_path / "tv" / "import.json").read_text())
+    assert report["layout"] == "imagenet" and set(report["not_weights"]) >= {"fc.weight",
+                                                                           "fc.bias"}
+    from paa_tf.modeling.detector import build_detector
+
+    config = config_lib.load_config(
+        REPO / "configs" / "paa_r50_fpn_1x_coco_mmdet.yaml",
+        overrides=[f"model.backbone_checkpoint={tmp_path / 'tv' / 'ckpt-0'}"])
+    model = build_detector(config, image_size=(HEIGHT, WIDTH))
+    load = model.backbone_load_report
+    assert not load.missing and not load.shape_mismatch and not load.unused
+    assert len(load.loaded) == len(model.backbone.weights)
+    image = rgb_image(4)
+    with torch.no_grad():
+        want = network(reference_input("mmdet", image))[2].permute(0, 2, 3, 1).numpy()
+    got = model.backbone(paa_input(config, image), training=False)[5].numpy()
+    assert _relative_error(got, want) < RELATIVE_TOLERANCE
+
+
+# --- The imported run, exported: same detections as the checkpoint evaluated in Python. ---
+
+EXPORT_OVERRIDES = "data.image_size=[256,256],data.min_size=[256],data.max_size=256"
+
+
+@pytest.mark.slow
+def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_path):
+    """paa_export of the imported run folder vs the eval pre-processing, the restored Keras
+    model and paa_tf.postprocess run eagerly on the same JPEG (the authors' run also checks
+    BGR input and the +1 convention through the export)."""
+    from absl import flags
+
+    from paa_tf.cli import export as export_cli
+    from paa_tf.data import pipeline, transforms
+
+    export_dir = tmp_path / "export"
+    before = set(flags.FLAGS)
+    try:
+        with pytest.raises(SystemExit) as done:
+            export_cli.main(["paa_export", "--model_dir", str(imported["run_dir"]),
+                             "--export_dir", str(export_dir), "--params_override",
+                             EXPORT_OVERRIDES])
+    finally:
+        for name in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, name)
+    assert done.value.code in (0, None)
+    loaded = tf.saved_model.load(str(export_dir / "1"))
+    image = rgb_image(5).astype(np.uint8)
+    encoded = tf.io.encode_jpeg(image, quality=95).numpy()
+    served = {k: v.numpy() for k, v in loaded.signatures["serving_default"](
+        inputs=tf.constant([encoded])).items()}
+
+    config = config_lib.load_config(imported["run_dir"] / "config.yaml",
+                                    overrides=EXPORT_OVERRIDES)
+    data = config.data
+    model = export.restore_model(config, tf.train.latest_checkpoint(str(imported["run_dir"])),
+                                 tuple(data.image_size))
+    decoded = transforms.decode_image(encoded)
+    inputs, info = transforms.preprocess(
+        decoded, shorter_side=max(data.min_size), max_size=data.max_size,
+        image_size=pipeline.image_size_of(data), pixel_mean=data.pixel_mean,
+        pixel_std=data.pixel_std)
+    outputs = model(inputs[None], training=False)
+    want = {k: v.numpy() for k, v in postprocess.postprocess(
+        outputs["cls_logits"], outputs["box_deltas"], outputs["iou_logits"], model.anchors,
+        info[None], level_ids=model.level_ids,
+        params=postprocess.PostprocessParams.from_config(config)).items()}
+    count = int(want["num_detections"][0])
+    assert count > 10, "few detections: a vacuous comparison"
+    assert int(served["num_detections"][0]) == count
+    ids = np.array([cid for cid, _ in coco_categories.CATEGORIES], np.float32)
+    np.testing.assert_array_equal(served["detection_classes"][0, :count],
+                                  ids[want["detection_classes"][0, :count]])
+    np.testing.assert_allclose(served["detection_scores"][0, :count],
+                               want["detection_scores"][0, :count], rtol=0, atol=1e-5)
+    size = np.tile(np.array(image.shape[:2], np.float32), 2)
+    np.testing.assert_allclose(served["detection_boxes"][0, :count] * size,
+                               want["detection_boxes"][0, :count], rtol=0, atol=1e-2)

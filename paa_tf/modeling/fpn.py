@@ -56,8 +56,10 @@ class FPN(tf_keras.layers.Layer):
         self.p7_from_relu = p7_from_relu
         self.kernel_init = kernel_init
         # String keys: trackable dicts with int keys cannot be checkpointed.
-        self.laterals = {f"c{lv}": _conv(channels, 1, f"lateral_c{lv}", init=kernel_init) for lv in (3, 4, 5)}
-        self.output_convs = {f"p{lv}": _conv(channels, 3, f"output_p{lv}", init=kernel_init) for lv in (3, 4, 5)}
+        self.laterals = {f"c{lv}": _conv(channels, 1, f"lateral_c{lv}", init=kernel_init)
+                         for lv in (3, 4, 5)}
+        self.output_convs = {f"p{lv}": _conv(channels, 3, f"output_p{lv}", init=kernel_init)
+                             for lv in (3, 4, 5)}
         self.extra_pads = {f"p{lv}": tf_keras.layers.ZeroPadding2D(1, name=f"pad_p{lv}")
                            for lv in range(6, max_level + 1)}
         self.extra_convs = {f"p{lv}": _conv(channels, 3, f"extra_p{lv}", strides=2,

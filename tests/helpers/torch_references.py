@@ -19,7 +19,7 @@ BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 class FrozenBN(nn.Module):
-    """maskrcnn-benchmark's FrozenBatchNorm2d: four buffers, y = x·w/sqrt(var) + b − mean·w/sqrt(var)."""
+    """maskrcnn-benchmark's FrozenBatchNorm2d: four buffers, y = (x - mean)·w/sqrt(var) + b."""
 
     def __init__(self, n):
         super().__init__()
@@ -277,7 +277,7 @@ def randomize(model, seed, small_var_fraction=0.1):
         tensor.data.copy_(torch.from_numpy(np.asarray(values, np.float32).reshape(tensor.shape)))
 
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 fan_in = module.weight[0].numel()
                 fill(module.weight, rng.normal(0, np.sqrt(1.0 / fan_in), module.weight.shape))
