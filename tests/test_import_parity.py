@@ -286,6 +286,7 @@ def test_a_config_that_computes_something_else_is_refused():
 
 # --- ImageNet initialisation (what mmdetection trains from). ---
 
+@pytest.mark.slow
 def test_imagenet_resnet_converts_to_a_backbone_checkpoint_training_loads_whole(tmp_path):
     """torchvision's ResNet-50 classifier file -> a TF backbone checkpoint; build_detector
     with the mmdet preset loads every backbone variable and gives torchvision's features."""
@@ -320,10 +321,12 @@ EXPORT_OVERRIDES = "data.image_size=[256,256],data.min_size=[256],data.max_size=
 
 
 @pytest.mark.slow
+# The authors' run only (a SavedModel of a ResNet-50 takes a minute or two to write): it
+# carries the most conversions through the export (BGR input, the +1 convention, KK rules).
+@pytest.mark.parametrize("imported", ["authors"], indirect=True)
 def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_path):
     """paa_export of the imported run folder vs the eval pre-processing, the restored Keras
-    model and paa_tf.postprocess run eagerly on the same JPEG (the authors' run also checks
-    BGR input and the +1 convention through the export)."""
+    model and paa_tf.postprocess run eagerly on the same JPEG."""
     from absl import flags
 
     from paa_tf.cli import export as export_cli
@@ -372,3 +375,21 @@ def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_pa
     size = np.tile(np.array(image.shape[:2], np.float32), 2)
     np.testing.assert_allclose(served["detection_boxes"][0, :count] * size,
                                want["detection_boxes"][0, :count], rtol=0, atol=1e-2)
+
+
+def test_only_reading_a_pth_file_needs_pytorch():
+    """Importing every paa_tf module (the importer's included) loads no PyTorch: training,
+    evaluation and serving never need it."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys\n"
+            "import paa_tf\n"
+            "for m in pkgutil.walk_packages(paa_tf.__path__, 'paa_tf.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "assert 'torch' not in sys.modules\n"
+            "print('torch-free')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "torch-free" in out.stdout

@@ -298,10 +298,11 @@ def randomize(model, seed, small_var_fraction=0.1):
                 fill(module.bias, rng.normal(0, 0.1, module.bias.shape))
             elif isinstance(module, (MMScale, KKScale)):
                 fill(module.scale, rng.uniform(0.5, 1.5, module.scale.shape))
-        head = model.bbox_head if hasattr(model, "bbox_head") else model.rpn.head
-        cls = head.atss_cls if hasattr(head, "atss_cls") else head.cls_logits
-        # Class logits around -2.5 (p ~ 0.08): some candidates pass the 0.05 threshold.
-        fill(cls.bias, rng.normal(-2.5, 0.3, cls.bias.shape))
+        heads = [m for m in model.modules() if isinstance(m, (MMHead, KKHead))]
+        for head in heads:
+            cls = head.atss_cls if isinstance(head, MMHead) else head.cls_logits
+            # Class logits around -2.5 (p ~ 0.08): some candidates pass the 0.05 threshold.
+            fill(cls.bias, rng.normal(-2.5, 0.3, cls.bias.shape))
     return model.eval()
 
 
