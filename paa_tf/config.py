@@ -58,8 +58,13 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"  # 'tiny' | 'resnet18' | 'resnet34' | 'resnet50' | ...
     backbone_checkpoint: Optional[str] = None  # local checkpoint or .h5/.keras weights
+    # Load a backbone checkpoint that does not cover the backbone exactly (reported, not refused).
+    backbone_checkpoint_partial: bool = False
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + first stage
     frozen_bn: bool = True
+    # BatchNorm epsilon of the ResNet backbones: the value the pretrained weights were trained
+    # with (Model Garden's ImageNet ResNets: 1e-5; its ResNet class defaults to 1e-3).
+    bn_epsilon: float = 1e-5
     num_classes: int = 80
     min_level: int = 3
     max_level: int = 7
@@ -200,6 +205,11 @@ def _coerce(value, annotation, key):
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-5' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
     if annotation is str:
         if isinstance(value, str):
@@ -359,6 +369,9 @@ def validate(config):
                           "multiple of 128 (the padded input bucket)")
     if len(config.data.min_size) not in (1, 2):
         raise ConfigError("config key 'data.min_size' takes one size S or a range [S_min, S_max]")
+    if config.model.bn_epsilon < 0:
+        raise ConfigError(f"config key 'model.bn_epsilon' is {config.model.bn_epsilon}; it must "
+                          "be >= 0 (the epsilon the backbone checkpoint was trained with)")
     if list(config.train.lr_steps) != sorted(config.train.lr_steps):
         raise ConfigError(f"config key 'train.lr_steps' must be increasing, got "
                           f"{config.train.lr_steps}")

@@ -194,7 +194,9 @@ class Trainer:
             from paa_tf.modeling.weights import load_backbone_weights
 
             path = self.config.model.backbone_checkpoint
-            report = load_backbone_weights(self.model.backbone, path)
+            report = load_backbone_weights(
+                self.model.backbone, path,
+                allow_partial=self.config.model.backbone_checkpoint_partial)
             print(f"Backbone initialised from {path}: {report.summary()}", flush=True)
         return restored
 

@@ -126,3 +126,18 @@ def test_backbone_checkpoint_loads_on_a_fresh_start_only(tmp_path, capsys):
     assert resumed.restore_or_initialise().endswith("ckpt-2")
     out = capsys.readouterr().out
     assert "Resumed from" in out and "Backbone initialised" not in out
+
+
+def test_training_refuses_a_partial_backbone_checkpoint_unless_allowed(tmp_path):
+    # A checkpoint with only the tiny backbone's first conv kernel, at its object path.
+    first_conv = tf.train.Checkpoint(kernel=tf.Variable(tf.ones([3, 3, 3, 16])))
+    path = tf.train.Checkpoint(backbone=tf.train.Checkpoint(
+        **{"layer_with_weights-0": first_conv})).write(str(tmp_path / "partial" / "ckpt-1"))
+    trainer = make_trainer(tmp_path / "run", f"model.backbone_checkpoint={path}")
+    with pytest.raises(ValueError, match=r"backbone variables missing from the file: "
+                                         r"layer_with_weights-1/gamma \(stage1_down_bn/gamma\)"):
+        trainer.restore_or_initialise()
+    trainer = make_trainer(tmp_path / "run", f"model.backbone_checkpoint={path},"
+                                             "model.backbone_checkpoint_partial=true")
+    assert trainer.restore_or_initialise() is None
+    np.testing.assert_array_equal(trainer.model.backbone.weights[0].numpy(), 1.0)
