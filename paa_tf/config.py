@@ -77,7 +77,9 @@ class ModelConfig:
     prior_prob: float = 0.01
     octave_base_scale: float = 8.0
     anchor_center_offset: float = 0.5
-    plus_one: bool = False  # KK's "+1" pixel convention
+    # KK's "+1" pixel convention (width = x2 - x1 + 1), everywhere: ground truth, anchors, IoU,
+    # box coding, clipping, NMS, voting and the COCO output. The one switch for it.
+    plus_one: bool = False
     box_weights: Tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
     delta_clamp: str = "kk"  # 'kk' (upper only) | 'mm' (both sides)
 
@@ -149,7 +151,6 @@ class EvalConfig:
     score_voting: bool = True
     voting_sigma: float = 0.025
     voting_iou: float = 0.01
-    plus_one: bool = False
     tta_scales: Tuple[int, ...] = ()  # shorter sides of the test-time views (all of them)
     tta_flip: bool = False
 
@@ -218,8 +219,17 @@ def _coerce(value, annotation, key):
     raise ConfigError(f"config key '{key}': unsupported field type {annotation}")
 
 
-def _apply(obj, updates, prefix=""):
-    """Set the fields of dataclass `obj` from the nested dict `updates`, strictly."""
+# Keys that were removed, with the key that now decides the same thing. An old config (e.g.
+# a run's saved config.yaml) may still hold one: accepted when it agrees with its
+# replacement, an error naming both when it does not.
+_REMOVED = {"eval.plus_one": "model.plus_one"}
+
+
+def _apply(obj, updates, prefix="", removed=None):
+    """Set the fields of dataclass `obj` from the nested dict `updates`, strictly.
+
+    Removed keys (`_REMOVED`) are collected into the dict `removed` for `_check_removed`.
+    """
     if not isinstance(updates, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
                           f"got {updates!r}")
@@ -227,13 +237,16 @@ def _apply(obj, updates, prefix=""):
     names = [f.name for f in dataclasses.fields(obj)]
     for name, value in updates.items():
         key = prefix + str(name)
+        if key in _REMOVED and removed is not None:
+            removed[key] = value
+            continue
         if name not in names:
             raise ConfigError(f"unknown config key '{key}'{_nearest(str(name), names)}; "
                               f"valid keys here: {', '.join(names)}")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if value is not None:  # an empty section in YAML
-                _apply(current, value, key + ".")
+                _apply(current, value, key + ".", removed)
         else:
             setattr(obj, name, _coerce(value, hints[name], key))
 
@@ -300,13 +313,32 @@ def parse_overrides(overrides):
     return nested
 
 
+def _check_removed(config, removed, source=""):
+    """ConfigError when a removed key (`_REMOVED`) disagrees with the key that replaced it."""
+    for key, value in removed.items():
+        new_key = _REMOVED[key]
+        section, name = new_key.split(".")
+        current = getattr(getattr(config, section), name)
+        try:
+            agrees = _coerce(value, type(current), key) == current
+        except ConfigError:
+            agrees = False
+        if not agrees:
+            raise ConfigError(
+                f"{source}config key '{key}' was removed: '{new_key}' alone now decides it "
+                f"(here {new_key}={current!r} but {key}={value!r}). Delete '{key}' and set "
+                f"'{new_key}' to how the model was trained")
+
+
 def build_config(layers=(), overrides=None):
     """An `ExperimentConfig` from defaults, then each dict of `layers`, then `overrides`."""
     config = ExperimentConfig()
+    removed = {}
     for layer in layers:
-        _apply(config, layer)
+        _apply(config, layer, removed=removed)
     if overrides:
-        _apply(config, parse_overrides(overrides))
+        _apply(config, parse_overrides(overrides), removed=removed)
+    _check_removed(config, removed)
     validate(config)
     return config
 
@@ -314,13 +346,15 @@ def build_config(layers=(), overrides=None):
 def load_config(path=None, overrides=None):
     """Load an experiment YAML (with its `base` chain) and apply dotted overrides."""
     config = ExperimentConfig()
+    removed = {}
     for file_path, content in (_load_yaml(path) if path else []):
         try:
-            _apply(config, content)
+            _apply(config, content, removed=removed)
         except ConfigError as error:
             raise ConfigError(f"{file_path}: {error}") from None
     if overrides:
-        _apply(config, parse_overrides(overrides))
+        _apply(config, parse_overrides(overrides), removed=removed)
+    _check_removed(config, removed, f"{path}: " if path else "")
     validate(config)
     return config
 

@@ -156,7 +156,7 @@ class Trainer:
         def dataset_fn(input_context):
             dataset, report = pipeline.build_dataset(
                 data_config, split="train", is_training=True, batch_size=per_replica,
-                input_context=input_context)
+                input_context=input_context, plus_one=self.config.model.plus_one)
             self.data_reports.append(report)
             return dataset
         return dataset_fn, label_map_path
