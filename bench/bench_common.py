@@ -29,3 +29,20 @@ def run_times(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+COCO_PHOTO_GLOBS = ("../shared/data/coco_mini/val2017/*.jpg",
+                    "../shared/data/coco_mini/train2017/*.jpg")
+
+
+def load_photos(count, tf):
+    """[(path, uint8 [1, h, w, 3] RGB)] of the first `count` COCO JPEGs of ../shared/data
+    (val2017 first), in file-name order; exits with a hint when they are absent."""
+    import glob
+
+    paths = [p for pattern in COCO_PHOTO_GLOBS for p in sorted(glob.glob(pattern))][:count]
+    if len(paths) < count:
+        raise SystemExit(f"found {len(paths)} COCO JPEGs under {COCO_PHOTO_GLOBS}, need {count}; "
+                         "run from the project root with ../shared/data present")
+    return [(path, tf.io.decode_jpeg(tf.io.read_file(path), channels=3)[None])
+            for path in paths]

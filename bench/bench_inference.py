@@ -100,8 +100,8 @@ def build_paa(size, prior):
     return config, build_detector(config)
 
 
-def export_paa(config, model, scratch):
-    """Export `model` with and without score voting; returns {True: dir, False: dir}."""
+def export_paa(config, model, scratch, votings=(True, False)):
+    """Export `model` with score voting on and/or off; returns {voting: dir}."""
     from paa_tf import export, postprocess, serving_preprocess
     from paa_tf.data import label_map as label_map_lib
 
@@ -110,7 +110,7 @@ def export_paa(config, model, scratch):
     label_path = label_map_lib.write_label_map(label_map, os.path.join(scratch, "lm.json"))
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
     dirs = {}
-    for voting in (True, False):
+    for voting in votings:
         params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
         module = export.ExportedDetector(model, preprocess, params, label_map)
         base = os.path.join(scratch, f"paa_{'voting' if voting else 'novoting'}")

@@ -160,6 +160,8 @@ class ExportConfig:
     version: int = 1
     score_voting: bool = True
     max_image_size: int = 0  # 0 = data.image_size
+    # Largest height x width of a request image, read from its header before decoding.
+    max_pixels: int = 40_000_000
 
 
 @dataclasses.dataclass
