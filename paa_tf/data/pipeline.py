@@ -13,7 +13,8 @@ Graph (per image): read/parse bytes -> decode (JPEG/PNG/...) -> resize (shorter 
 static bucket [H, W] -> GT padded to `max_instances` with -1. Batched elements:
 
   image       float32 [B, H, W, 3]
-  gt_boxes    float32 [B, M, 4]  yxyx pixels of the resized input (-1 rows pad)
+  gt_boxes    float32 [B, M, 4]  yxyx pixels of the resized input (-1 rows pad); continuous,
+                                  or the authors' inclusive "+1" boxes with `plus_one`
   gt_classes  int32   [B, M]     contiguous 0..C-1 (-1 pads); crowd boxes never included
   image_info  float32 [B, 4, 2]  [[orig_h, orig_w], [scaled_h, scaled_w], [scale_y, scale_x],
                                   [offset_y, offset_x]]; original box = (box - offset) / scale
@@ -195,9 +196,10 @@ def decode_checked(records, table, report, skip_bad_records):
     return fn
 
 
-def _example_fn(config, table, is_training, seed, decode):
+def _example_fn(config, table, is_training, seed, decode, plus_one):
     """(counter, row, encoded bytes) -> element dict (unbatched); `decode` is
-    `decode_checked`'s function, its ok flag is the element's `decoded`."""
+    `decode_checked`'s function, its ok flag is the element's `decoded`; `plus_one` as in
+    `build_dataset`."""
     image_size = image_size_of(config)
     sizes = tuple(int(s) for s in config.min_size)
     min_s, max_s = min(sizes), max(sizes)
@@ -215,11 +217,12 @@ def _example_fn(config, table, is_training, seed, decode):
             shorter = max_s  # evaluation uses the largest training scale (KK: 800 for 640-800)
         image, image_info = transforms.resize_image(image, shorter, config.max_size, image_size,
                                                     config.pixel_mean, config.pixel_std)
-        boxes = transforms.scale_boxes(boxes, image_info)
+        boxes = transforms.scale_boxes(boxes, image_info, plus_one)
         if is_training and config.flip_prob > 0:
             flip = tf.random.stateless_uniform([], key + [0, 1 << 40]) < config.flip_prob
-            image, boxes = tf.cond(flip, lambda: transforms.flip_left_right(image, boxes),
-                                   lambda: (image, boxes))
+            image, boxes = tf.cond(
+                flip, lambda: transforms.flip_left_right(image, boxes, plus_one),
+                lambda: (image, boxes))
         image = transforms.pad_image(image, image_size)
         boxes, classes = transforms.pad_instances(boxes, classes, config.max_instances)
         return {"image": image, "gt_boxes": boxes, "gt_classes": classes,
@@ -305,7 +308,7 @@ def encoded_dataset(config, records, report, layout):
 
 
 def build_dataset(data_config, split="train", is_training=True, batch_size=1,
-                  input_context=None, skip_bad_records=None, repeat=None):
+                  input_context=None, skip_bad_records=None, repeat=None, plus_one=False):
     """The batched input pipeline of `split`; returns (tf.data.Dataset, BadRecordReport).
 
     `batch_size` is the batch of the returned dataset: under a `tf.distribute` strategy that
@@ -316,6 +319,8 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     full batches (static batch size); evaluation keeps images without boxes and the last
     partial batch. The
     report lists skipped records by id and the counts of the documented filters.
+    `plus_one` (`model.plus_one`) gives `gt_boxes` in the authors' "+1" pixels (see
+    `transforms.scale_boxes`); records and evaluation ground truth stay continuous.
     """
     config = data_config
     records, report, layout = load_records(config, split, is_training, skip_bad_records)
@@ -334,7 +339,7 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     parallel = tf.data.AUTOTUNE if config.num_parallel_calls < 0 else config.num_parallel_calls
     skip = config.skip_bad_records if skip_bad_records is None else bool(skip_bad_records)
     decode = decode_checked(records, table, report, skip)
-    example = _example_fn(config, table, is_training, seed, decode)
+    example = _example_fn(config, table, is_training, seed, decode, bool(plus_one))
     data = data.enumerate().map(lambda i, pair: example(i, pair[0], pair[1]),
                                 num_parallel_calls=parallel, deterministic=config.deterministic)
     if skip:
