@@ -9,11 +9,13 @@ padded bucket `[H, W]` (static shape); the resized content occupies the top-left
 `(box - offset) / scale` (see `boxes_to_original`). The offset is 0 in this pipeline (content
 is padded at the bottom and right) and is kept for crops or centred padding.
 
-Decoding ignores EXIF orientation (as `tf.io.decode_image` and COCO's own annotations do):
-pixels are used as stored in the file.
+Decoding applies a JPEG's EXIF orientation (`paa_tf.data.exif`): images are used as viewers
+and annotation tools show them, so a phone photo annotated as displayed matches its boxes.
 """
 
 import tensorflow as tf
+
+from paa_tf.data import exif
 
 
 def decode_image(encoded):
@@ -21,11 +23,12 @@ def decode_image(encoded):
 
     Grayscale is repeated to 3 channels, CMYK JPEGs are converted by the JPEG decoder, an
     alpha channel is dropped, 16-bit PNGs are scaled to 8 bits, an animated GIF gives its
-    first frame.
+    first frame. A JPEG's EXIF orientation is applied (`exif`): the result is the image as a
+    viewer shows it (height and width swapped for orientations 5-8).
     """
     image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
-    return image
+    return exif.apply_orientation(image, exif.orientation(encoded))
 
 
 def try_decode_image(encoded):
