@@ -45,7 +45,7 @@ class DataConfig:
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
     pixel_std: Tuple[float, ...] = (58.395, 57.12, 57.375)
     skip_bad_records: bool = False  # skip, count and report bad records instead of failing
-    deterministic: bool = False
+    deterministic: bool = False  # training batches in a fixed order (evaluation always is)
     shuffle_buffer: int = 1000
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
     seed: int = 0
