@@ -45,11 +45,13 @@ class DataConfig:
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
     pixel_std: Tuple[float, ...] = (58.395, 57.12, 57.375)
     skip_bad_records: bool = False  # skip, count and report bad records instead of failing
-    deterministic: bool = False
+    deterministic: bool = False  # training batches in a fixed order (evaluation always is)
     shuffle_buffer: int = 1000
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
     seed: int = 0
-    verify_images: str = "header"  # image check at load: 'none' | 'header' (+end marker) | 'full'
+    # Image check at load: 'none' | 'header' (+ end marker) | 'decode' (+ TensorFlow decode,
+    # finds data corrupt behind a valid header) | 'full' (+ PIL decode).
+    verify_images: str = "decode"
     box_tolerance: float = 2.0  # px a box may cross the image border (clipped); more is bad
     voc_keep_difficult: bool = False  # train on VOC 'difficult' objects instead of as crowd
 

@@ -50,8 +50,9 @@ def define_flags(flag_values=FLAGS):
                         flag_values=flag_values)
     flags.DEFINE_bool("skip_bad_records", False, "Skip bad records and list them at the end "
                       "instead of stopping.", flag_values=flag_values)
-    flags.DEFINE_enum("verify_images", "header", ["none", "header", "full"], "Image check: "
-                      "header and end marker (fast) or a full decode.", flag_values=flag_values)
+    flags.DEFINE_enum("verify_images", "decode", ["decode", "full"], "Image check: header, "
+                      "end marker and a TensorFlow decode of every image ('full': and a PIL "
+                      "decode).", flag_values=flag_values)
     flags.DEFINE_float("box_tolerance", 2.0, "Pixels a box may cross the image border.",
                        flag_values=flag_values)
     flags.DEFINE_bool("voc_keep_difficult", False, "Write VOC difficult objects as normal "
@@ -64,7 +65,7 @@ def define_flags(flag_values=FLAGS):
 
 def convert(fmt, output_prefix, num_shards, *, annotations=None, images=None, voc_root=None,
             voc_split="trainval", label_map=None, skip_bad_records=False,
-            verify_images="header", box_tolerance=2.0, voc_keep_difficult=False):
+            verify_images="decode", box_tolerance=2.0, voc_keep_difficult=False):
     """Validate the source and write the shards; returns (shard paths, BadRecordReport)."""
     if fmt == "coco" and (not annotations or not images):
         raise app.UsageError("--format=coco needs --annotations and --images")
@@ -85,10 +86,11 @@ def convert(fmt, output_prefix, num_shards, *, annotations=None, images=None, vo
                                         keep_difficult=voc_keep_difficult)
     else:
         raise app.UsageError(f"--format must be coco or voc, got {fmt!r}")
+    # Every image is decoded by TensorFlow: no record the pipeline cannot decode is written.
+    if verify_images not in ("decode", "full"):
+        raise app.UsageError(f"--verify_images={verify_images}: choose decode or full")
     items = records.verify_images(items, report, level=verify_images,
                                   skip_bad_records=skip_bad_records)
-    # Every image is decoded once here, so no record the pipeline cannot decode is written.
-    items = tfrecord.check_decodes(items, report, skip_bad_records=skip_bad_records)
     items = records.validate_boxes(items, report, box_tolerance=box_tolerance,
                                    skip_bad_records=skip_bad_records)
     if not items:

@@ -1,12 +1,12 @@
 """One `tf.data` pipeline for COCO, VOC and TFRecord data: `build_dataset`.
 
-Load time (Python): the reader builds the record list, every image is checked (header and end
-marker, see `records.image_problem`), boxes are validated and filtered (spec §6, see
-`records`), and bad records raise a `BadRecordError` or, with `skip_bad_records`, are skipped
-and listed in the returned `BadRecordReport`. Only image data corrupt behind a valid header
-(a broken Huffman table, scrambled PNG data) passes the header check; decoding finds it in the
-graph (`decode_checked`), which names the record and fails, or skips it and logs it into the
-same report (`BadRecordReport.decode_log`).
+Load time (Python): the reader builds the record list, every image is checked (header, end
+marker and, by default, a TensorFlow decode: see `records.image_problem`), boxes are validated
+and filtered (spec §6, see `records`), and bad records raise a `BadRecordError` or, with
+`skip_bad_records`, are skipped and listed in the returned `BadRecordReport`. Nothing bad
+reaches TensorFlow's pipeline: a decode failure inside `tf.data` would stop the iterator without
+naming the record (and cannot be caught per element there while the iterator stays
+checkpointable), so the load-time decode is the default.
 
 Graph (per image): read/parse bytes -> decode (JPEG/PNG/...) -> resize (shorter side S, longer
 <= L, fits the bucket) and normalise (mean/std, RGB 0-255) -> flip (training) -> pad to the
@@ -22,11 +22,12 @@ static bucket [H, W] -> GT padded to `max_instances` with -1. Batched elements:
 
 Randomness (flip, multi-scale S) is stateless, keyed on (seed, replica, element counter), so
 it does not depend on the parallel map's scheduling; `deterministic` fixes the order as well.
+Evaluation always keeps the record order: which images `max_batches` covers, and the order of
+the results file, must not depend on which decode finished first.
 """
 
 import dataclasses
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -40,7 +41,7 @@ from paa_tf.data import transforms
 from paa_tf.data import voc as voc_lib
 from paa_tf.data.label_map import load_label_map  # noqa: F401  (public API of this module)
 
-_DEFAULTS = {"verify_images": "header", "box_tolerance": 2.0, "voc_keep_difficult": False}
+_DEFAULTS = {"verify_images": "decode", "box_tolerance": 2.0, "voc_keep_difficult": False}
 
 
 def _get(config, name):
@@ -144,7 +145,6 @@ class _Table:
     boxes: np.ndarray
     classes: np.ndarray
     paths: np.ndarray
-    descriptions: np.ndarray  # "image id N (name) in source" for error messages
 
     @classmethod
     def of(cls, records):
@@ -154,51 +154,11 @@ class _Table:
                    boxes=np.concatenate([r.boxes.reshape(-1, 4) for r in records]).astype(
                        np.float32).reshape(-1, 4),
                    classes=np.concatenate([r.classes for r in records]).astype(np.int32),
-                   paths=np.array([r.path or "" for r in records], object),
-                   descriptions=np.array([r.describe() for r in records], object))
+                   paths=np.array([r.path or "" for r in records], object))
 
 
-def decode_checked(records, table, report, skip_bad_records):
-    """`fn(row, encoded) -> (uint8 [h, w, 3], ok bool [])` decoding the image of one record.
-
-    Image data corrupt behind a valid header (found only when decoding) fails with an
-    InvalidArgumentError naming the record and how to fix it, or, with `skip_bad_records`,
-    gives ok=False (filter those elements out): a warning naming the record goes to stderr
-    and the row to `report.decode_log`, so the report counts and lists it.
-    """
-    descriptions = tf.constant(table.descriptions.astype(str))
-    places = tf.constant([r.path or r.source for r in records])
-    if skip_bad_records and report.decode_log is None:
-        report.decode_log = records_lib.DecodeFailureLog(records)
-
-    def fn(row, encoded):
-        image, ok = transforms.try_decode_image(encoded)
-        if not skip_bad_records:
-            message = tf.strings.join([
-                descriptions[row], ": image data is corrupt behind a valid header, TensorFlow "
-                "cannot decode it (", places[row], "). Replace or re-encode the file, or set "
-                "data.skip_bad_records=true to skip, count and report such records "
-                "(data.verify_images=full finds them all before training)."])
-            with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
-                return tf.identity(image), ok
-
-        def note():
-            logged = tf.print(row, output_stream=f"file://{report.decode_log.path}")
-            warned = tf.print(f"WARNING: data '{report.split}': skipped", descriptions[row],
-                              "(image data is corrupt behind a valid header, TensorFlow cannot "
-                              "decode it:", places[row], "); counted in the bad record report",
-                              output_stream=sys.stderr)
-            with tf.control_dependencies([logged, warned]):
-                return tf.constant(False)
-
-        return image, tf.cond(ok, lambda: tf.constant(True), note)
-
-    return fn
-
-
-def _example_fn(config, table, is_training, seed, decode, plus_one):
-    """(counter, row, encoded bytes) -> element dict (unbatched); `decode` is
-    `decode_checked`'s function, its ok flag is the element's `decoded`; `plus_one` as in
+def _example_fn(config, table, is_training, seed, plus_one):
+    """(counter, row, encoded bytes) -> element dict (unbatched); `plus_one` as in
     `build_dataset`."""
     image_size = image_size_of(config)
     sizes = tuple(int(s) for s in config.min_size)
@@ -207,7 +167,7 @@ def _example_fn(config, table, is_training, seed, decode, plus_one):
     classes_flat, source_ids = tf.constant(table.classes), tf.constant(table.source_ids)
 
     def fn(counter, row, encoded):
-        image, decoded = decode(row, encoded)
+        image = transforms.decode_image(encoded)
         start, end = splits[row], splits[row + 1]
         boxes, classes = boxes_flat[start:end], classes_flat[start:end]
         key = tf.stack([tf.cast(seed, tf.int64), counter])
@@ -226,7 +186,7 @@ def _example_fn(config, table, is_training, seed, decode, plus_one):
         image = transforms.pad_image(image, image_size)
         boxes, classes = transforms.pad_instances(boxes, classes, config.max_instances)
         return {"image": image, "gt_boxes": boxes, "gt_classes": classes,
-                "image_info": image_info, "source_id": source_ids[row], "decoded": decoded}
+                "image_info": image_info, "source_id": source_ids[row]}
 
     return fn
 
@@ -280,33 +240,6 @@ def _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines
     return data.map(lambda row, s: (row, tf.io.parse_single_example(s, spec)["image/encoded"]))
 
 
-def encoded_dataset(config, records, report, layout):
-    """Undecoded images of `records` in order, for test-time augmentation and exports.
-
-    Elements: `encoded` tf.string [] (the file's bytes), `source_id` int64 [],
-    `original_size` int32 [2] (height, width of the decoded image). Each image is decoded
-    once by `decode_checked`, so corrupt data is named or skipped (`config.skip_bad_records`)
-    as in `build_dataset`. `records, report, layout` are `load_records`' results.
-    """
-    table = _Table.of(records)
-    if layout is None:
-        data = _file_rows(table, False, False, 0, (1, 0))
-    else:
-        data = _tfrecord_rows(records, layout, config, False, False, 0, (1, 0))
-    decode = decode_checked(records, table, report, config.skip_bad_records)
-    source_ids = tf.constant(table.source_ids)
-
-    def element(row, encoded):
-        image, decoded = decode(row, encoded)
-        return {"encoded": encoded, "source_id": source_ids[row],
-                "original_size": tf.shape(image)[:2], "decoded": decoded}
-
-    data = data.map(element, num_parallel_calls=tf.data.AUTOTUNE)
-    if config.skip_bad_records:
-        data = data.filter(lambda item: item["decoded"])
-    return data.map(lambda item: {k: v for k, v in item.items() if k != "decoded"})
-
-
 def build_dataset(data_config, split="train", is_training=True, batch_size=1,
                   input_context=None, skip_bad_records=None, repeat=None, plus_one=False):
     """The batched input pipeline of `split`; returns (tf.data.Dataset, BadRecordReport).
@@ -337,18 +270,14 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     else:
         data = _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines)
     parallel = tf.data.AUTOTUNE if config.num_parallel_calls < 0 else config.num_parallel_calls
-    skip = config.skip_bad_records if skip_bad_records is None else bool(skip_bad_records)
-    decode = decode_checked(records, table, report, skip)
-    example = _example_fn(config, table, is_training, seed, decode, bool(plus_one))
+    ordered = bool(config.deterministic) or not is_training
+    example = _example_fn(config, table, is_training, seed, bool(plus_one))
     data = data.enumerate().map(lambda i, pair: example(i, pair[0], pair[1]),
-                                num_parallel_calls=parallel, deterministic=config.deterministic)
-    if skip:
-        data = data.filter(lambda element: element["decoded"])
-    data = data.map(lambda element: {k: v for k, v in element.items() if k != "decoded"})
+                                num_parallel_calls=parallel, deterministic=ordered)
     data = data.batch(int(batch_size), drop_remainder=bool(is_training and repeat))
     data = data.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = bool(config.deterministic)
+    options.deterministic = ordered
     # A checkpointed iterator then stores positions, not the prefetched image batches
     # (256x256 batch 8: 39 KB instead of 9.5 MB; 1408x1408 batches are 48 MB each).
     options.experimental_symbolic_checkpoint = True
