@@ -110,6 +110,10 @@ class Trainer:
         # shuffling with the restored step instead of replaying the first batches.
         self.exact_data_resume = (replicas == 1 and config.train.checkpoint_data
                                   and not isinstance(strategy, _MULTI_WORKER))
+        # Same seed, same initial weights and input order: a run can be repeated, and compared
+        # across changes. Set before the input pipeline is built: its shuffles combine their
+        # own seeds with this global one, so their order must not depend on what ran earlier.
+        tf_keras.utils.set_random_seed(config.train.seed)
         resume_step = checkpoints.latest_step(self.model_dir)
         label_map_path = None
         if dataset_fn is None:
@@ -121,8 +125,6 @@ class Trainer:
             self.dataset = dataset_fn(tf.distribute.InputContext())
         else:
             self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
-        # Same seed, same initial weights: a run can be repeated, and compared across changes.
-        tf_keras.utils.set_random_seed(config.train.seed)
         with strategy.scope():
             self.model = model if model is not None else self._build_model()
             self.schedule = schedules.from_config(config.train)
