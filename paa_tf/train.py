@@ -25,7 +25,17 @@ _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss (or weights: NonFiniteWeightsError)."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """An update left NaN or infinite weights although its loss was finite."""
+
+
+@tf.function
+def _finite_flags(variables):
+    """bool [len(variables)]: whether each variable holds only finite values (one call)."""
+    return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
 
 
 def build_strategy(name="auto"):
@@ -146,6 +156,7 @@ class Trainer:
         self.writer = (tf.summary.create_file_writer(str(self.model_dir / "train"))
                        if self.chief else tf.summary.create_noop_writer())
         self._step_fn = None
+        self._state_variables = None  # checked for NaN/inf before each save
 
     def _pipeline_fn(self, seed_offset=0):
         from paa_tf.data import pipeline
@@ -242,11 +253,32 @@ class Trainer:
                           flush=True)
                     self.model.reset_metrics()
                 if step % cfg.checkpoint_every == 0 or step == total:
+                    self._check_finite_weights(step)
                     self.keeper.save()
                 if cfg.eval_every and (step % cfg.eval_every == 0) and step != total:
                     self.evaluate(step)
         self.writer.flush()
         return logs
+
+    def _check_finite_weights(self, step):
+        """Raises NonFiniteWeightsError unless every weight and optimizer slot is finite.
+
+        Run before each save, so a saved checkpoint is always a good one to resume from (a
+        finite loss does not prove it: an infinite LR gives a finite loss, then inf weights).
+        """
+        if self._state_variables is None:
+            self._state_variables = [
+                v for v in self.model.weights + self.optimizer.variables
+                if v.dtype.is_floating]
+        flags = _finite_flags(self._state_variables).numpy()
+        if not flags.all():
+            names = [v.name for v, ok in zip(self._state_variables, flags) if not ok]
+            raise NonFiniteWeightsError(
+                f"{len(names)} of {len(flags)} weight and optimizer variables are NaN or "
+                f"infinite after step {step} (e.g. {', '.join(names[:3])}) although the loss "
+                "was finite; this state was not saved and training stopped. The last good "
+                f"checkpoint is {self.keeper.latest or 'none (no checkpoint yet)'}: lower "
+                "train.base_lr or check the data, then run again to resume from it")
 
     def _current_lr(self, step):
         """LR the schedule gives update index `step` (0-based)."""
