@@ -79,17 +79,15 @@ def progress_line(step, total, elapsed, steps_done, images_per_step, logs, lr):
     return " | ".join(parts)
 
 
-def _write_run_files(config, model_dir, label_map_path=None):
-    """Resolved config and label map beside the checkpoints (chief only)."""
+def _write_run_files(config, model_dir, label_map=None):
+    """Resolved config and label map beside the checkpoints (chief only, atomic writes)."""
+    from paa_tf.data import label_map as label_map_lib
+
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save_config(config, model_dir / "config.yaml")
-    if label_map_path is not None:
-        target = model_dir / "label_map.json"
-        content = pathlib.Path(label_map_path).read_text()
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(content)
-        tmp.replace(target)
+    if label_map is not None:
+        label_map_lib.write_label_map(label_map, model_dir / label_map_lib.LABEL_MAP_FILENAME)
 
 
 class Trainer:
@@ -125,12 +123,12 @@ class Trainer:
         # own seeds with this global one, so their order must not depend on what ran earlier.
         tf_keras.utils.set_random_seed(config.train.seed)
         resume_step = checkpoints.latest_step(self.model_dir)
-        label_map_path = None
+        label_map = None
         if dataset_fn is None:
             seed_offset = 0 if self.exact_data_resume else resume_step
-            dataset_fn, label_map_path = self._pipeline_fn(seed_offset)
+            dataset_fn, label_map = self._pipeline_fn(seed_offset)
         if self.chief:
-            _write_run_files(config, self.model_dir, label_map_path)
+            _write_run_files(config, self.model_dir, label_map)
         if replicas == 1 and not isinstance(strategy, _MULTI_WORKER):
             self.dataset = dataset_fn(tf.distribute.InputContext())
         else:
@@ -164,7 +162,7 @@ class Trainer:
         data_config = copy.deepcopy(self.config.data)
         data_config.seed += seed_offset
         per_replica = self.global_batch // self.strategy.num_replicas_in_sync
-        label_map_path = pipeline.label_map_file(data_config, self.model_dir)
+        label_map = pipeline.run_label_map(data_config)
 
         def dataset_fn(input_context):
             dataset, report = pipeline.build_dataset(
@@ -172,7 +170,7 @@ class Trainer:
                 input_context=input_context)
             self.data_reports.append(report)
             return dataset
-        return dataset_fn, label_map_path
+        return dataset_fn, label_map
 
     def _build_model(self):
         from paa_tf.modeling import detector

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from paa_tf import train as train_lib
 from paa_tf.cli import make_tfrecord
+from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import pipeline
 from tests import train_utils
 from tests.test_data_bad_input import coco_config, make_coco
@@ -100,3 +101,19 @@ def test_three_interrupted_runs_train_like_one_uninterrupted_run(tmp_path):
     # weights; a reseeded or replayed input would not.
     for a, b in zip(whole.model.weights, part.model.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.name)
+
+
+def test_a_training_run_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+    """The label map derived from the data is written beside the checkpoints only."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    make_coco(tmp_path / "data", num_images=2)
+    _trainer(tmp_path / "run", tmp_path / "data")  # builds the input pipeline
+    # TensorFlow's autograph leaves its generated modules there (not ours to remove).
+    left = [p.name for p in scratch.iterdir() if not p.name.startswith("__autograph_generated")]
+    assert left == []
+    written = label_map_lib.load_label_map(tmp_path / "run" / "label_map.json")
+    assert written.ids == (1, 7) and written.names == ("one", "seven")

@@ -21,8 +21,6 @@ it does not depend on the parallel map's scheduling; `deterministic` fixes the o
 """
 
 import dataclasses
-import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -69,19 +67,13 @@ def dataset_label_map(config):
     raise ValueError(f"data.format is {config.format!r}; choose 'coco', 'voc' or 'tfrecord'")
 
 
-def label_map_file(config, model_dir=None):
-    """Path of a label map JSON file for the data (to copy beside a trained model).
-
-    `data.label_map` when set; otherwise the label map derived from the source is written to
-    a fresh temporary file (each worker its own, so nothing is written into `model_dir`).
+def run_label_map(config):
+    """The LabelMap a trained model is saved with (`label_map.json` beside its checkpoints):
+    `data.label_map` when set (validated here, early), else the one derived from the source.
     """
-    del model_dir  # the trainer copies the file there (chief only)
     if config.label_map:
-        label_map_lib.load_label_map(config.label_map)  # validates it early
-        return config.label_map
-    folder = tempfile.mkdtemp(prefix="paa_label_map_")
-    return label_map_lib.write_label_map(dataset_label_map(config),
-                                         os.path.join(folder, label_map_lib.LABEL_MAP_FILENAME))
+        return label_map_lib.load_label_map(config.label_map)
+    return dataset_label_map(config)
 
 
 def load_records(config, split="train", is_training=True, skip_bad_records=None):
