@@ -30,6 +30,10 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
 
 
+class UnreadableCheckpointsError(ValueError):
+    """`model_dir` holds checkpoints but none of them can be restored."""
+
+
 def _worker_dir(model_dir, strategy):
     """Where this worker saves: the model dir for the chief, a scratch dir for the others.
 
@@ -113,8 +117,8 @@ class CheckpointKeeper:
         """Restores the newest readable checkpoint; returns its path or None on a fresh start.
 
         A checkpoint that cannot be read is skipped with a warning and the next older one is
-        tried. Raises RuntimeError when there are checkpoint files but none can be read (a
-        fresh start would overwrite them).
+        tried. Raises UnreadableCheckpointsError when there are checkpoint files but none
+        can be read (a fresh start would overwrite them).
         """
         candidates = find_checkpoints(self.model_dir)
         listed = _state_file_listing(self.model_dir)
@@ -144,7 +148,7 @@ class CheckpointKeeper:
                 self._rewrite_state_file(candidates[index:])
             return path
         if candidates:
-            raise RuntimeError(
+            raise UnreadableCheckpointsError(
                 f"none of the checkpoints in {self.model_dir} can be restored "
                 f"({', '.join(candidates)}); move them away to start afresh")
         return None

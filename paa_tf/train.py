@@ -27,6 +27,8 @@ _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss (or weights: NonFiniteWeightsError)."""
 
+    exit_code = 3  # bin/paa_train's exit code for it (paa_tf/cli/errors.py)
+
 
 class NonFiniteWeightsError(NonFiniteLossError):
     """An update left NaN or infinite weights although its loss was finite."""

@@ -76,7 +76,7 @@ def test_unreadable_checkpoints_stop_the_run_instead_of_a_fresh_start(trained, t
         pathlib.Path(path).write_bytes(b"\x00" * 50)
     before = digests(run)
     trainer = make_trainer(run)
-    with pytest.raises(RuntimeError, match="none of the checkpoints .* can be restored"):
+    with pytest.raises(ValueError, match="none of the checkpoints .* can be restored"):
         trainer.restore_or_initialise()
     assert digests(run) == before
 
