@@ -115,11 +115,14 @@ class Trainer:
         if self.global_batch % replicas:
             raise ValueError(f"train.batch_size={self.global_batch} must be divisible by the "
                              f"{replicas} replicas in sync")
-        # A single replica's input iterator can be checkpointed (its position resumes
-        # exactly); a distributed one cannot, so a resumed multi-replica run reseeds its
-        # shuffling with the restored step instead of replaying the first batches.
-        self.exact_data_resume = (replicas == 1 and config.train.checkpoint_data
-                                  and not isinstance(strategy, _MULTI_WORKER))
+        # On one machine a single host pipeline feeds every local replica (one element = a
+        # batch per replica, handed out in the step): its iterator is a plain tf.data
+        # iterator, which is checkpointed, so a resume continues at the exact input position
+        # with one device or several mirrored replicas. A multi-worker distributed iterator
+        # cannot be checkpointed: there a resumed run reseeds its shuffling with the restored
+        # step instead of replaying the first batches (said in the log, docs/ROBUSTNESS.md).
+        self.multi_worker = isinstance(strategy, _MULTI_WORKER)
+        self.exact_data_resume = config.train.checkpoint_data and not self.multi_worker
         # Same seed, same initial weights and input order: a run can be repeated, and compared
         # across changes. Set before the input pipeline is built: its shuffles combine their
         # own seeds with this global one, so their order must not depend on what ran earlier.
@@ -131,10 +134,12 @@ class Trainer:
             dataset_fn, label_map = self._pipeline_fn(seed_offset)
         if self.chief:
             _write_run_files(config, self.model_dir, label_map)
-        if replicas == 1 and not isinstance(strategy, _MULTI_WORKER):
-            self.dataset = dataset_fn(tf.distribute.InputContext())
-        else:
+        if self.multi_worker:
             self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
+        else:
+            self.dataset = dataset_fn(tf.distribute.InputContext(1, 0, replicas))
+            if replicas > 1:  # consecutive per-replica batches, one for each replica
+                self.dataset = self.dataset.batch(replicas, drop_remainder=True)
         with strategy.scope():
             self.model = model if model is not None else self._build_model()
             self.schedule = schedules.from_config(config.train)
@@ -189,10 +194,17 @@ class Trainer:
     def _train_step_fn(self):
         if self._step_fn is None:
             strategy, model = self.strategy, self.model
+            split = strategy.num_replicas_in_sync > 1 and not self.multi_worker
+
+            def replica_batch(batches):
+                return strategy.experimental_distribute_values_from_function(
+                    lambda context: tf.nest.map_structure(
+                        lambda t: t[context.replica_id_in_sync_group], batches))
 
             @tf.function
             def step_fn(iterator):
-                logs = strategy.run(model.train_step, args=(next(iterator),))
+                batch = replica_batch(next(iterator)) if split else next(iterator)
+                logs = strategy.run(model.train_step, args=(batch,))
                 return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                         for name, value in logs.items()}
             self._step_fn = step_fn
@@ -203,6 +215,12 @@ class Trainer:
         restored = self.keeper.restore_latest()
         if restored:
             print(f"Resumed from {restored} at step {self.step}", flush=True)
+            if not self.exact_data_resume:
+                why = ("train.checkpoint_data is false" if not self.config.train.checkpoint_data
+                       else "a multi-worker input iterator cannot be checkpointed")
+                print(f"NOTE: the input order is reseeded with the step, not restored ({why}): "
+                      "the resumed run sees other batches than an uninterrupted one would",
+                      flush=True)
         elif self.config.model.backbone_checkpoint:
             from paa_tf.modeling.weights import load_backbone_weights
 
