@@ -27,8 +27,6 @@ the results file, must not depend on which decode finished first.
 """
 
 import dataclasses
-import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -75,19 +73,13 @@ def dataset_label_map(config):
     raise ValueError(f"data.format is {config.format!r}; choose 'coco', 'voc' or 'tfrecord'")
 
 
-def label_map_file(config, model_dir=None):
-    """Path of a label map JSON file for the data (to copy beside a trained model).
-
-    `data.label_map` when set; otherwise the label map derived from the source is written to
-    a fresh temporary file (each worker its own, so nothing is written into `model_dir`).
+def run_label_map(config):
+    """The LabelMap a trained model is saved with (`label_map.json` beside its checkpoints):
+    `data.label_map` when set (validated here, early), else the one derived from the source.
     """
-    del model_dir  # the trainer copies the file there (chief only)
     if config.label_map:
-        label_map_lib.load_label_map(config.label_map)  # validates it early
-        return config.label_map
-    folder = tempfile.mkdtemp(prefix="paa_label_map_")
-    return label_map_lib.write_label_map(dataset_label_map(config),
-                                         os.path.join(folder, label_map_lib.LABEL_MAP_FILENAME))
+        return label_map_lib.load_label_map(config.label_map)
+    return dataset_label_map(config)
 
 
 def load_records(config, split="train", is_training=True, skip_bad_records=None):
@@ -272,8 +264,14 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     parallel = tf.data.AUTOTUNE if config.num_parallel_calls < 0 else config.num_parallel_calls
     ordered = bool(config.deterministic) or not is_training
     example = _example_fn(config, table, is_training, seed, bool(plus_one))
-    data = data.enumerate().map(lambda i, pair: example(i, pair[0], pair[1]),
-                                num_parallel_calls=parallel, deterministic=ordered)
+    # Each element gets its index in the stream (the key of its random draws) from a scan,
+    # not from `enumerate()`: enumerate is a zip with a range, and TF 2.20's zip iterator
+    # re-saves a shuffled input's symbolic state wrongly once that state has been restored,
+    # so the second resume of a run failed at its first batch ("Expected 1 components but
+    # got 0" in IteratorGetNext). A scan keeps the counter in its own saved state.
+    data = data.scan(tf.constant(0, tf.int64),
+                     lambda count, pair: (count + 1, (count, pair[0], pair[1])))
+    data = data.map(example, num_parallel_calls=parallel, deterministic=ordered)
     data = data.batch(int(batch_size), drop_remainder=bool(is_training and repeat))
     data = data.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
