@@ -1,16 +1,20 @@
 """One `tf.data` pipeline for COCO, VOC and TFRecord data: `build_dataset`.
 
-Load time (Python): the reader builds the record list, every image is checked (header and end
-marker, see `records.image_problem`), boxes are validated and filtered (spec §6, see
-`records`), and bad records raise a `BadRecordError` or, with `skip_bad_records`, are skipped
-and listed in the returned `BadRecordReport`. Nothing bad reaches TensorFlow.
+Load time (Python): the reader builds the record list, every image is checked (header, end
+marker and, by default, a TensorFlow decode: see `records.image_problem`), boxes are validated
+and filtered (spec §6, see `records`), and bad records raise a `BadRecordError` or, with
+`skip_bad_records`, are skipped and listed in the returned `BadRecordReport`. Nothing bad
+reaches TensorFlow's pipeline: a decode failure inside `tf.data` would stop the iterator without
+naming the record (and cannot be caught per element there while the iterator stays
+checkpointable), so the load-time decode is the default.
 
 Graph (per image): read/parse bytes -> decode (JPEG/PNG/...) -> resize (shorter side S, longer
 <= L, fits the bucket) and normalise (mean/std, RGB 0-255) -> flip (training) -> pad to the
 static bucket [H, W] -> GT padded to `max_instances` with -1. Batched elements:
 
   image       float32 [B, H, W, 3]
-  gt_boxes    float32 [B, M, 4]  yxyx pixels of the resized input (-1 rows pad)
+  gt_boxes    float32 [B, M, 4]  yxyx pixels of the resized input (-1 rows pad); continuous,
+                                  or the authors' inclusive "+1" boxes with `plus_one`
   gt_classes  int32   [B, M]     contiguous 0..C-1 (-1 pads); crowd boxes never included
   image_info  float32 [B, 4, 2]  [[orig_h, orig_w], [scaled_h, scaled_w], [scale_y, scale_x],
                                   [offset_y, offset_x]]; original box = (box - offset) / scale
@@ -18,6 +22,8 @@ static bucket [H, W] -> GT padded to `max_instances` with -1. Batched elements:
 
 Randomness (flip, multi-scale S) is stateless, keyed on (seed, replica, element counter), so
 it does not depend on the parallel map's scheduling; `deterministic` fixes the order as well.
+Evaluation always keeps the record order: which images `max_batches` covers, and the order of
+the results file, must not depend on which decode finished first.
 """
 
 import dataclasses
@@ -33,7 +39,7 @@ from paa_tf.data import transforms
 from paa_tf.data import voc as voc_lib
 from paa_tf.data.label_map import load_label_map  # noqa: F401  (public API of this module)
 
-_DEFAULTS = {"verify_images": "header", "box_tolerance": 2.0, "voc_keep_difficult": False}
+_DEFAULTS = {"verify_images": "decode", "box_tolerance": 2.0, "voc_keep_difficult": False}
 
 
 def _get(config, name):
@@ -143,8 +149,9 @@ class _Table:
                    paths=np.array([r.path or "" for r in records], object))
 
 
-def _example_fn(config, table, is_training, seed):
-    """(counter, row, encoded bytes) -> element dict (unbatched)."""
+def _example_fn(config, table, is_training, seed, plus_one):
+    """(counter, row, encoded bytes) -> element dict (unbatched); `plus_one` as in
+    `build_dataset`."""
     image_size = image_size_of(config)
     sizes = tuple(int(s) for s in config.min_size)
     min_s, max_s = min(sizes), max(sizes)
@@ -162,11 +169,12 @@ def _example_fn(config, table, is_training, seed):
             shorter = max_s  # evaluation uses the largest training scale (KK: 800 for 640-800)
         image, image_info = transforms.resize_image(image, shorter, config.max_size, image_size,
                                                     config.pixel_mean, config.pixel_std)
-        boxes = transforms.scale_boxes(boxes, image_info)
+        boxes = transforms.scale_boxes(boxes, image_info, plus_one)
         if is_training and config.flip_prob > 0:
             flip = tf.random.stateless_uniform([], key + [0, 1 << 40]) < config.flip_prob
-            image, boxes = tf.cond(flip, lambda: transforms.flip_left_right(image, boxes),
-                                   lambda: (image, boxes))
+            image, boxes = tf.cond(
+                flip, lambda: transforms.flip_left_right(image, boxes, plus_one),
+                lambda: (image, boxes))
         image = transforms.pad_image(image, image_size)
         boxes, classes = transforms.pad_instances(boxes, classes, config.max_instances)
         return {"image": image, "gt_boxes": boxes, "gt_classes": classes,
@@ -225,7 +233,7 @@ def _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines
 
 
 def build_dataset(data_config, split="train", is_training=True, batch_size=1,
-                  input_context=None, skip_bad_records=None, repeat=None):
+                  input_context=None, skip_bad_records=None, repeat=None, plus_one=False):
     """The batched input pipeline of `split`; returns (tf.data.Dataset, BadRecordReport).
 
     `batch_size` is the batch of the returned dataset: under a `tf.distribute` strategy that
@@ -236,6 +244,8 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     full batches (static batch size); evaluation keeps images without boxes and the last
     partial batch. The
     report lists skipped records by id and the counts of the documented filters.
+    `plus_one` (`model.plus_one`) gives `gt_boxes` in the authors' "+1" pixels (see
+    `transforms.scale_boxes`); records and evaluation ground truth stay continuous.
     """
     config = data_config
     records, report, layout = load_records(config, split, is_training, skip_bad_records)
@@ -252,7 +262,8 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     else:
         data = _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines)
     parallel = tf.data.AUTOTUNE if config.num_parallel_calls < 0 else config.num_parallel_calls
-    example = _example_fn(config, table, is_training, seed)
+    ordered = bool(config.deterministic) or not is_training
+    example = _example_fn(config, table, is_training, seed, bool(plus_one))
     # Each element gets its index in the stream (the key of its random draws) from a scan,
     # not from `enumerate()`: enumerate is a zip with a range, and TF 2.20's zip re-saves
     # the symbolic state of a shuffle holding its whole input wrongly once that state has
@@ -261,11 +272,11 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     # counter in its own saved state.
     data = data.scan(tf.constant(0, tf.int64),
                      lambda count, pair: (count + 1, (count, pair[0], pair[1])))
-    data = data.map(example, num_parallel_calls=parallel, deterministic=config.deterministic)
+    data = data.map(example, num_parallel_calls=parallel, deterministic=ordered)
     data = data.batch(int(batch_size), drop_remainder=bool(is_training and repeat))
     data = data.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = bool(config.deterministic)
+    options.deterministic = ordered
     # A checkpointed iterator then stores positions, not the prefetched image batches
     # (256x256 batch 8: 39 KB instead of 9.5 MB; 1408x1408 batches are 48 MB each).
     options.experimental_symbolic_checkpoint = True

@@ -221,7 +221,8 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
     height, width = (int(s) for s in image_size)
     backbone = build_backbone(model_cfg, (height, width, 3))
     fpn = FPN(channels=model_cfg.fpn_channels, min_level=model_cfg.min_level,
-              max_level=model_cfg.max_level, p7_from_relu=model_cfg.p7_from_relu, name="fpn")
+              max_level=model_cfg.max_level, p7_from_relu=model_cfg.p7_from_relu,
+              kernel_init=getattr(model_cfg, "fpn_init", "lecun_uniform"), name="fpn")
     head = PAAHead(num_classes=model_cfg.num_classes, channels=model_cfg.head_channels,
                    num_convs=model_cfg.head_convs, min_level=model_cfg.min_level,
                    max_level=model_cfg.max_level, prior_prob=model_cfg.prior_prob,
@@ -244,6 +245,8 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
     if checkpoint:
         from paa_tf.modeling.weights import load_backbone_weights
 
-        model.backbone_load_report = load_backbone_weights(backbone, checkpoint)
+        model.backbone_load_report = load_backbone_weights(
+            backbone, checkpoint,
+            allow_partial=getattr(model_cfg, "backbone_checkpoint_partial", False))
         LOGGER.info("%s", model.backbone_load_report.summary())
     return model
