@@ -102,6 +102,8 @@ BAD_INPUTS = {
                                                           f"--images={t}",
                                                           f"--output_prefix={t}/r"],
                           "none.json"),
+    "paa_import": ("paa_import", lambda t: [f"--checkpoint={t}/none.pth", f"--output={t}/o"],
+                   "none.pth"),
     "paa_make_shapes flag": ("paa_make_shapes", lambda t: ["--num_train=0"], "num_train"),
     "paa_ablate": ("paa_ablate", lambda t: ["--rows=nonsense", f"--output_dir={t}"],
                    "nonsense"),
