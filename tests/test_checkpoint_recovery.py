@@ -120,3 +120,27 @@ def test_non_finite_weights_after_a_finite_loss_are_not_saved(tmp_path):
     resumed = make_trainer(tmp_path)
     resumed.restore_or_initialise()
     assert all(np.isfinite(v.numpy()).all() for v in resumed.model.weights)
+
+
+def test_a_save_killed_midway_is_skipped(trained, tmp_path):
+    """What a kill inside a save leaves: TensorFlow's temp folder, data moved but no index."""
+    run = copy_run(trained, tmp_path / "run")
+    (run / "ckpt-6.index").unlink()  # killed between moving the data and writing the index
+    temp = run / "ckpt-8_temp"  # killed while writing the shards
+    temp.mkdir()
+    (temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\x01" * 64)
+    trainer = make_trainer(run)
+    assert trainer.restore_or_initialise() == str(run / "ckpt-4") and trainer.step == 4
+    trainer.train(total_steps=6)  # the incomplete ckpt-6 is written again, completely
+    assert make_trainer(run).restore_or_initialise() == str(run / "ckpt-6")
+
+
+def test_a_resume_without_the_input_position_says_so(trained, tmp_path, capsys):
+    """train.checkpoint_data=false (and multi-worker runs) reseed the input order: logged."""
+    run = copy_run(trained, tmp_path / "run")
+    trainer = make_trainer(run, "train.checkpoint_data=false")
+    assert trainer.restore_or_initialise() == str(run / "ckpt-6")
+    assert "input order is reseeded with the step, not restored" in capsys.readouterr().out
+    exact = make_trainer(run)
+    exact.restore_or_initialise()
+    assert "reseeded" not in capsys.readouterr().out

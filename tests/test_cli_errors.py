@@ -102,6 +102,8 @@ BAD_INPUTS = {
                                                           f"--images={t}",
                                                           f"--output_prefix={t}/r"],
                           "none.json"),
+    "paa_import": ("paa_import", lambda t: [f"--checkpoint={t}/none.pth", f"--output={t}/o"],
+                   "none.pth"),
     "paa_make_shapes flag": ("paa_make_shapes", lambda t: ["--num_train=0"], "num_train"),
     "paa_ablate": ("paa_ablate", lambda t: ["--rows=nonsense", f"--output_dir={t}"],
                    "nonsense"),
@@ -123,3 +125,21 @@ def test_the_traceback_flag_shows_the_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback (most recent call last)" in result.stderr and "ConfigError" in result.stderr
     assert "paa_train: error: config key 'train.base_lr'" in result.stderr
+
+
+def test_exit_codes_follow_one_convention(capsys):
+    from paa_tf import train as train_lib
+    from paa_tf.cli import errors
+
+    assert errors.exit_code_of(train_lib.NonFiniteWeightsError("inf weights")) == 3
+    assert errors.exit_code_of(train_lib.NonFiniteLossError("nan loss")) == 3
+    assert errors.exit_code_of(config_lib.ConfigError("bad key")) == 2
+    assert errors.exit_code_of(FileNotFoundError("no such file")) == 2
+    op_error = tf.errors.InvalidArgumentError(None, None, "bad image\n\t [[{{node Decode}}]]")
+    assert errors.exit_code_of(op_error) == 2 and errors.message_of(op_error) == "bad image"
+    assert errors.exit_code_of(TypeError("a bug")) is None
+
+    def buggy(argv):
+        raise TypeError("a bug")
+    with pytest.raises(TypeError):  # bugs keep their traceback
+        errors.guarded(buggy, "paa_x")([])

@@ -265,10 +265,11 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     ordered = bool(config.deterministic) or not is_training
     example = _example_fn(config, table, is_training, seed, bool(plus_one))
     # Each element gets its index in the stream (the key of its random draws) from a scan,
-    # not from `enumerate()`: enumerate is a zip with a range, and TF 2.20's zip iterator
-    # re-saves a shuffled input's symbolic state wrongly once that state has been restored,
-    # so the second resume of a run failed at its first batch ("Expected 1 components but
-    # got 0" in IteratorGetNext). A scan keeps the counter in its own saved state.
+    # not from `enumerate()`: enumerate is a zip with a range, and TF 2.20's zip re-saves
+    # the symbolic state of a shuffle holding its whole input wrongly once that state has
+    # been restored, so the second resume of a run failed at its first batch ("Expected 1
+    # components but got 0" in IteratorGetNext; docs/ROBUSTNESS.md). A scan keeps the
+    # counter in its own saved state.
     data = data.scan(tf.constant(0, tf.int64),
                      lambda count, pair: (count + 1, (count, pair[0], pair[1])))
     data = data.map(example, num_parallel_calls=parallel, deterministic=ordered)
