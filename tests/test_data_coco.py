@@ -290,18 +290,22 @@ def test_label_map_file_errors_name_the_problem(tmp_path):
         label_map_lib.load_label_map(path)
 
 
-def test_exif_orientation_is_ignored_as_documented(tmp_path):
-    """Pixels are used as stored (like tf.io.decode_image and COCO's annotations)."""
+def test_exif_orientation_is_applied_as_documented(tmp_path):
+    """Images are used as viewers show them (tests/test_exif.py has every orientation): a
+    64x48 (WxH) photo tagged "rotate 90 degrees clockwise" is 48 wide and 64 high."""
     make_coco(tmp_path, num_images=1)
     path = tmp_path / "images" / "img0.jpg"
     image = Image.open(path)
     exif = image.getexif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     image.save(path, exif=exif.tobytes())
+    content = json.loads((tmp_path / "instances.json").read_text())
+    content["images"][0].update(width=48, height=64)
+    (tmp_path / "instances.json").write_text(json.dumps(content))
     dataset, report = pipeline.build_dataset(coco_config(tmp_path), "val", is_training=False,
                                              batch_size=1)
     assert report.num_skipped == 0
-    np.testing.assert_array_equal(next(iter(dataset))["image_info"][0, 0].numpy(), [48, 64])
+    np.testing.assert_array_equal(next(iter(dataset))["image_info"][0, 0].numpy(), [64, 48])
 
 
 def test_iterator_checkpoint_resumes_exactly_and_stays_small(tmp_path):
