@@ -40,6 +40,9 @@ class DataConfig:
     max_size: int = 1333  # longer side L after resizing
     # Padded input [H, W], multiples of 128; square so both orientations fit one static shape.
     image_size: Tuple[int, ...] = (1408, 1408)
+    # 'square': pad every image into image_size. 'orientation': pad landscape and portrait
+    # images into their own smaller buckets per scale (paa_tf/data/buckets.py, README).
+    buckets: str = "square"
     max_instances: int = 100  # GT rows per image after padding
     flip_prob: float = 0.5
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
@@ -326,6 +329,7 @@ _POSITIVE = ("data.max_instances", "model.num_classes", "model.fpn_channels",
 
 _CHOICES = {
     "data.format": ("coco", "voc", "tfrecord"),
+    "data.buckets": ("square", "orientation"),
     "model.aux_head": ("iou", "centerness", "none"),
     "model.delta_clamp": ("kk", "mm"),
     "model.head_norm": ("group", "none"),

@@ -302,7 +302,8 @@ def val_ground_truth(data_config, label_map):
 def make_predict_fn(config, model, params=None):
     """`predict_fn(batch) -> detections dict` (original pixels) for a `PAADetector`.
 
-    The network and the whole post-processing run in one `tf.function`; `params` defaults to
+    The network and the whole post-processing run in one `tf.function` per padded shape
+    (the square canvas, or each orientation bucket of `data.buckets`); `params` defaults to
     `PostprocessParams.from_config(config)`.
     """
     import tensorflow as tf
@@ -310,17 +311,29 @@ def make_predict_fn(config, model, params=None):
     from paa_tf import postprocess
 
     params = postprocess.PostprocessParams.from_config(config) if params is None else params
-    level_sizes = postprocess.level_sizes_from_ids(np.asarray(model.level_ids))
-    anchors = np.asarray(model.anchors, np.float32)
+    detectors = {}
 
-    @tf.function(reduce_retracing=True)
-    def detect(images, image_info):
-        outputs = model(images, training=False)
-        return postprocess.postprocess(outputs["cls_logits"], outputs["box_deltas"],
-                                       outputs.get("iou_logits"), anchors, image_info,
-                                       level_sizes=level_sizes, params=params)
+    def detector_for(height, width):
+        # One traced function per bucket shape (data.buckets), with that shape's anchors.
+        if (height, width) not in detectors:
+            anchors, level_ids = model.anchors_for(height, width)
+            level_sizes = postprocess.level_sizes_from_ids(level_ids)
 
-    return lambda batch: detect(batch["image"], batch["image_info"])
+            @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32),
+                                          tf.TensorSpec([None, 4, 2], tf.float32)])
+            def detect(images, image_info):
+                outputs = model(images, training=False)
+                return postprocess.postprocess(outputs["cls_logits"], outputs["box_deltas"],
+                                               outputs.get("iou_logits"), anchors, image_info,
+                                               level_sizes=level_sizes, params=params)
+            detectors[(height, width)] = detect
+        return detectors[(height, width)]
+
+    def predict_fn(batch):
+        height, width = (int(s) for s in np.shape(batch["image"])[1:3])
+        return detector_for(height, width)(batch["image"], batch["image_info"])
+
+    return predict_fn
 
 
 def tta_views(config, scales=None, flip=None):

@@ -177,9 +177,12 @@ class Trainer:
         if self._step_fn is None:
             strategy, model = self.strategy, self.model
 
+            # The batch is taken from the iterator outside the function: its static shape is
+            # then the batch's own bucket (data.buckets), and the step is traced once per
+            # bucket shape instead of once for the iterator's unknown [B, None, None, 3].
             @tf.function
-            def step_fn(iterator):
-                logs = strategy.run(model.train_step, args=(next(iterator),))
+            def step_fn(batch):
+                logs = strategy.run(model.train_step, args=(batch,))
                 return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                         for name, value in logs.items()}
             self._step_fn = step_fn
@@ -213,7 +216,7 @@ class Trainer:
         logs = {}
         with self.writer.as_default():
             while self.step < total and (stop_after is None or self.step - start_step < stop_after):
-                raw = step_fn(self.iterator)
+                raw = step_fn(next(self.iterator))
                 step = self.step
                 # 'lr' from the model is a window mean; the exact LR is reported separately.
                 logs = {name: float(value) for name, value in raw.items() if name != "lr"}

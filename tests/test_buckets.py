@@ -1,0 +1,151 @@
+"""Orientation buckets (data.buckets: orientation, issue 14): shapes, pipeline, resume, replicas.
+
+Tiny COCO folders with landscape, portrait and square JPEGs are written to tmp_path. The
+square canvas pipeline (data.buckets: square) is the oracle: a bucketed element must hold the
+same content, boxes and image_info, only less zero padding.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from paa_tf.config import DataConfig
+from paa_tf.data import buckets, pipeline
+from tests.test_data_bad_input import write_image
+
+# (height, width) of the fixture images: landscape, portrait and square ones.
+SIZES = [(96, 150), (150, 96), (100, 100), (90, 160), (160, 90), (120, 140), (140, 120),
+         (96, 150), (150, 96), (110, 110), (80, 150), (150, 80)]
+
+
+def make_mixed_coco(root, sizes=SIZES, **overrides):
+    """COCO folder of `sizes` images with two boxes each; returns its bucketed DataConfig."""
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i, (height, width) in enumerate(sizes):
+        write_image(image_dir / f"{i}.jpg", size=(height, width), seed=i)
+        images.append({"id": 10 + i, "file_name": f"{i}.jpg", "height": height,
+                       "width": width})
+        for j, (x, y, w, h) in enumerate(((4.0, 6.0, 30.0, 20.0),
+                                          (width / 2, height / 2, width / 3, height / 3))):
+            annotations.append({"id": 100 + 2 * i + j, "image_id": 10 + i,
+                                "category_id": 1 + j, "bbox": [x, y, w, h], "iscrowd": 0,
+                                "area": w * h})
+    (root / "instances.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations,
+         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    fields = dict(format="coco", train_images=str(image_dir),
+                  train_annotations=str(root / "instances.json"), val_images=str(image_dir),
+                  val_annotations=str(root / "instances.json"), min_size=(128,), max_size=200,
+                  image_size=(256, 256), buckets="orientation", max_instances=4,
+                  deterministic=True, num_parallel_calls=2, shuffle_buffer=8)
+    fields.update(overrides)
+    return DataConfig(**fields)
+
+
+def square(config):
+    return DataConfig(**{**config.__dict__, "buckets": "square"})
+
+
+def numpy_batches(dataset, count=None):
+    data = dataset if count is None else dataset.take(count)
+    return [{k: v.numpy() for k, v in batch.items()} for batch in data]
+
+
+def test_bucket_shapes_for_the_coco_scales():
+    coco = DataConfig(min_size=(800,), max_size=1333, image_size=(1408, 1408),
+                      buckets="orientation")
+    assert buckets.bucket_shapes(coco, True) == [(896, 1408), (1408, 896)]
+    multi = DataConfig(min_size=(640, 800), max_size=1333, image_size=(1408, 1408),
+                       buckets="orientation")
+    assert buckets.bucket_shapes(multi, True) == [(640, 1408), (1408, 640), (768, 1408),
+                                                  (1408, 768), (896, 1408), (1408, 896)]
+    assert buckets.bucket_shapes(multi, False) == [(896, 1408), (1408, 896)]
+    shapes, table = buckets.bucket_lookup(multi, True)
+    # S = 640 -> 640 rows; 641..768 -> 768; 769..800 -> 896 (landscape row 0, portrait 1).
+    assert [shapes[i] for i in table[0, [0, 1, 128, 129, 160]]] == [
+        (640, 1408), (768, 1408), (768, 1408), (896, 1408), (896, 1408)]
+    assert shapes[table[1, 160]] == (1408, 896)
+    assert buckets.bucket_shapes(DataConfig(buckets="square"), True) == [(1408, 1408)]
+    with pytest.raises(ValueError, match="data.buckets"):
+        buckets.mode_of(DataConfig(buckets="round"))
+
+
+def test_eval_batches_hold_one_bucket_and_the_square_content(tmp_path):
+    config = make_mixed_coco(tmp_path)
+    bucketed = numpy_batches(pipeline.build_dataset(config, "val", False, batch_size=3)[0])
+    plain = numpy_batches(pipeline.build_dataset(square(config), "val", False, 3)[0])
+    by_id = {int(sid): (b, i) for b in plain for i, sid in enumerate(b["source_id"])}
+    seen = []
+    for batch in bucketed:
+        height, width = batch["image"].shape[1:3]
+        assert (height, width) in ((128, 256), (256, 128))
+        for i, sid in enumerate(batch["source_id"]):
+            seen.append(int(sid))
+            other, j = by_id[int(sid)]
+            scaled = batch["image_info"][i][1]
+            # The bucket of the image's orientation (square images count as landscape).
+            assert (height < width) == (scaled[0] <= scaled[1])
+            np.testing.assert_array_equal(batch["image_info"][i], other["image_info"][j])
+            np.testing.assert_array_equal(batch["gt_boxes"][i], other["gt_boxes"][j])
+            np.testing.assert_array_equal(batch["image"][i], other["image"][j][:height, :width])
+            assert not other["image"][j][height:].any() and not other["image"][j][:, width:].any()
+    assert sorted(seen) == sorted(by_id)  # every image once, partial batches kept
+
+
+def test_training_batches_are_the_square_stream_regrouped(tmp_path):
+    config = make_mixed_coco(tmp_path, min_size=(100, 160), flip_prob=0.5)
+    assert len(buckets.bucket_shapes(config, True)) == 3
+    bucketed = numpy_batches(pipeline.build_dataset(config, "train", True, batch_size=2)[0], 12)
+    plain = numpy_batches(pipeline.build_dataset(square(config), "train", True, 1)[0], 60)
+    shapes = {b["image"].shape[1:3] for b in bucketed}
+    assert len(shapes) >= 2 and shapes <= {(128, 256), (256, 128), (256, 256)}
+    for batch in bucketed:
+        height, width = batch["image"].shape[1:3]
+        for i in range(2):
+            info = batch["image_info"][i]
+            # Same element (same flip and drawn S) as somewhere early in the square stream.
+            twins = [p for p in plain if p["source_id"][0] == batch["source_id"][i]
+                     and np.array_equal(p["image_info"][0], info)
+                     and np.array_equal(p["gt_boxes"][0], batch["gt_boxes"][i])
+                     and np.array_equal(p["image"][0][:height, :width], batch["image"][i])]
+            assert twins, f"element {batch['source_id'][i]} not in the square stream"
+            # The smallest bucket of the drawn scale holds it.
+            assert info[1][0] <= height and info[1][1] <= width
+
+
+def test_resumed_iterator_continues_the_bucketed_batch_sequence(tmp_path):
+    config = make_mixed_coco(tmp_path, min_size=(100, 160), deterministic=False)
+    dataset, _ = pipeline.build_dataset(config, "train", True, batch_size=2)
+    iterator = iter(dataset)
+    for _ in range(3):
+        next(iterator)
+    path = tf.train.Checkpoint(data=iterator).save(str(tmp_path / "ckpt" / "data"))
+    expected = [{k: v.numpy() for k, v in next(iterator).items()} for _ in range(6)]
+    fresh = iter(pipeline.build_dataset(config, "train", True, batch_size=2)[0])
+    tf.train.Checkpoint(data=fresh).restore(path).assert_consumed()
+    for want in expected:
+        got = {k: v.numpy() for k, v in next(fresh).items()}
+        assert got["image"].shape == want["image"].shape
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert len({b["image"].shape for b in expected}) >= 2  # the sequence switches buckets
+
+
+def test_input_pipelines_split_each_global_batch_of_one_bucket(tmp_path):
+    config = make_mixed_coco(tmp_path)
+    single = numpy_batches(pipeline.build_dataset(config, "train", True, batch_size=4)[0], 6)
+    parts = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2,
+                                             input_pipeline_id=pipeline_id,
+                                             num_replicas_in_sync=2)
+        parts.append(numpy_batches(pipeline.build_dataset(
+            config, "train", True, batch_size=2, input_context=context)[0], 6))
+    for whole, first, second in zip(single, *parts):
+        assert first["image"].shape == second["image"].shape == (2, *whole["image"].shape[1:])
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), whole[key])
