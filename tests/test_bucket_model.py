@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from paa_tf import postprocess
 from paa_tf import losses as losses_lib
+from paa_tf import postprocess
 from paa_tf.assign import BACKGROUND, assign
 from paa_tf.modeling.detector import build_detector
 from paa_tf.ops.anchors import generate_anchors
