@@ -149,3 +149,55 @@ def test_input_pipelines_split_each_global_batch_of_one_bucket(tmp_path):
         assert first["image"].shape == second["image"].shape == (2, *whole["image"].shape[1:])
         for key in whole:
             np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), whole[key])
+
+
+def bucketed_trainer(model_dir, data_config, overrides=""):
+    from paa_tf import train as train_lib
+    from tests import train_utils
+
+    config = train_utils.tiny_config("model.num_classes=2,train.total_steps=4" +
+                                     ("," + overrides if overrides else ""))
+    config.data = data_config
+    # tf.data's shuffle combines its seed with the global seed, which an earlier Trainer in
+    # this process has set: reset it so every trainer's pipeline starts the same stream.
+    tf.random.set_seed(0)
+    return train_lib.Trainer(config, model_dir, tf.distribute.OneDeviceStrategy("/cpu:0"))
+
+
+@pytest.mark.slow  # four tiny training runs: ~60 s alone, more on a loaded machine
+def test_trainer_traces_once_per_bucket_and_resumes_the_bucketed_sequence(tmp_path):
+    data = make_mixed_coco(tmp_path / "data")
+    shapes = {b["image"].shape[1:3] for b in numpy_batches(
+        pipeline.build_dataset(data, "train", True, batch_size=2)[0], 4)}
+    assert len(shapes) == 2  # both buckets come up in the first 4 steps
+    straight = bucketed_trainer(tmp_path / "a", data)
+    straight.train()
+    assert straight._step_fn.experimental_get_tracing_count() == 2  # not once per step
+    first = bucketed_trainer(tmp_path / "b", data)
+    first.train(stop_after=2)
+    second = bucketed_trainer(tmp_path / "b", data)
+    assert second.restore_or_initialise().endswith("ckpt-2")
+    second.train()  # continues with batches 3 and 4 of the same sequence
+    for a, b in zip(straight.model.weights, second.model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    replayed = bucketed_trainer(tmp_path / "c", data)  # control: batches 1 and 2 again
+    replayed.train(stop_after=2)
+    replayed.iterator = iter(replayed.dataset)
+    replayed.train()
+    assert any(not np.allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+               for a, b in zip(straight.model.weights, replayed.model.weights))
+
+
+@pytest.mark.slow
+def test_mixed_precision_bucketed_steps_are_finite(tmp_path):
+    import tf_keras
+
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        trainer = bucketed_trainer(tmp_path / "run", make_mixed_coco(tmp_path / "data"),
+                                   "train.mixed_precision=true")
+        logs = trainer.train(total_steps=3)
+        assert trainer.step == 3 and np.isfinite(logs["loss"])
+        assert trainer._step_fn.experimental_get_tracing_count() >= 1
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
