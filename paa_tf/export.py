@@ -395,4 +395,11 @@ def encoded_eval_dataset(data_config, batch_size, images_dir=None, annotations=N
         "encoded": encoded, "source_id": i,
         "original_size": serving_preprocess.encoded_image_size(encoded)},
         num_parallel_calls=tf.data.AUTOTUNE)
-    return data.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE), report
+    if buckets_lib.mode_of(data_config) == "orientation":
+        # Batches of one orientation, so test-time views run on its bucket, not the canvas.
+        data = data.group_by_window(
+            lambda item: tf.cast(item["original_size"][0] > item["original_size"][1], tf.int64),
+            lambda _, window: window.batch(int(batch_size)), window_size=int(batch_size))
+    else:
+        data = data.batch(int(batch_size))
+    return data.prefetch(tf.data.AUTOTUNE), report

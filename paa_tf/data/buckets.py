@@ -53,6 +53,14 @@ def scale_sides(data_config, is_training):
     return [max(sizes)]
 
 
+def orientation_shape(shorter_side, max_size, canvas, portrait):
+    """The bucket (H, W) of one scale: (round_up(min(S, L)), round_up(L)), transposed for a
+    portrait image, clipped to `canvas` (H, W)."""
+    side, longer = round_up(min(shorter_side, max_size)), round_up(max_size)
+    shape = (longer, side) if portrait else (side, longer)
+    return (min(shape[0], canvas[0]), min(shape[1], canvas[1]))
+
+
 def bucket_shapes(data_config, is_training):
     """The padded shapes [(H, W), ...] of a split, landscape then portrait per scale group.
 
@@ -62,12 +70,11 @@ def bucket_shapes(data_config, is_training):
     canvas = _canvas(data_config)
     if mode_of(data_config) == "square":
         return [canvas]
-    longer = round_up(data_config.max_size)
     shapes = []
     for side in sorted({round_up(min(s, data_config.max_size))
                         for s in scale_sides(data_config, is_training)}):
-        for shape in ((side, longer), (longer, side)):
-            shape = (min(shape[0], canvas[0]), min(shape[1], canvas[1]))
+        for portrait in (False, True):
+            shape = orientation_shape(side, data_config.max_size, canvas, portrait)
             if shape not in shapes:
                 shapes.append(shape)
     return shapes
@@ -85,13 +92,10 @@ def bucket_lookup(data_config, is_training):
     table = np.zeros([2, len(sides)], np.int32)
     if len(shapes) > 1:
         canvas = _canvas(data_config)
-        longer = round_up(data_config.max_size)
         for column, s in enumerate(sides):
-            side = round_up(min(s, data_config.max_size))
             for portrait in (0, 1):
-                shape = (longer, side) if portrait else (side, longer)
-                shape = (min(shape[0], canvas[0]), min(shape[1], canvas[1]))
-                table[portrait, column] = shapes.index(shape)
+                table[portrait, column] = shapes.index(
+                    orientation_shape(s, data_config.max_size, canvas, portrait))
     return shapes, table
 
 
