@@ -1,7 +1,8 @@
-"""What the benchmarks share: the machine line they print first, and a repeat timer."""
+"""What the benchmarks share: the machine line they print first, repeat timers, real photos."""
 
 import os
 import platform
+import statistics
 import time
 
 
@@ -29,3 +30,42 @@ def run_times(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+COCO_PHOTO_GLOBS = ("../shared/data/coco_mini/val2017/*.jpg",
+                    "../shared/data/coco_mini/train2017/*.jpg")
+
+
+def load_photos(count, tf):
+    """[(path, uint8 [1, h, w, 3] RGB)] of the first `count` COCO JPEGs of ../shared/data
+    (val2017 first), in file-name order; exits with a hint when they are absent."""
+    import glob
+
+    paths = [p for pattern in COCO_PHOTO_GLOBS for p in sorted(glob.glob(pattern))][:count]
+    if len(paths) < count:
+        raise SystemExit(f"found {len(paths)} COCO JPEGs under {COCO_PHOTO_GLOBS}, need {count}; "
+                         "run from the project root with ../shared/data present")
+    return [(path, tf.io.decode_jpeg(tf.io.read_file(path), channels=3)[None])
+            for path in paths]
+
+
+def alternating_rounds(calls, inputs, rounds, warmup=1):
+    """{name: median over rounds of seconds per input} of each callable in `calls`.
+
+    Each round calls every one of `calls` (name -> callable(input)) on all `inputs`; the order
+    of the callables is reversed every other round, so that load drift and cache effects hit
+    all of them alike. `warmup` untimed rounds first (graph loading, kernel selection).
+    """
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            for item in inputs:
+                calls[name](item)
+    per_round = {name: [] for name in names}
+    for index in range(rounds):
+        for name in (names if index % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            for item in inputs:
+                calls[name](item)
+            per_round[name].append((time.perf_counter() - start) / len(inputs))
+    return {name: statistics.median(times) for name, times in per_round.items()}

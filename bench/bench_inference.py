@@ -1,38 +1,47 @@
 """Exported PAA SavedModel (with and without score voting) vs Model Garden's RetinaNet, CPU.
 
-Three SavedModels, all ResNet-50 + FPN (P3-P7), 80 classes, random weights, the same square
-input bucket, each exported with its own library and reloaded in this process:
-  PAA, voting      `paa_tf.export` of configs/paa_r50_fpn_1x_coco.yaml, score voting on
-  PAA, no voting   the same model and weights, exported with score voting off
-  RetinaNet        Model Garden's `retinanet_resnetfpn_coco` experiment exported with
-                   `official.vision.serving` (`DetectionModule`, input type image_tensor),
-                   its default detection generator (NMS) settings kept
-Each is fed the same real COCO photo as uint8 [1, h, w, 3] through its `image_tensor`-kind
-signature (ours: `image_tensor`; RetinaNet's: `serving_default`), so each model resizes and pads
-it with its own pre-processing. Calls are interleaved round-robin (A, B, C, A, B, C, ...) so
-machine load hits all three alike; the median of `--repeats` calls per model is reported.
+Four SavedModels, all ResNet-50 + FPN (P3-P7), 80 foreground classes, random weights, the same
+square input bucket, each exported with its own library and reloaded in this process:
+  PAA, voting         `paa_tf.export` of configs/paa_r50_fpn_1x_coco.yaml, score voting on
+  PAA, no voting      the same model and weights, exported with score voting off
+  RetinaNet, NMS v2   Model Garden's `retinanet_resnetfpn_coco` experiment exported with
+                      `official.vision.serving` (`DetectionModule`, input type image_tensor),
+                      its default detection generator (`nms_version: v2`)
+  RetinaNet, batched  the same weights and export with `nms_version: batched`, which calls
+                      `tf.image.combined_non_max_suppression`, the NMS kernel PAA's export uses
+Model Garden's RetinaNet drops class 0 as an implicit background, so it is built with 81
+classes: 80 foreground classes on both sides. Each model is fed the same real COCO photos as
+uint8 [1, h, w, 3] through its `image_tensor`-kind signature (ours: `image_tensor`;
+RetinaNet's: `serving_default`), so each model resizes and pads them with its own
+pre-processing. Timed calls run in rounds: each round runs every model over all photos, the
+order of the models reversed every other round, so machine load hits all alike; the median
+over rounds of the time per photo is reported.
+
+Score voting's cost is also timed directly: on each photo, the candidates and the NMS-kept
+detections PAA produces are computed once, and a `tf.function` of the voting step alone
+(`paa_tf.postprocess.score_voting`) is timed on them; its median is set against the
+end-to-end time of `PAA, voting`. (The difference of two end-to-end medians is below their
+noise.)
 
 Random weights put every class probability near the classifier's prior. Both models get the
 same raised prior (`--prior`, default 0.2; the usual 0.01 gives random-weight models no
 candidate above the 0.05 score threshold): PAA through `model.prior_prob`, RetinaNet, whose
 config has no prior option, by setting its classifier bias to the same value after building.
-Post-processing then sees its worst case (PAA: 1,000 candidates on every level; RetinaNet:
-every (anchor, class) pair above the threshold). The script prints how many candidates pass
-the score threshold in each model.
+The script prints how many candidates pass the score threshold in each model.
 
-The raised prior is PAA's worst case but not RetinaNet's: Model Garden's default NMS (v2) runs,
-for each class, a padded NMS over its top 5,000 boxes in tiles of 512 that stops early only once
-that class holds 100 kept boxes; boxes under the threshold are zeroed, not skipped. With the
-raised prior every class fills 100 at once; with few boxes above the threshold (a trained model
-on a real photo, or `--prior 0.01` here) every class scans all its tiles, which is slower. Run
-both priors to bracket the comparison.
+Why the NMS version matters: Model Garden's default NMS (v2) runs, for each class, a padded NMS
+over its top 5,000 boxes in tiles of 512 that stops early only once that class holds 100 kept
+boxes; boxes under the threshold are zeroed, not skipped. With the raised prior every class
+fills 100 at once; with few boxes above the threshold (`--prior 0.01` here, and a trained
+model on a real photo, where nearly every class has no object) every class scans all its
+tiles, which is slow. The `batched` version drops boxes under the threshold first.
 
-    taskset -c 1 .venv/bin/python bench/bench_inference.py                  # 640x640
-    taskset -c 1 .venv/bin/python bench/bench_inference.py --size 256 --repeats 2
+    .venv/bin/python bench/bench_inference.py                            # 640x640, prior 0.2
+    .venv/bin/python bench/bench_inference.py --prior 0.01
+    .venv/bin/python bench/bench_inference.py --size 256 --photos 2 --rounds 1   # smoke run
 """
 
 import argparse
-import glob
 import math
 import os
 import statistics
@@ -52,9 +61,8 @@ import tensorflow as tf  # noqa: E402
 
 PAA_CONFIG = "configs/paa_r50_fpn_1x_coco.yaml"
 RETINANET_EXPERIMENT = "retinanet_resnetfpn_coco"
-NUM_CLASSES = 80
-IMAGE_GLOBS = ("../shared/data/coco_mini/val2017/*.jpg", "../shared/data/coco_mini/train2017/*.jpg")
-SCORE_THRESHOLD = 0.05  # both models' default pre-NMS score threshold (checked below)
+NUM_CLASSES = 80  # foreground classes, both models
+RETINANET_NMS = {"RetinaNet, NMS v2": "v2", "RetinaNet, batched": "batched"}
 
 
 def machine_facts():
@@ -64,17 +72,6 @@ def machine_facts():
     threads = ("TF default threads" if intra == inter == 0
                else f"TF threads intra {intra}, inter {inter}")
     return f"{bench_common.machine_facts(tf)} | {threads}"
-
-
-def load_photo():
-    """(path, uint8 [1, h, w, 3] RGB) of the first COCO JPEG of ../shared/data."""
-    for pattern in IMAGE_GLOBS:
-        paths = sorted(glob.glob(pattern))
-        if paths:
-            image = tf.io.decode_jpeg(tf.io.read_file(paths[0]), channels=3)
-            return paths[0], image[None]
-    raise SystemExit(f"no COCO JPEG found under {IMAGE_GLOBS}; run from the project root with "
-                     "../shared/data present")
 
 
 def prior_bias(prior):
@@ -100,8 +97,8 @@ def build_paa(size, prior):
     return config, build_detector(config)
 
 
-def export_paa(config, model, scratch):
-    """Export `model` with and without score voting; returns {True: dir, False: dir}."""
+def export_paa(config, model, scratch, votings=(True, False)):
+    """Export `model` with score voting on and/or off; returns {voting: dir}."""
     from paa_tf import export, postprocess, serving_preprocess
     from paa_tf.data import label_map as label_map_lib
 
@@ -110,7 +107,7 @@ def export_paa(config, model, scratch):
     label_path = label_map_lib.write_label_map(label_map, os.path.join(scratch, "lm.json"))
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
     dirs = {}
-    for voting in (True, False):
+    for voting in votings:
         params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
         module = export.ExportedDetector(model, preprocess, params, label_map)
         base = os.path.join(scratch, f"paa_{'voting' if voting else 'novoting'}")
@@ -118,13 +115,16 @@ def export_paa(config, model, scratch):
     return dirs
 
 
-def paa_candidates(config, model, image):
-    """(pairs with p > threshold, pre-NMS candidates) of PAA on uint8 [1, h, w, 3] `image`.
+def paa_voting_inputs(config, model, image):
+    """What PAA's exported graph feeds score voting on uint8 [1, h, w, 3] `image`.
 
-    Pairs are (anchor, class) pairs whose class probability passes the score threshold;
-    candidates are those the KK rule keeps (at most `eval.pre_nms_topk` per level) and that
-    NMS and voting see.
+    Returns (pairs with p > threshold, voting inputs): the inputs are the NMS-kept detections
+    (`det_boxes` float32 [1, D, 4], `det_classes` int32 [1, D], -1 pads) and the candidates
+    (`cand_boxes` float32 [1, N, 4], `cand_scores` float32 [1, N, C]), all yxyx input pixels,
+    exactly as `paa_tf.postprocess.nms_and_vote` passes them to `score_voting`.
     """
+    import dataclasses
+
     from paa_tf import postprocess, serving_preprocess
 
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
@@ -134,38 +134,65 @@ def paa_candidates(config, model, image):
     probs = tf.sigmoid(tf.cast(outputs["cls_logits"], tf.float32))
     pairs = int(tf.reduce_sum(tf.cast(probs > params.score_threshold, tf.int32)))
     level_sizes = postprocess.level_sizes_from_ids(np.asarray(model.level_ids))
-    iou_logits = outputs.get("iou_logits")
     candidates = postprocess.select_candidates(
-        outputs["cls_logits"], outputs["box_deltas"], iou_logits, model.anchors, level_sizes,
-        image_info, params=params)
-    kept = int(tf.reduce_sum(tf.cast(candidates["scores"] > 0, tf.int32)))
-    return pairs, kept
+        outputs["cls_logits"], outputs["box_deltas"], outputs.get("iou_logits"), model.anchors,
+        level_sizes, image_info, params=params)
+    kept = postprocess.nms_and_vote(candidates["boxes"], candidates["scores"],
+                                    dataclasses.replace(params, score_voting=False))
+    return pairs, {"det_boxes": kept["detection_boxes"],
+                   "det_classes": kept["detection_classes"],
+                   "cand_boxes": candidates["boxes"], "cand_scores": candidates["scores"]}
+
+
+def time_voting(config, voting_inputs, repeats):
+    """Median seconds of a `tf.function` of `score_voting` alone on each photo's inputs."""
+    from paa_tf import postprocess
+
+    params = postprocess.PostprocessParams.from_config(config)
+    vote = tf.function(lambda det_boxes, det_classes, cand_boxes, cand_scores:
+                       postprocess.score_voting(det_boxes, det_classes, cand_boxes, cand_scores,
+                                                sigma=params.voting_sigma,
+                                                iou_threshold=params.voting_iou,
+                                                plus_one=params.plus_one))
+    medians = []
+    for inputs in voting_inputs:
+        def call(inputs=inputs):
+            return vote(**inputs).numpy()
+        call()  # trace
+        medians.append(statistics.median(bench_common.run_times(call, repeats)))
+    return medians
 
 
 # --- RetinaNet ----------------------------------------------------------------------------
 
-def retinanet_params(size):
-    """Model Garden experiment config: RetinaNet R50-FPN, 80 classes, size x size, no
-    checkpoint (random weights)."""
+def retinanet_params(size, nms_version):
+    """Model Garden experiment config: RetinaNet R50-FPN, 80 foreground classes (+ the
+    implicit background class 0 its detection generator drops), size x size, NMS
+    `nms_version`, no checkpoint (random weights)."""
     from official.core import exp_factory
     from official.vision.configs import retinanet  # noqa: F401  (registers the experiment)
 
     params = exp_factory.get_exp_config(RETINANET_EXPERIMENT)
-    params.task.model.num_classes = NUM_CLASSES
+    params.task.model.num_classes = NUM_CLASSES + 1
     params.task.model.input_size = [size, size, 3]
+    params.task.model.detection_generator.nms_version = nms_version
     params.task.init_checkpoint = None
     return params
 
 
-def build_retinanet_module(params, size, prior):
+def build_retinanet_module(params, size, prior, weights_from=None):
     """Model Garden's detection export module (uint8 image_tensor input, batch 1) with its
-    RetinaNet built and the classifier bias set to the `prior`."""
+    RetinaNet built and the classifier bias set to the `prior`, or with the weights of the
+    module `weights_from`."""
     from official.vision.serving import detection
 
     tf.random.set_seed(0)
     module = detection.DetectionModule(params=params, batch_size=1, input_image_size=[size, size],
                                        input_type="image_tensor", num_channels=3)
     module.serve(tf.zeros([1, size, size, 3], tf.uint8))  # creates the variables
+    if weights_from is not None:
+        module.model.set_weights(weights_from.model.get_weights())
+        return module, []
     biases = [v for v in module.model.head.trainable_variables
               if "scores" in v.name and "bias" in v.name]
     if not biases:
@@ -176,11 +203,11 @@ def build_retinanet_module(params, size, prior):
     return module, [v.name for v in biases]
 
 
-def export_retinanet(module, params, size, scratch):
+def export_retinanet(module, params, size, scratch, name):
     """Export with `official.vision.serving.export_saved_model_lib`; returns the folder."""
     from official.vision.serving import export_saved_model_lib
 
-    export_dir = os.path.join(scratch, "retinanet")
+    export_dir = os.path.join(scratch, name)
     export_saved_model_lib.export_inference_graph(
         input_type="image_tensor", batch_size=1, input_image_size=[size, size], params=params,
         checkpoint_path=None, export_dir=export_dir, export_module=module)
@@ -196,10 +223,12 @@ def retinanet_anchors(params, size):
 
 
 def retinanet_candidates(module, params, image):
-    """(pairs with p > threshold, boxes entering NMS) of RetinaNet on uint8 [1, h, w, 3].
+    """(pairs with p > threshold, boxes entering v2's NMS) of RetinaNet on uint8 [1, h, w, 3].
 
-    The v2 generator keeps per class the `pre_nms_top_k` best pairs above the threshold, so
-    NMS sees sum over classes of min(pairs of the class, pre_nms_top_k) boxes.
+    Foreground classes only (class 0 is dropped by the detection generator). The v2 generator
+    keeps per class the `pre_nms_top_k` best pairs above the threshold, so its NMS sees the sum
+    over classes of min(pairs of the class, pre_nms_top_k) boxes; the batched one sees every
+    pair above the threshold.
     """
     generator = params.task.model.detection_generator
     images, _, _ = module.preprocess(image)
@@ -208,7 +237,7 @@ def retinanet_candidates(module, params, image):
     raw_scores, _, _ = model.head(features, training=False)
     per_class = []
     for logits in raw_scores.values():
-        probs = tf.sigmoid(tf.reshape(logits, [-1, NUM_CLASSES]))
+        probs = tf.sigmoid(tf.reshape(logits, [-1, NUM_CLASSES + 1]))[:, 1:]
         per_class.append(tf.reduce_sum(
             tf.cast(probs > generator.pre_nms_score_threshold, tf.int64), axis=0))
     per_class = tf.add_n(per_class).numpy()
@@ -216,25 +245,9 @@ def retinanet_candidates(module, params, image):
     return int(per_class.sum()), into_nms
 
 
-# --- timing -------------------------------------------------------------------------------
-
-def interleaved_medians(fns, repeats, warmup=2):
-    """Median seconds per call of each of `fns` (name -> callable), called round-robin."""
-    for _ in range(warmup):  # first calls: graph loading, kernel selection
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def signature_call(signature, image):
-    """Callable running `signature` on uint8 `image` and fetching every output."""
-    def call():
+def signature_call(signature):
+    """Callable running `signature` on a uint8 image and fetching every output."""
+    def call(image):
         return {k: v.numpy() for k, v in signature(inputs=image).items()}
     return call
 
@@ -243,7 +256,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=640,
                         help="square input bucket (multiple of 128)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls per model")
+    parser.add_argument("--photos", type=int, default=4, help="real COCO photos")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (all photos each)")
+    parser.add_argument("--voting-repeats", type=int, default=50,
+                        help="timed calls of the voting step alone per photo")
     parser.add_argument("--threads", type=int, default=None,
                         help="TF intra- and inter-op threads (default: TF's own choice)")
     parser.add_argument("--prior", type=float, default=0.2,
@@ -259,66 +275,95 @@ def main():
     # Model Garden's eager map_fn and unbuilt-layer serialisation notices are expected here.
     tf.get_logger().setLevel("ERROR")
     print(machine_facts())
-    photo_path, image = load_photo()
-    print(f"image: {photo_path} ({image.shape[1]}x{image.shape[2]}), input bucket "
-          f"{args.size}x{args.size}, classifier prior {args.prior} (both models), random "
-          f"weights, batch 1, {args.repeats} interleaved calls per model")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    photos = bench_common.load_photos(args.photos, tf)
+    images = [image for _, image in photos]
+    print("photos: " + ", ".join(f"{os.path.basename(p)} ({i.shape[1]}x{i.shape[2]})"
+                                 for p, i in photos))
+    print(f"input bucket {args.size}x{args.size}, classifier prior {args.prior} (both models), "
+          f"random weights, batch 1, {args.rounds} rounds over the photos, model order "
+          "reversed every other round")
 
     paa_config, paa_model = build_paa(args.size, args.prior)
-    ret_params = retinanet_params(args.size)
-    generator = ret_params.task.model.detection_generator
+    ret_params = {name: retinanet_params(args.size, version)
+                  for name, version in RETINANET_NMS.items()}
+    first_params = next(iter(ret_params.values()))
+    generator = first_params.task.model.detection_generator
     if generator.pre_nms_score_threshold != paa_config.eval.score_threshold:
         print(f"note: score thresholds differ: PAA {paa_config.eval.score_threshold}, "
               f"RetinaNet {generator.pre_nms_score_threshold}")
-    ret_module, bias_names = build_retinanet_module(ret_params, args.size, args.prior)
+    ret_modules, bias_names = {}, []
+    for name, params in ret_params.items():
+        source = next(iter(ret_modules.values()), None)
+        ret_modules[name], names = build_retinanet_module(params, args.size, args.prior,
+                                                          weights_from=source)
+        bias_names += names
 
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as scratch:
         start = time.perf_counter()
         paa_dirs = export_paa(paa_config, paa_model, scratch)
         paa_export_s = time.perf_counter() - start
         start = time.perf_counter()
-        ret_dir = export_retinanet(ret_module, ret_params, args.size, scratch)
+        ret_dirs = {name: export_retinanet(ret_modules[name], params, args.size, scratch,
+                                           f"retinanet_{RETINANET_NMS[name]}")
+                    for name, params in ret_params.items()}
         ret_export_s = time.perf_counter() - start
 
         ev = paa_config.eval
-        paa_pairs, paa_kept = paa_candidates(paa_config, paa_model, image)
-        ret_pairs, ret_nms = retinanet_candidates(ret_module, ret_params, image)
+        paa_counts = [paa_voting_inputs(paa_config, paa_model, image) for image in images]
+        first_module = next(iter(ret_modules.values()))
+        ret_counts = [retinanet_candidates(first_module, first_params, image)
+                      for image in images]
+        kept = [int(tf.reduce_sum(tf.cast(tf.reduce_max(v["cand_scores"], -1) > 0, tf.int32)))
+                for _, v in paa_counts]
+        detections = [int(tf.reduce_sum(tf.cast(v["det_classes"] >= 0, tf.int32)))
+                      for _, v in paa_counts]
+        anchors_per_location = (first_params.task.model.anchor.num_scales
+                                * len(first_params.task.model.anchor.aspect_ratios))
         print(f"PAA R50-FPN      : {int(paa_model.anchors.shape[0]):7d} anchors/image (1 per "
               f"location); post-processing: p > {ev.score_threshold}, top {ev.pre_nms_topk} "
-              f"per level, class-aware NMS IoU {ev.nms_iou}, {ev.max_detections} detections, "
-              f"score voting (sigma {ev.voting_sigma}, IoU > {ev.voting_iou}) on/off; "
-              f"export {paa_export_s:.0f} s for both")
-        print(f"                   {paa_pairs} (anchor, class) pairs pass p > "
-              f"{ev.score_threshold}; {paa_kept} candidates enter NMS and voting")
-        print(f"RetinaNet R50-FPN: {retinanet_anchors(ret_params, args.size):7d} anchors/image "
-              f"({ret_params.task.model.anchor.num_scales * len(ret_params.task.model.anchor.aspect_ratios)}"  # noqa: E501
-              f" per location); Model Garden default detection generator: nms_version "
-              f"{generator.nms_version}, pre_nms_score_threshold "
+              f"per level, class-aware NMS IoU {ev.nms_iou} (combined_non_max_suppression), "
+              f"{ev.max_detections} detections, score voting (sigma {ev.voting_sigma}, IoU > "
+              f"{ev.voting_iou}) on/off; export {paa_export_s:.0f} s for both")
+        print(f"                   per photo: {[c for c, _ in paa_counts]} (anchor, class) "
+              f"pairs pass p > {ev.score_threshold}; {kept} candidates enter NMS and voting; "
+              f"{detections} detections are voted")
+        print(f"RetinaNet R50-FPN: {retinanet_anchors(first_params, args.size):7d} anchors/image "
+              f"({anchors_per_location} per location), {NUM_CLASSES} foreground classes; Model "
+              f"Garden's detection generator: pre_nms_score_threshold "
               f"{generator.pre_nms_score_threshold}, pre_nms_top_k {generator.pre_nms_top_k} "
-              f"per class, nms_iou_threshold {generator.nms_iou_threshold}, max_num_detections "
-              f"{generator.max_num_detections}; export {ret_export_s:.0f} s")
-        print(f"                   {ret_pairs} (anchor, class) pairs pass p > "
-              f"{generator.pre_nms_score_threshold}; {ret_nms} boxes enter NMS; prior set "
-              f"through the bias of {', '.join(bias_names)} (the config has no prior option)")
+              f"per class (v2 only), nms_iou_threshold {generator.nms_iou_threshold}, "
+              f"max_num_detections {generator.max_num_detections}; nms_version v2 (default) "
+              f"and batched; export {ret_export_s:.0f} s for both")
+        print(f"                   per photo: {[c for c, _ in ret_counts]} (anchor, class) pairs "
+              f"pass p > {generator.pre_nms_score_threshold} (all enter batched NMS); "
+              f"{[n for _, n in ret_counts]} boxes enter v2's NMS; prior set through the bias "
+              f"of {', '.join(sorted(set(bias_names)))} (the config has no prior option)")
 
-        voting = tf.saved_model.load(paa_dirs[True]).signatures["image_tensor"]
-        no_voting = tf.saved_model.load(paa_dirs[False]).signatures["image_tensor"]
-        retinanet = tf.saved_model.load(ret_dir).signatures["serving_default"]
-        calls = {"PAA, voting": signature_call(voting, image),
-                 "PAA, no voting": signature_call(no_voting, image),
-                 "RetinaNet": signature_call(retinanet, image)}
-        first = {name: fn() for name, fn in calls.items()}
-        medians = interleaved_medians(calls, args.repeats)
+        signatures = {"PAA, voting": tf.saved_model.load(paa_dirs[True]).signatures["image_tensor"],
+                      "PAA, no voting":
+                          tf.saved_model.load(paa_dirs[False]).signatures["image_tensor"]}
+        for name, directory in ret_dirs.items():
+            signatures[name] = tf.saved_model.load(directory).signatures["serving_default"]
+        calls = {name: signature_call(signature) for name, signature in signatures.items()}
+        first = {name: calls[name](images[0]) for name in calls}
+        medians = bench_common.alternating_rounds(calls, images, args.rounds)
+    voting = time_voting(paa_config, [v for _, v in paa_counts], args.voting_repeats)
 
+    print(f"\n{'':20s}{'ms/photo':>10s}{'photos/s':>10s}   detections, top score (first photo)")
     for name, seconds in medians.items():
         count = int(np.asarray(first[name]["num_detections"]).reshape(-1)[0])
         top = float(np.max(first[name]["detection_scores"]))
-        print(f"{name:15s}: {seconds * 1000:8.1f} ms/image  {1 / seconds:6.2f} images/s  "
-              f"({count} detections, top score {top:.3f})")
-    t_vote, t_plain, t_ret = (medians[k] for k in ("PAA, voting", "PAA, no voting", "RetinaNet"))
-    print(f"speed ratio PAA+voting / RetinaNet   : {t_ret / t_vote:.2f} (>1: PAA faster)")
-    print(f"speed ratio PAA-no-voting / RetinaNet: {t_ret / t_plain:.2f} (>1: PAA faster)")
-    print(f"score voting share of PAA end-to-end time: {100 * (t_vote - t_plain) / t_vote:.1f}%")
+        print(f"{name:20s}{seconds * 1e3:10.1f}{1 / seconds:10.2f}   {count}, {top:.3f}")
+    t_vote = medians["PAA, voting"]
+    for name in RETINANET_NMS:
+        print(f"speed ratio {name} / PAA, voting: {medians[name] / t_vote:.2f} (>1: PAA faster)")
+    print(f"speed ratio PAA, no voting / PAA, voting: {medians['PAA, no voting'] / t_vote:.3f}")
+    print("score voting alone (tf.function of paa_tf.postprocess.score_voting on each photo's "
+          f"detections and candidates, median of {args.voting_repeats}): "
+          + ", ".join(f"{t * 1e3:.2f}" for t in voting) + " ms; "
+          f"{100 * statistics.median(voting) / t_vote:.2f} % of PAA's end-to-end time")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -61,12 +61,19 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"  # 'tiny' | 'resnet18' | 'resnet34' | 'resnet50' | ...
     backbone_checkpoint: Optional[str] = None  # local checkpoint or .h5/.keras weights
+    # ResNet implementation: 'model_garden' (Model Garden's, TF 'same' padding), or a PyTorch
+    # layout (symmetric padding) with the stride in the 3x3 conv ('torchvision', mmdetection)
+    # or in the first 1x1 conv ('msra', the authors' maskrcnn-benchmark). See resnet_torch.py.
+    backbone_style: str = "model_garden"
+    bn_epsilon: float = 1e-5  # BatchNorm eps of the PyTorch-layout ResNets (0 = FrozenBN of KK)
+    input_channels: str = "rgb"  # 'bgr': the backbone reverses the normalised RGB input
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + first stage
     frozen_bn: bool = True
     num_classes: int = 80
     min_level: int = 3
     max_level: int = 7
     fpn_channels: int = 256
+    fpn_init: str = "lecun_uniform"  # KK: kaiming_uniform(a=1) = lecun_uniform; MM: glorot_uniform
     p7_from_relu: bool = True  # KK: P7 from ReLU(P6); MM: from P6
     head_convs: int = 4
     head_channels: int = 256
@@ -157,6 +164,8 @@ class ExportConfig:
     version: int = 1
     score_voting: bool = True
     max_image_size: int = 0  # 0 = data.image_size
+    # Largest height x width of a request image, read from its header before decoding.
+    max_pixels: int = 40_000_000
 
 
 @dataclasses.dataclass
@@ -331,6 +340,9 @@ _CHOICES = {
     "data.format": ("coco", "voc", "tfrecord"),
     "data.buckets": ("square", "orientation"),
     "model.aux_head": ("iou", "centerness", "none"),
+    "model.backbone_style": ("model_garden", "torchvision", "msra"),
+    "model.input_channels": ("rgb", "bgr"),
+    "model.fpn_init": ("lecun_uniform", "glorot_uniform"),
     "model.delta_clamp": ("kk", "mm"),
     "model.head_norm": ("group", "none"),
     "assign.method": ("paa", "iou", "atss"),

@@ -10,6 +10,7 @@ import tf_keras
 from paa_tf.config import build_config
 from paa_tf.modeling import FPN, PAAHead, build_backbone, build_detector, load_backbone_weights
 from paa_tf.modeling.backbone import resnet_inner_model
+from paa_tf.modeling.group_norm import GroupNorm
 
 TINY = ("model.backbone=tiny,model.num_classes=3,model.fpn_channels=32,"
         "model.head_channels=32,model.head_convs=2")
@@ -93,7 +94,7 @@ def test_head_initialisation_follows_spec_1_3():
     kernel = head.cls_tower[0].kernel.numpy()
     assert abs(kernel.std() - 0.01) < 0.001 and abs(kernel.mean()) < 0.001
     assert [float(s) for s in head.scales] == [1.0] * 5
-    assert isinstance(head.cls_tower[1], tf_keras.layers.GroupNormalization)
+    assert isinstance(head.cls_tower[1], GroupNorm)
     assert head.cls_tower[1].groups == 32
 
 

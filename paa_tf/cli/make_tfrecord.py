@@ -11,8 +11,9 @@ Writes `<output_prefix>-00000-of-0000N.tfrecord` ... and `label_map.json` beside
 record keeps the original image bytes, `image/source_id` = the COCO image id (VOC: the stable
 id of the file stem), all boxes including crowd / difficult ones (flagged in
 `image/object/is_crowd`); the training filters are applied when the records are read.
-Records are validated as the pipeline validates them: bad ones stop the conversion with a
-message naming them, or are skipped and listed with --skip_bad_records.
+Records are validated as the pipeline validates them, and every image is decoded with
+TensorFlow: bad ones stop the conversion with a message naming them, or are skipped and listed
+with --skip_bad_records.
 """
 
 import sys
@@ -86,6 +87,8 @@ def convert(fmt, output_prefix, num_shards, *, annotations=None, images=None, vo
         raise app.UsageError(f"--format must be coco or voc, got {fmt!r}")
     items = records.verify_images(items, report, level=verify_images,
                                   skip_bad_records=skip_bad_records)
+    # Every image is decoded once here, so no record the pipeline cannot decode is written.
+    items = tfrecord.check_decodes(items, report, skip_bad_records=skip_bad_records)
     items = records.validate_boxes(items, report, box_tolerance=box_tolerance,
                                    skip_bad_records=skip_bad_records)
     if not items:

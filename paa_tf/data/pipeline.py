@@ -3,7 +3,10 @@
 Load time (Python): the reader builds the record list, every image is checked (header and end
 marker, see `records.image_problem`), boxes are validated and filtered (spec §6, see
 `records`), and bad records raise a `BadRecordError` or, with `skip_bad_records`, are skipped
-and listed in the returned `BadRecordReport`. Nothing bad reaches TensorFlow.
+and listed in the returned `BadRecordReport`. Only image data corrupt behind a valid header
+(a broken Huffman table, scrambled PNG data) passes the header check; decoding finds it in the
+graph (`decode_checked`), which names the record and fails, or skips it and logs it into the
+same report (`BadRecordReport.decode_log`).
 
 Graph (per image): read/parse bytes -> decode (JPEG/PNG/...) -> resize (shorter side S, longer
 <= L, fits the bucket) and normalise (mean/std, RGB 0-255) -> flip (training) -> pad to the
@@ -26,6 +29,7 @@ it does not depend on the parallel map's scheduling; `deterministic` fixes the o
 
 import dataclasses
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -144,6 +148,7 @@ class _Table:
     boxes: np.ndarray
     classes: np.ndarray
     paths: np.ndarray
+    descriptions: np.ndarray  # "image id N (name) in source" for error messages
     portrait: np.ndarray  # int32 [N], 1 where the record's height > width (bucket choice)
 
     @classmethod
@@ -156,7 +161,46 @@ class _Table:
                    boxes=np.concatenate([r.boxes.reshape(-1, 4) for r in records]).astype(
                        np.float32).reshape(-1, 4),
                    classes=np.concatenate([r.classes for r in records]).astype(np.int32),
-                   paths=np.array([r.path or "" for r in records], object))
+                   paths=np.array([r.path or "" for r in records], object),
+                   descriptions=np.array([r.describe() for r in records], object))
+
+
+def decode_checked(records, table, report, skip_bad_records):
+    """`fn(row, encoded) -> (uint8 [h, w, 3], ok bool [])` decoding the image of one record.
+
+    Image data corrupt behind a valid header (found only when decoding) fails with an
+    InvalidArgumentError naming the record and how to fix it, or, with `skip_bad_records`,
+    gives ok=False (filter those elements out): a warning naming the record goes to stderr
+    and the row to `report.decode_log`, so the report counts and lists it.
+    """
+    descriptions = tf.constant(table.descriptions.astype(str))
+    places = tf.constant([r.path or r.source for r in records])
+    if skip_bad_records and report.decode_log is None:
+        report.decode_log = records_lib.DecodeFailureLog(records)
+
+    def fn(row, encoded):
+        image, ok = transforms.try_decode_image(encoded)
+        if not skip_bad_records:
+            message = tf.strings.join([
+                descriptions[row], ": image data is corrupt behind a valid header, TensorFlow "
+                "cannot decode it (", places[row], "). Replace or re-encode the file, or set "
+                "data.skip_bad_records=true to skip, count and report such records "
+                "(data.verify_images=full finds them all before training)."])
+            with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+                return tf.identity(image), ok
+
+        def note():
+            logged = tf.print(row, output_stream=f"file://{report.decode_log.path}")
+            warned = tf.print(f"WARNING: data '{report.split}': skipped", descriptions[row],
+                              "(image data is corrupt behind a valid header, TensorFlow cannot "
+                              "decode it:", places[row], "); counted in the bad record report",
+                              output_stream=sys.stderr)
+            with tf.control_dependencies([logged, warned]):
+                return tf.constant(False)
+
+        return image, tf.cond(ok, lambda: tf.constant(True), note)
+
+    return fn
 
 
 def _shorter_side(seed, counter, sizes, is_training):
@@ -180,8 +224,9 @@ def _bucket_fn(config, table, is_training, seed):
         portrait[row], _shorter_side(seed, counter, sizes, is_training) - min(sizes)]
 
 
-def _example_fn(config, table, is_training, seed):
-    """(counter, row, encoded bytes) -> element dict (unbatched), padded to its bucket."""
+def _example_fn(config, table, is_training, seed, decode):
+    """(counter, row, encoded bytes) -> element dict (unbatched), padded to its bucket;
+    `decode` is `decode_checked`'s function, its ok flag is the element's `decoded`."""
     shapes, _ = buckets_lib.bucket_lookup(config, is_training)
     bucket_of = _bucket_fn(config, table, is_training, seed)
     sizes = tuple(int(s) for s in config.min_size)
@@ -190,7 +235,7 @@ def _example_fn(config, table, is_training, seed):
     shape_table = tf.constant(shapes, tf.int32)
 
     def fn(counter, row, encoded):
-        image = transforms.decode_image(encoded)
+        image, decoded = decode(row, encoded)
         start, end = splits[row], splits[row + 1]
         boxes, classes = boxes_flat[start:end], classes_flat[start:end]
         key = tf.stack([tf.cast(seed, tf.int64), counter])
@@ -208,7 +253,7 @@ def _example_fn(config, table, is_training, seed):
         image = transforms.pad_image(image, image_size)
         boxes, classes = transforms.pad_instances(boxes, classes, config.max_instances)
         return {"image": image, "gt_boxes": boxes, "gt_classes": classes,
-                "image_info": image_info, "source_id": source_ids[row]}
+                "image_info": image_info, "source_id": source_ids[row], "decoded": decoded}
 
     return fn
 
@@ -264,6 +309,33 @@ def _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines
     return data.map(lambda row, s: (row, tf.io.parse_single_example(s, spec)["image/encoded"]))
 
 
+def encoded_dataset(config, records, report, layout):
+    """Undecoded images of `records` in order, for test-time augmentation and exports.
+
+    Elements: `encoded` tf.string [] (the file's bytes), `source_id` int64 [],
+    `original_size` int32 [2] (height, width of the decoded image). Each image is decoded
+    once by `decode_checked`, so corrupt data is named or skipped (`config.skip_bad_records`)
+    as in `build_dataset`. `records, report, layout` are `load_records`' results.
+    """
+    table = _Table.of(records)
+    if layout is None:
+        data = _file_rows(table, False, False, 0, (1, 0))
+    else:
+        data = _tfrecord_rows(records, layout, config, False, False, 0, (1, 0))
+    decode = decode_checked(records, table, report, config.skip_bad_records)
+    source_ids = tf.constant(table.source_ids)
+
+    def element(row, encoded):
+        image, decoded = decode(row, encoded)
+        return {"encoded": encoded, "source_id": source_ids[row],
+                "original_size": tf.shape(image)[:2], "decoded": decoded}
+
+    data = data.map(element, num_parallel_calls=tf.data.AUTOTUNE)
+    if config.skip_bad_records:
+        data = data.filter(lambda item: item["decoded"])
+    return data.map(lambda item: {k: v for k, v in item.items() if k != "decoded"})
+
+
 def _group_by_bucket(data, batch_size):
     """Batches of `batch_size` elements padded to one bucket (the last of each may be short).
 
@@ -278,7 +350,8 @@ def _group_by_bucket(data, batch_size):
                                 window_size=batch_size)
 
 
-def _bucketed_training(config, table, records, layout, batch_size, input_context, parallel):
+def _bucketed_training(config, table, records, layout, batch_size, input_context, parallel,
+                       decode):
     """Repeated training batches of one bucket each, split between the input pipelines.
 
     Every pipeline walks the same shuffled row stream (base seed), groups the rows into
@@ -310,7 +383,7 @@ def _bucketed_training(config, table, records, layout, batch_size, input_context
     lo = pipeline_id * share
     mine = grouped.map(lambda i, row, payload: (i[lo:lo + share], row[lo:lo + share],
                                                 payload[lo:lo + share])).unbatch()
-    example = _example_fn(config, table, True, seed)
+    example = _example_fn(config, table, True, seed, decode)
     if layout is None:
         def element(i, row, path):
             return example(i, row, tf.io.read_file(path))
@@ -318,7 +391,20 @@ def _bucketed_training(config, table, records, layout, batch_size, input_context
         element = example
     # In order, always: a reordered element could land in a batch of another bucket's shape.
     data = mine.map(element, num_parallel_calls=parallel, deterministic=True)
+    # An image that fails to decode (skip_bad_records; logged and reported by `decode`) cannot
+    # leave its batch, or the pipelines' shares would fall out of step: it stays as a blank
+    # image without boxes (only negatives), so the batch keeps its bucket and its size.
+    data = data.map(_blank_if_undecoded)
     return data.batch(batch_size, drop_remainder=True)
+
+
+def _blank_if_undecoded(element):
+    ok = element["decoded"]
+    out = {k: v for k, v in element.items() if k != "decoded"}
+    out["image"] = tf.where(ok, out["image"], tf.zeros_like(out["image"]))
+    out["gt_boxes"] = tf.where(ok, out["gt_boxes"], -tf.ones_like(out["gt_boxes"]))
+    out["gt_classes"] = tf.where(ok, out["gt_classes"], -tf.ones_like(out["gt_classes"]))
+    return out
 
 
 def build_dataset(data_config, split="train", is_training=True, batch_size=1,
@@ -345,19 +431,24 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     seed = int(config.seed) * 1009 + replica
     table = _Table.of(records)
     parallel = tf.data.AUTOTUNE if config.num_parallel_calls < 0 else config.num_parallel_calls
+    skip = config.skip_bad_records if skip_bad_records is None else bool(skip_bad_records)
+    decode = decode_checked(records, table, report, skip)
     several = len(buckets_lib.bucket_shapes(config, is_training)) > 1
     if several and is_training and repeat:
         data = _bucketed_training(config, table, records, layout, int(batch_size),
-                                  input_context, parallel)
+                                  input_context, parallel, decode)
     else:
         if layout is None:
             data = _file_rows(table, is_training, repeat, seed, pipelines)
         else:
             data = _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines)
-        example = _example_fn(config, table, is_training, seed)
+        example = _example_fn(config, table, is_training, seed, decode)
         data = data.enumerate().map(lambda i, pair: example(i, pair[0], pair[1]),
                                     num_parallel_calls=parallel,
                                     deterministic=config.deterministic)
+        if skip:
+            data = data.filter(lambda element: element["decoded"])
+        data = data.map(lambda element: {k: v for k, v in element.items() if k != "decoded"})
         if several:
             data = _group_by_bucket(data, int(batch_size))
         else:

@@ -21,6 +21,9 @@ import collections
 import dataclasses
 import hashlib
 import logging
+import os
+import tempfile
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -60,6 +63,38 @@ class ImageRecord:
         return f"image id {self.image_id} ({self.name}) in {self.source}"
 
 
+def _remove_file(path):
+    if os.path.exists(path):
+        os.remove(path)
+
+
+class DecodeFailureLog:
+    """Records whose image data failed to decode inside a `tf.data` pipeline (when skipping).
+
+    The header check at load time cannot see data corrupt behind valid markers (a broken
+    Huffman table, scrambled PNG data); the pipeline finds it when it decodes. Its graph
+    appends the row (index into `records`) of each such image to the file `path` with
+    `tf.print`: a Python callback (`tf.py_function`) would make the checkpointable iterator
+    log a warning per element. The file is deleted with this object (or at exit).
+    """
+
+    REASON = ("image data is corrupt behind a valid header: TensorFlow cannot decode it ({}); "
+              "replace or re-encode the file")
+
+    def __init__(self, records):
+        self.rows = [(r.image_id, r.name, r.path or r.source) for r in records]
+        handle, self.path = tempfile.mkstemp(prefix="paa_decode_failures_", suffix=".txt")
+        os.close(handle)
+        self._cleanup = weakref.finalize(self, _remove_file, self.path)
+
+    def failures(self):
+        """[(image_id, name, reason)] of the rows logged so far, each once, in row order."""
+        with open(self.path) as f:
+            rows = sorted({int(line) for line in f if line.strip()})
+        return [(self.rows[r][0], self.rows[r][1], self.REASON.format(self.rows[r][2]))
+                for r in rows]
+
+
 @dataclasses.dataclass
 class BadRecordReport:
     """Bad records skipped (with ids and reasons) and counts of the documented filters."""
@@ -72,19 +107,31 @@ class BadRecordReport:
     num_images: int = 0  # images that the pipeline emits per pass
     num_boxes: int = 0  # GT boxes that the pipeline emits per pass
     id_to_name: dict = dataclasses.field(default_factory=dict)  # source id -> file name
+    decode_log: Optional[DecodeFailureLog] = None  # set by a pipeline that skips bad records
 
     def add(self, image_id, name, reason):
         self.entries.append((image_id, name, reason))
 
+    def collect_decode_failures(self):
+        """Move the images the pipeline failed to decode so far into `entries` (once each)."""
+        if self.decode_log is None:
+            return
+        for entry in self.decode_log.failures():
+            if entry not in self.entries:
+                self.entries.append(entry)
+
     @property
     def num_skipped(self):
+        self.collect_decode_failures()
         return len({(e[0], e[1]) for e in self.entries})
 
     @property
     def skipped_ids(self):
+        self.collect_decode_failures()
         return sorted({e[0] for e in self.entries if e[0] is not None})
 
     def summary(self, max_listed=_MAX_LISTED):
+        self.collect_decode_failures()
         lines = [f"data '{self.split}': {self.num_images} images, {self.num_boxes} boxes; "
                  f"{self.num_skipped} bad records skipped"]
         if self.filtered:
@@ -104,6 +151,7 @@ class BadRecordReport:
 
     def log(self):
         """Log the summary: a warning when records were skipped, info otherwise."""
+        self.collect_decode_failures()
         level = logging.WARNING if self.entries or self.warnings else logging.INFO
         LOGGER.log(level, "%s", self.summary())
 

@@ -120,6 +120,19 @@ def build_backbone(model_config, input_shape=(None, None, 3)) -> tf_keras.Model:
     if name == "tiny":
         return build_tiny_backbone(input_shape,
                                    frozen_bn=getattr(model_config, "frozen_bn", True))
+    style = getattr(model_config, "backbone_style", "model_garden")
+    if name in RESNET_DEPTHS and style != "model_garden":
+        from paa_tf.modeling.resnet_torch import build_torch_resnet
+
+        return build_torch_resnet(
+            RESNET_DEPTHS[name], style, input_shape,
+            freeze_at=getattr(model_config, "freeze_at", 2),
+            frozen_bn=getattr(model_config, "frozen_bn", True),
+            bn_epsilon=getattr(model_config, "bn_epsilon", 1e-5),
+            input_channels=getattr(model_config, "input_channels", "rgb"))
+    if getattr(model_config, "input_channels", "rgb") != "rgb":
+        raise ValueError("model.input_channels = 'bgr' needs a PyTorch-layout ResNet "
+                         "(model.backbone_style torchvision or msra)")
     if name in RESNET_DEPTHS:
         return build_resnet_backbone(
             RESNET_DEPTHS[name], input_shape,

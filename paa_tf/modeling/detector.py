@@ -250,7 +250,8 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
     # Any spatial size: the same weights run on the square canvas and on every bucket.
     backbone = build_backbone(model_cfg, (None, None, 3))
     fpn = FPN(channels=model_cfg.fpn_channels, min_level=model_cfg.min_level,
-              max_level=model_cfg.max_level, p7_from_relu=model_cfg.p7_from_relu, name="fpn")
+              max_level=model_cfg.max_level, p7_from_relu=model_cfg.p7_from_relu,
+              kernel_init=getattr(model_cfg, "fpn_init", "lecun_uniform"), name="fpn")
     head = PAAHead(num_classes=model_cfg.num_classes, channels=model_cfg.head_channels,
                    num_convs=model_cfg.head_convs, min_level=model_cfg.min_level,
                    max_level=model_cfg.max_level, prior_prob=model_cfg.prior_prob,

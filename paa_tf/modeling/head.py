@@ -18,6 +18,8 @@ import math
 import tensorflow as tf
 import tf_keras
 
+from paa_tf.modeling.group_norm import GroupNorm
+
 AUX_HEADS = ("iou", "centerness", "none")
 
 
@@ -72,8 +74,8 @@ class PAAHead(tf_keras.layers.Layer):
             if self.norm == "group":
                 # float32 under mixed precision: with few values per group the backward pass
                 # scales like 1/sigma^3 and overflows float16.
-                layers.append(tf_keras.layers.GroupNormalization(
-                    groups=32, epsilon=1e-5, dtype="float32", name=f"{name}_gn{i}"))
+                layers.append(GroupNorm(groups=32, epsilon=1e-5, dtype="float32",
+                                        name=f"{name}_gn{i}"))
             layers.append(tf_keras.layers.ReLU(name=f"{name}_relu{i}"))
         return layers
 
