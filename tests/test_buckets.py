@@ -201,3 +201,23 @@ def test_mixed_precision_bucketed_steps_are_finite(tmp_path):
         assert trainer._step_fn.experimental_get_tracing_count() >= 1
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def test_an_undecodable_image_stays_a_blank_element_of_its_bucketed_batch(tmp_path):
+    from tests.test_data_bad_input import coco_config
+    from tests.test_data_corrupt_images import corrupt_image_1
+
+    corrupt_image_1(tmp_path, "jpeg")  # image id 11: a valid header, corrupt data
+    config = coco_config(tmp_path, image_size=(256, 256), max_size=200, buckets="orientation")
+    dataset, report = pipeline.build_dataset(config, "train", True, batch_size=2,
+                                             skip_bad_records=True)
+    batches = numpy_batches(dataset, 6)
+    assert all(b["image"].shape == (2, 128, 256, 3) for b in batches)
+    elements = [(b, i) for b in batches for i in range(2)]
+    blank = [(b, i) for b, i in elements if b["source_id"][i] == 11]
+    assert blank and len(blank) < len(elements)
+    for b, i in elements:
+        bad = b["source_id"][i] == 11
+        assert b["image"][i].any() != bad  # blank image instead of the undecodable one
+        assert (b["gt_classes"][i] >= 0).any() != bad  # and no boxes: negatives only
+    assert report.skipped_ids == [11] and report.num_skipped == 1
