@@ -56,14 +56,19 @@ def load_config(data_root, mode):
 
 
 def train_batches(data_root, count):
-    """`count` batches of 1 from the bucketed training pipeline, and the same padded square."""
+    """`count` batches of 1 from the bucketed training pipeline (a third of them portrait),
+    and the same batches zero-padded to the square canvas."""
     import numpy as np
 
     from paa_tf.data import pipeline
 
     config = load_config(data_root, "orientation")
     dataset, _ = pipeline.build_dataset(config.data, "train", True, batch_size=1)
-    bucketed = [{k: v.numpy() for k, v in b.items()} for b in dataset.take(count)]
+    first = [{k: v.numpy() for k, v in b.items()} for b in dataset.take(10 * count)]
+    # Both orientations: a third portrait (as in COCO: 22 % of coco_mini's train images).
+    portrait = [b for b in first if b["image"].shape[1] > b["image"].shape[2]]
+    landscape = [b for b in first if b["image"].shape[1] <= b["image"].shape[2]]
+    bucketed = landscape[:count - count // 3] + portrait[:count // 3]
     canvas = tuple(config.data.image_size)
     squared = []
     for batch in bucketed:
@@ -223,6 +228,40 @@ def bench_time(args):
     print(f"load average after: {os.getloadavg()}")
 
 
+def padding_positives(data_root, count):
+    """PAA at initialisation on the square canvas: positives whose anchor lies outside the
+    image's bucket (the anchors the bucket drops). Zero logits and zero deltas, so the anchor
+    scores depend on the anchor-GT geometry only; `count` training images at S = 800."""
+    import tensorflow as tf
+
+    from paa_tf.assign import assign
+    from paa_tf.data import pipeline
+    from paa_tf.ops.anchors import generate_anchors
+
+    config = load_config(data_root, "orientation")
+    dataset, _ = pipeline.build_dataset(config.data, "train", True, batch_size=1)
+    canvas = tuple(config.data.image_size)
+    anchors, levels = generate_anchors(*canvas, 3, 7)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    totals = {"gts": 0, "positives": 0, "outside": 0, "gts_with_outside": 0}
+    for batch in dataset.take(count):
+        height, width = batch["image"].shape[1:3]
+        outside = (centres[:, 0] >= height) | (centres[:, 1] >= width)
+        result = assign(config.assign, tf.constant(anchors), levels, 5, batch["gt_boxes"],
+                        batch["gt_classes"], tf.zeros([1, len(anchors), 80]),
+                        tf.constant(anchors)[None])
+        positive = result.positive_mask.numpy()[0]
+        matched = result.matched_gt.numpy()[0]
+        totals["gts"] += int((batch["gt_classes"].numpy() >= 0).sum())
+        totals["positives"] += int(positive.sum())
+        totals["outside"] += int((positive & outside).sum())
+        totals["gts_with_outside"] += len(set(matched[positive & outside].tolist()))
+    print(f"\nPAA at initialisation on the 1408x1408 canvas, {count} training images: "
+          f"{totals['positives']} positives for {totals['gts']} GTs; {totals['outside']} "
+          f"positives ({100 * totals['outside'] / max(totals['positives'], 1):.2f} %) lie "
+          f"outside the image's bucket, for {totals['gts_with_outside']} GTs")
+
+
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -274,9 +313,13 @@ def main():
     parser.add_argument("--serve-images", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory", action="store_true", help="peak RSS, one child per case")
+    parser.add_argument("--padding-positives", type=int, default=0, metavar="N",
+                        help="only count PAA positives outside the bucket on N images")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.padding_positives:
+        padding_positives(args.data, args.padding_positives)
+    elif args.child:
         child(args)
     elif args.memory:
         bench_memory(args)

@@ -151,7 +151,7 @@ def test_input_pipelines_split_each_global_batch_of_one_bucket(tmp_path):
             np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), whole[key])
 
 
-def bucketed_trainer(model_dir, data_config, overrides=""):
+def bucketed_trainer(model_dir, data_config, overrides="", strategy=None):
     from paa_tf import train as train_lib
     from tests import train_utils
 
@@ -161,7 +161,8 @@ def bucketed_trainer(model_dir, data_config, overrides=""):
     # tf.data's shuffle combines its seed with the global seed, which an earlier Trainer in
     # this process has set: reset it so every trainer's pipeline starts the same stream.
     tf.random.set_seed(0)
-    return train_lib.Trainer(config, model_dir, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    return train_lib.Trainer(config, model_dir,
+                             strategy or tf.distribute.OneDeviceStrategy("/cpu:0"))
 
 
 @pytest.mark.slow  # four tiny training runs: ~60 s alone, more on a loaded machine
