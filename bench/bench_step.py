@@ -98,7 +98,8 @@ def pipeline_batch(config):
     from paa_tf.data import pipeline
 
     dataset, _ = pipeline.build_dataset(config.data, split="train", is_training=True,
-                                        batch_size=config.train.batch_size)
+                                        batch_size=config.train.batch_size,
+                                        plus_one=config.model.plus_one)
     return {key: value.numpy() for key, value in next(iter(dataset)).items()}
 
 

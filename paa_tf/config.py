@@ -61,11 +61,16 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"  # 'tiny' | 'resnet18' | 'resnet34' | 'resnet50' | ...
     backbone_checkpoint: Optional[str] = None  # local checkpoint or .h5/.keras weights
+    # Load a backbone checkpoint that does not cover the backbone exactly (reported, not refused).
+    backbone_checkpoint_partial: bool = False
     # ResNet implementation: 'model_garden' (Model Garden's, TF 'same' padding), or a PyTorch
     # layout (symmetric padding) with the stride in the 3x3 conv ('torchvision', mmdetection)
     # or in the first 1x1 conv ('msra', the authors' maskrcnn-benchmark). See resnet_torch.py.
     backbone_style: str = "model_garden"
-    bn_epsilon: float = 1e-5  # BatchNorm eps of the PyTorch-layout ResNets (0 = FrozenBN of KK)
+    # BatchNorm epsilon of the ResNet backbones: the value the pretrained weights were trained
+    # with (Model Garden's ImageNet ResNets and torchvision: 1e-5, although Model Garden's ResNet
+    # class defaults to 1e-3; 0 for the authors' FrozenBatchNorm).
+    bn_epsilon: float = 1e-5
     input_channels: str = "rgb"  # 'bgr': the backbone reverses the normalised RGB input
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + first stage
     frozen_bn: bool = True
@@ -82,7 +87,9 @@ class ModelConfig:
     prior_prob: float = 0.01
     octave_base_scale: float = 8.0
     anchor_center_offset: float = 0.5
-    plus_one: bool = False  # KK's "+1" pixel convention
+    # KK's "+1" pixel convention (width = x2 - x1 + 1), everywhere: ground truth, anchors, IoU,
+    # box coding, clipping, NMS, voting and the COCO output. The one switch for it.
+    plus_one: bool = False
     box_weights: Tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
     delta_clamp: str = "kk"  # 'kk' (upper only) | 'mm' (both sides)
 
@@ -154,7 +161,6 @@ class EvalConfig:
     score_voting: bool = True
     voting_sigma: float = 0.025
     voting_iou: float = 0.01
-    plus_one: bool = False
     tta_scales: Tuple[int, ...] = ()  # shorter sides of the test-time views (all of them)
     tta_flip: bool = False
 
@@ -212,6 +218,11 @@ def _coerce(value, annotation, key):
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-5' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
     if annotation is str:
         if isinstance(value, str):
@@ -220,8 +231,17 @@ def _coerce(value, annotation, key):
     raise ConfigError(f"config key '{key}': unsupported field type {annotation}")
 
 
-def _apply(obj, updates, prefix=""):
-    """Set the fields of dataclass `obj` from the nested dict `updates`, strictly."""
+# Keys that were removed, with the key that now decides the same thing. An old config (e.g.
+# a run's saved config.yaml) may still hold one: accepted when it agrees with its
+# replacement, an error naming both when it does not.
+_REMOVED = {"eval.plus_one": "model.plus_one"}
+
+
+def _apply(obj, updates, prefix="", removed=None):
+    """Set the fields of dataclass `obj` from the nested dict `updates`, strictly.
+
+    Removed keys (`_REMOVED`) are collected into the dict `removed` for `_check_removed`.
+    """
     if not isinstance(updates, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
                           f"got {updates!r}")
@@ -229,13 +249,16 @@ def _apply(obj, updates, prefix=""):
     names = [f.name for f in dataclasses.fields(obj)]
     for name, value in updates.items():
         key = prefix + str(name)
+        if key in _REMOVED and removed is not None:
+            removed[key] = value
+            continue
         if name not in names:
             raise ConfigError(f"unknown config key '{key}'{_nearest(str(name), names)}; "
                               f"valid keys here: {', '.join(names)}")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if value is not None:  # an empty section in YAML
-                _apply(current, value, key + ".")
+                _apply(current, value, key + ".", removed)
         else:
             setattr(obj, name, _coerce(value, hints[name], key))
 
@@ -302,13 +325,32 @@ def parse_overrides(overrides):
     return nested
 
 
+def _check_removed(config, removed, source=""):
+    """ConfigError when a removed key (`_REMOVED`) disagrees with the key that replaced it."""
+    for key, value in removed.items():
+        new_key = _REMOVED[key]
+        section, name = new_key.split(".")
+        current = getattr(getattr(config, section), name)
+        try:
+            agrees = _coerce(value, type(current), key) == current
+        except ConfigError:
+            agrees = False
+        if not agrees:
+            raise ConfigError(
+                f"{source}config key '{key}' was removed: '{new_key}' alone now decides it "
+                f"(here {new_key}={current!r} but {key}={value!r}). Delete '{key}' and set "
+                f"'{new_key}' to how the model was trained")
+
+
 def build_config(layers=(), overrides=None):
     """An `ExperimentConfig` from defaults, then each dict of `layers`, then `overrides`."""
     config = ExperimentConfig()
+    removed = {}
     for layer in layers:
-        _apply(config, layer)
+        _apply(config, layer, removed=removed)
     if overrides:
-        _apply(config, parse_overrides(overrides))
+        _apply(config, parse_overrides(overrides), removed=removed)
+    _check_removed(config, removed)
     validate(config)
     return config
 
@@ -316,13 +358,15 @@ def build_config(layers=(), overrides=None):
 def load_config(path=None, overrides=None):
     """Load an experiment YAML (with its `base` chain) and apply dotted overrides."""
     config = ExperimentConfig()
+    removed = {}
     for file_path, content in (_load_yaml(path) if path else []):
         try:
-            _apply(config, content)
+            _apply(config, content, removed=removed)
         except ConfigError as error:
             raise ConfigError(f"{file_path}: {error}") from None
     if overrides:
-        _apply(config, parse_overrides(overrides))
+        _apply(config, parse_overrides(overrides), removed=removed)
+    _check_removed(config, removed, f"{path}: " if path else "")
     validate(config)
     return config
 
@@ -375,6 +419,9 @@ def validate(config):
                           "multiple of 128 (the padded input bucket)")
     if len(config.data.min_size) not in (1, 2):
         raise ConfigError("config key 'data.min_size' takes one size S or a range [S_min, S_max]")
+    if config.model.bn_epsilon < 0:
+        raise ConfigError(f"config key 'model.bn_epsilon' is {config.model.bn_epsilon}; it must "
+                          "be >= 0 (the epsilon the backbone checkpoint was trained with)")
     if list(config.train.lr_steps) != sorted(config.train.lr_steps):
         raise ConfigError(f"config key 'train.lr_steps' must be increasing, got "
                           f"{config.train.lr_steps}")

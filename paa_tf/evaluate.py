@@ -482,4 +482,4 @@ def evaluate_model(config, model, output_dir=None, max_batches=None, params=None
         predict_fn = make_predict_fn(config, model, params)
     return evaluate_dataset(dataset, predict_fn, coco_gt, label_map=label_map,
                             output_dir=output_dir, max_batches=max_batches,
-                            plus_one=config.eval.plus_one, verbose=verbose)
+                            plus_one=config.model.plus_one, verbose=verbose)

@@ -21,7 +21,7 @@ from typing import Tuple
 
 import tensorflow as tf
 
-from paa_tf.data import transforms
+from paa_tf.data import exif, transforms
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -212,10 +212,14 @@ def check_pixels(encoded, max_pixels):
 
 
 def encoded_image_size(encoded):
-    """(height, width) int32 [2] of one encoded image, from its header when possible.
+    """(height, width) int32 [2] of one encoded image as decoded, from its header when possible.
 
-    JPEG and PNG: `header_size`. Anything else is decoded.
+    JPEG and PNG: `header_size`, swapped when the JPEG's EXIF orientation turns the image by
+    90 degrees (`paa_tf.data.exif`, applied by decoding). Anything else is decoded.
     """
+    def turned(size):
+        return tf.where(exif.swaps_sides(exif.orientation(encoded)), tf.reverse(size, [0]), size)
+
     def decoded_size():
         return tf.shape(transforms.decode_image(encoded))[:2]
 
@@ -224,4 +228,4 @@ def encoded_image_size(encoded):
         tf.equal(tf.strings.substr(encoded, 0, len(PNG_MAGIC)), PNG_MAGIC),
         tf.strings.length(encoded) >= 24)
     return tf.cond(tf.logical_or(is_jpeg, is_png),
-                   lambda: tf.cast(header_size(encoded), tf.int32), decoded_size)
+                   lambda: turned(tf.cast(header_size(encoded), tf.int32)), decoded_size)

@@ -156,7 +156,7 @@ class Trainer:
         def dataset_fn(input_context):
             dataset, report = pipeline.build_dataset(
                 data_config, split="train", is_training=True, batch_size=per_replica,
-                input_context=input_context)
+                input_context=input_context, plus_one=self.config.model.plus_one)
             self.data_reports.append(report)
             return dataset
         return dataset_fn, label_map_path
@@ -197,7 +197,9 @@ class Trainer:
             from paa_tf.modeling.weights import load_backbone_weights
 
             path = self.config.model.backbone_checkpoint
-            report = load_backbone_weights(self.model.backbone, path)
+            report = load_backbone_weights(
+                self.model.backbone, path,
+                allow_partial=self.config.model.backbone_checkpoint_partial)
             print(f"Backbone initialised from {path}: {report.summary()}", flush=True)
         return restored
 

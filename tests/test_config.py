@@ -87,3 +87,23 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = config_lib.load_config(CONFIGS / "quickstart.yaml", "train.total_steps=7")
     path = config_lib.save_config(cfg, tmp_path / "model" / "config.yaml")
     assert config_lib.load_config(path) == cfg
+
+
+def test_plus_one_is_one_switch_and_the_removed_eval_key_must_agree(tmp_path):
+    cfg = config_lib.load_config(overrides="model.plus_one=true")
+    assert cfg.model.plus_one and not hasattr(cfg.eval, "plus_one")
+    assert "plus_one" not in config_lib.to_dict(cfg)["eval"]
+    # A run saved before the key was removed holds eval.plus_one: fine when it agrees ...
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  plus_one: true\neval:\n  plus_one: true\n")
+    assert config_lib.load_config(old).model.plus_one
+    # ... an error naming both keys when it does not.
+    old.write_text("model:\n  plus_one: true\neval:\n  plus_one: false\n")
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"old.yaml: config key 'eval.plus_one' was removed: "
+                             r"'model.plus_one' alone"):
+        config_lib.load_config(old)
+    with pytest.raises(config_lib.ConfigError, match="eval.plus_one.*model.plus_one"):
+        config_lib.load_config(overrides="eval.plus_one=true")
+    with pytest.raises(config_lib.ConfigError, match="eval.plus_one.*model.plus_one"):
+        config_lib.build_config([{"eval": {"plus_one": True}}])

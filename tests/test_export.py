@@ -418,6 +418,24 @@ def test_header_size_reads_large_png_and_jpeg_headers(images):
         assert tuple(serving_preprocess.header_size(tf.constant(data)).numpy()) == size
 
 
+def test_serving_turns_exif_oriented_photos_like_pil(run):
+    """All 8 EXIF orientations: the JPEG through `serving_default` gives the detections of
+    PIL's `exif_transpose` of its pixels through `image_tensor`, boxes normalised to the
+    turned image."""
+    from tests.test_exif import jpeg_with_orientation, pil_oracle
+
+    stored = _random_image(5, 64, 112)
+    for orientation in range(1, 9):
+        encoded = jpeg_with_orientation(stored, orientation, big_endian=orientation % 2 == 0)
+        turned = pil_oracle(encoded)
+        by_bytes = _call(run["loaded"], "serving_default", [encoded])
+        by_pixels = _call(run["loaded"], "image_tensor", turned[None])
+        assert by_bytes["num_detections"][0] > 0
+        for name in export.OUTPUT_NAMES:
+            np.testing.assert_allclose(by_bytes[name], by_pixels[name], atol=1e-5,
+                                       err_msg=f"{name}, orientation {orientation}")
+
+
 def test_launcher_help_lists_the_flags():
     done = subprocess.run([sys.executable, str(REPO / "bin" / "paa_export"), "--help"],
                           capture_output=True, text=True, timeout=120)

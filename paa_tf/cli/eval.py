@@ -196,7 +196,8 @@ def _run_model(output_dir):
         coco_gt = evaluate.val_ground_truth(config.data, predict_fn.label_map)
         return evaluate.evaluate_dataset(dataset, predict_fn, coco_gt,
                                          label_map=predict_fn.label_map, output_dir=output_dir,
-                                         max_batches=FLAGS.max_batches)
+                                         max_batches=FLAGS.max_batches,
+                                         plus_one=config.model.plus_one)
     model = restore_detector(config, FLAGS.model_dir, FLAGS.checkpoint)
     return evaluate.evaluate_model(config, model, output_dir=output_dir,
                                    max_batches=FLAGS.max_batches)

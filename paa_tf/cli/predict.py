@@ -236,7 +236,7 @@ def run_prediction(model_dir, image_paths, output_dir, checkpoint=None, score_th
     os.makedirs(output_dir, exist_ok=True)
     pictures = picture_names(files, output_dir, picture_format)
     label_map = predictor.label_map
-    plus_one = bool(predictor.config.eval.plus_one)
+    plus_one = bool(predictor.config.model.plus_one)
     entries, skipped = [], []
     for start in range(0, len(files), batch_size):
         chunk, images = [], []

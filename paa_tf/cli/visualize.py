@@ -136,7 +136,8 @@ def assignment_picture(model_dir, output, checkpoint=None, image=None, data_inde
     network_input, info = transforms.preprocess(
         pixels, shorter_side=max(int(s) for s in data.min_size), max_size=data.max_size,
         image_size=image_size, pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)
-    gt_boxes = transforms.scale_boxes(tf.constant(record.boxes, tf.float32), info).numpy()
+    gt_boxes = transforms.scale_boxes(tf.constant(record.boxes, tf.float32), info,
+                                      config.model.plus_one).numpy()
     if gt_index is None:
         areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
         gt_index = int(np.argmax(areas))

@@ -17,7 +17,8 @@ row indices before reading; evaluation groups decoded images and keeps partial b
 H and W are static per batch but not in the dataset's element_spec. Batched elements:
 
   image       float32 [B, H, W, 3]
-  gt_boxes    float32 [B, M, 4]  yxyx pixels of the resized input (-1 rows pad)
+  gt_boxes    float32 [B, M, 4]  yxyx pixels of the resized input (-1 rows pad); continuous,
+                                  or the authors' inclusive "+1" boxes with `plus_one`
   gt_classes  int32   [B, M]     contiguous 0..C-1 (-1 pads); crowd boxes never included
   image_info  float32 [B, 4, 2]  [[orig_h, orig_w], [scaled_h, scaled_w], [scale_y, scale_x],
                                   [offset_y, offset_x]]; original box = (box - offset) / scale
@@ -224,9 +225,10 @@ def _bucket_fn(config, table, is_training, seed):
         portrait[row], _shorter_side(seed, counter, sizes, is_training) - min(sizes)]
 
 
-def _example_fn(config, table, is_training, seed, decode):
+def _example_fn(config, table, is_training, seed, decode, plus_one):
     """(counter, row, encoded bytes) -> element dict (unbatched), padded to its bucket;
-    `decode` is `decode_checked`'s function, its ok flag is the element's `decoded`."""
+    `decode` is `decode_checked`'s function, its ok flag is the element's `decoded`;
+    `plus_one` as in `build_dataset`."""
     shapes, _ = buckets_lib.bucket_lookup(config, is_training)
     bucket_of = _bucket_fn(config, table, is_training, seed)
     sizes = tuple(int(s) for s in config.min_size)
@@ -245,11 +247,12 @@ def _example_fn(config, table, is_training, seed, decode):
             shape_table[bucket_of(counter, row)])
         image, image_info = transforms.resize_image(image, shorter, config.max_size, image_size,
                                                     config.pixel_mean, config.pixel_std)
-        boxes = transforms.scale_boxes(boxes, image_info)
+        boxes = transforms.scale_boxes(boxes, image_info, plus_one)
         if is_training and config.flip_prob > 0:
             flip = tf.random.stateless_uniform([], key + [0, 1 << 40]) < config.flip_prob
-            image, boxes = tf.cond(flip, lambda: transforms.flip_left_right(image, boxes),
-                                   lambda: (image, boxes))
+            image, boxes = tf.cond(
+                flip, lambda: transforms.flip_left_right(image, boxes, plus_one),
+                lambda: (image, boxes))
         image = transforms.pad_image(image, image_size)
         boxes, classes = transforms.pad_instances(boxes, classes, config.max_instances)
         return {"image": image, "gt_boxes": boxes, "gt_classes": classes,
@@ -351,7 +354,7 @@ def _group_by_bucket(data, batch_size):
 
 
 def _bucketed_training(config, table, records, layout, batch_size, input_context, parallel,
-                       decode):
+                       decode, plus_one):
     """Repeated training batches of one bucket each, split between the input pipelines.
 
     Every pipeline walks the same shuffled row stream (base seed), groups the rows into
@@ -383,7 +386,7 @@ def _bucketed_training(config, table, records, layout, batch_size, input_context
     lo = pipeline_id * share
     mine = grouped.map(lambda i, row, payload: (i[lo:lo + share], row[lo:lo + share],
                                                 payload[lo:lo + share])).unbatch()
-    example = _example_fn(config, table, True, seed, decode)
+    example = _example_fn(config, table, True, seed, decode, plus_one)
     if layout is None:
         def element(i, row, path):
             return example(i, row, tf.io.read_file(path))
@@ -408,7 +411,7 @@ def _blank_if_undecoded(element):
 
 
 def build_dataset(data_config, split="train", is_training=True, batch_size=1,
-                  input_context=None, skip_bad_records=None, repeat=None):
+                  input_context=None, skip_bad_records=None, repeat=None, plus_one=False):
     """The batched input pipeline of `split`; returns (tf.data.Dataset, BadRecordReport).
 
     `batch_size` is the batch of the returned dataset: under a `tf.distribute` strategy that
@@ -419,6 +422,8 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     full batches (static batch size); evaluation keeps images without boxes and the last
     partial batch. The
     report lists skipped records by id and the counts of the documented filters.
+    `plus_one` (`model.plus_one`) gives `gt_boxes` in the authors' "+1" pixels (see
+    `transforms.scale_boxes`); records and evaluation ground truth stay continuous.
     """
     config = data_config
     records, report, layout = load_records(config, split, is_training, skip_bad_records)
@@ -436,13 +441,13 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     several = len(buckets_lib.bucket_shapes(config, is_training)) > 1
     if several and is_training and repeat:
         data = _bucketed_training(config, table, records, layout, int(batch_size),
-                                  input_context, parallel, decode)
+                                  input_context, parallel, decode, bool(plus_one))
     else:
         if layout is None:
             data = _file_rows(table, is_training, repeat, seed, pipelines)
         else:
             data = _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines)
-        example = _example_fn(config, table, is_training, seed, decode)
+        example = _example_fn(config, table, is_training, seed, decode, bool(plus_one))
         data = data.enumerate().map(lambda i, pair: example(i, pair[0], pair[1]),
                                     num_parallel_calls=parallel,
                                     deterministic=config.deterministic)

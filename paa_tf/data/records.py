@@ -306,6 +306,7 @@ def to_coco_dict(records, label_map, raw=True):
 # --- image files ------------------------------------------------------------------------
 
 _PNG_END = b"IEND\xaeB`\x82"
+_EXIF_ORIENTATION = 0x0112
 
 
 def _image_format(head):
@@ -327,8 +328,9 @@ def image_problem(source, expected_hw=None, level="header"):
 
     `source` is a file path or the encoded bytes. `level`: 'header' reads the header and the
     end marker (a truncated JPEG/PNG lacks it) and decodes only files without one; 'full'
-    decodes every image with PIL; 'none' checks nothing. Sizes are those of the stored pixels:
-    EXIF orientation is ignored here as in `tf.io.decode_image` (and in COCO's annotations).
+    decodes every image with PIL; 'none' checks nothing. Sizes are as a viewer shows the image:
+    a JPEG's EXIF orientation 5-8 swaps the stored height and width, as decoding does
+    (`paa_tf.data.exif`).
     """
     if level == "none":
         return None, expected_hw
@@ -363,6 +365,8 @@ def image_problem(source, expected_hw=None, level="header"):
     try:
         with Image.open(opener()) as image:
             width, height = image.size
+            if kind == "jpeg" and image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width  # shown turned by 90 degrees
             if level == "full" or not complete:
                 image.load()
     except Exception as error:  # PIL raises many types for corrupt data

@@ -274,6 +274,8 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
     if checkpoint:
         from paa_tf.modeling.weights import load_backbone_weights
 
-        model.backbone_load_report = load_backbone_weights(backbone, checkpoint)
+        model.backbone_load_report = load_backbone_weights(
+            backbone, checkpoint,
+            allow_partial=getattr(model_cfg, "backbone_checkpoint_partial", False))
         LOGGER.info("%s", model.backbone_load_report.summary())
     return model
