@@ -222,3 +222,19 @@ def test_an_undecodable_image_stays_a_blank_element_of_its_bucketed_batch(tmp_pa
         assert b["image"][i].any() != bad  # blank image instead of the undecodable one
         assert (b["gt_classes"][i] >= 0).any() != bad  # and no boxes: negatives only
     assert report.skipped_ids == [11] and report.num_skipped == 1
+
+
+def test_coco_configs_use_the_buckets_and_the_quickstart_its_square():
+    import pathlib
+
+    from paa_tf import config as config_lib
+
+    configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    coco = sorted(configs.glob("paa_*coco*.yaml"))
+    assert len(coco) >= 3
+    for path in coco:
+        data = config_lib.load_config(path).data
+        assert data.buckets == "orientation", path.name
+        assert (896, 1408) in buckets.bucket_shapes(data, is_training=False), path.name
+    quickstart = config_lib.load_config(configs / "quickstart.yaml").data
+    assert buckets.bucket_shapes(quickstart, True) == [(256, 256)]
