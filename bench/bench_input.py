@@ -6,10 +6,10 @@ For each input size (the R50 setting 800/1333 in a 1408x1408 bucket, and the qui
   pipeline    : paa_tf.data.pipeline.build_dataset(..., is_training=True): decode, multi-scale
                 resize, flip, normalise, pad, GT padding, batching
   tfrecord    : the same pipeline reading TFRecords written by paa_make_tfrecord
-and prints images/s and the ratio pipeline / decode-only. Each pipeline row is timed twice,
-alternating: with the per-record decode check (`transforms.try_decode_image`, which names or
-skips images whose data is corrupt behind a valid header) and with a plain decode that fails the
-whole iterator on such an image, as before the check; it prints the ratio checked / plain.
+and prints images/s and the ratio pipeline / decode-only. It also times the load-time image
+check (`pipeline.load_records`) at `data.verify_images` 'header' and 'decode' (the default,
+which decodes every image with TensorFlow to find data corrupt behind a valid header),
+alternating, and prints the milliseconds per image of each.
 
     .venv/bin/python bench/bench_input.py [--images N] [--coco_root ../shared/data/coco_mini]
 
@@ -17,6 +17,7 @@ Without the real COCO excerpt it generates 640x480 JPEGs (noise + shapes) in a t
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -32,14 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from paa_tf.cli import make_tfrecord  # noqa: E402
 from paa_tf.config import DataConfig  # noqa: E402
-from paa_tf.data import pipeline, transforms  # noqa: E402
-
-CHECKED_DECODE = transforms.try_decode_image
-
-
-def plain_decode(encoded):
-    """The decode before the per-record check: an error fails the iterator."""
-    return transforms.decode_image(encoded), tf.constant(True)
+from paa_tf.data import pipeline  # noqa: E402
 
 
 def generated_coco(folder, count=64):
@@ -115,6 +109,18 @@ def main():
     base, base_cpu = rate(lambda: decode_only(paths), args.images, 8, args.repeats)
     print(f"{'decode-only (read + decode_jpeg)':42s} {base:6.1f} images/s "
           f"({base_cpu:5.1f} CPU ms/image)")
+    files = DataConfig(format="coco", train_images=image_dir, train_annotations=annotations,
+                       max_instances=100)
+    load = {"header": [], "decode": []}
+    for order in (("header", "decode"), ("decode", "header")) * args.repeats:
+        for level in order:
+            start = time.perf_counter()
+            records, _, _ = pipeline.load_records(
+                dataclasses.replace(files, verify_images=level), "train")
+            load[level].append(1000 * (time.perf_counter() - start) / len(records))
+    print(f"{'load-time check, header / decode':42s} "
+          + " / ".join(f"{np.median(load[k]):5.2f}" for k in ("header", "decode"))
+          + " ms per image (median wall time, 8 threads)")
     settings = [("800/1333 in 1408x1408, batch 2", dict(min_size=(800,), max_size=1333,
                                                        image_size=(1408, 1408)), 2),
                 ("quickstart 256x256, batch 8", dict(min_size=(256,), max_size=256,
@@ -125,24 +131,12 @@ def main():
         shards = DataConfig(format="tfrecord", max_instances=100,
                             train_tfrecords=os.path.join(tmp, "tf", "train-*"), **sizes)
         for source, config in (("files", files), ("tfrecord", shards)):
-            figures = {"checked": [], "plain": []}
-            for order in (("checked", "plain"), ("plain", "checked")) * args.repeats:
-                for variant in order:
-                    transforms.try_decode_image = (CHECKED_DECODE if variant == "checked"
-                                                   else plain_decode)
-                    figures[variant].append(rate(
-                        lambda c=config, b=batch_size: pipeline.build_dataset(
-                            c, "train", True, b)[0], args.images, batch_size, 1))
-            transforms.try_decode_image = CHECKED_DECODE
-            for variant in ("plain", "checked"):
-                images_s, cpu_ms = np.median(np.array(figures[variant]), axis=0)
-                print(f"{name + ', ' + source + ', ' + variant:51s} {images_s:6.1f} images/s "
-                      f"({cpu_ms:5.1f} CPU ms/image) | / decode-only: {images_s / base:.2f} in "
-                      f"images/s, {cpu_ms / base_cpu:.1f}x the CPU")
-            ratios = np.array(figures["checked"]) / np.array(figures["plain"])
-            print(f"{'':51s} checked / plain, pair by pair: images/s "
-                  f"{np.round(ratios[:, 0], 2).tolist()}, CPU {np.round(ratios[:, 1], 2).tolist()}")
-
+            images_s, cpu_ms = rate(
+                lambda c=config, b=batch_size: pipeline.build_dataset(c, "train", True, b)[0],
+                args.images, batch_size, args.repeats)
+            print(f"{name + ', ' + source:42s} {images_s:6.1f} images/s ({cpu_ms:5.1f} CPU "
+                  f"ms/image) | pipeline / decode-only: {images_s / base:.2f} in images/s, "
+                  f"{cpu_ms / base_cpu:.1f}x the CPU")
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,9 @@ Defaults are the project defaults of the spec's first table (authors' code,
 
 import dataclasses
 import difflib
+import math
 import pathlib
+import re
 import typing
 from typing import Optional, Tuple
 
@@ -21,6 +23,24 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be applied."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading exponent numbers as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so `1e-3`,
+    `1e4` and `5.0e3` load as strings; written that way in every reference config.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _yaml_load(text):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 @dataclasses.dataclass
@@ -48,11 +68,13 @@ class DataConfig:
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
     pixel_std: Tuple[float, ...] = (58.395, 57.12, 57.375)
     skip_bad_records: bool = False  # skip, count and report bad records instead of failing
-    deterministic: bool = False
+    deterministic: bool = False  # training batches in a fixed order (evaluation always is)
     shuffle_buffer: int = 1000
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
     seed: int = 0
-    verify_images: str = "header"  # image check at load: 'none' | 'header' (+end marker) | 'full'
+    # Image check at load: 'none' | 'header' (+ end marker) | 'decode' (+ TensorFlow decode,
+    # finds data corrupt behind a valid header) | 'full' (+ PIL decode).
+    verify_images: str = "decode"
     box_tolerance: float = 2.0  # px a box may cross the image border (clipped); more is bad
     voc_keep_difficult: bool = False  # train on VOC 'difficult' objects instead of as crowd
 
@@ -218,11 +240,6 @@ def _coerce(value, annotation, key):
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-5' (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
         raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
     if annotation is str:
         if isinstance(value, str):
@@ -270,7 +287,7 @@ def _load_yaml(path, seen=()):
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if not isinstance(content, dict):
@@ -312,7 +329,7 @@ def parse_overrides(overrides):
                 raise ConfigError(f"override '{assignment}' must look like section.key=value")
             key, raw = assignment.split("=", 1)
             try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
+                value = _yaml_load(raw) if raw.strip() else ""
             except yaml.YAMLError:
                 value = raw
             node = nested
@@ -380,6 +397,59 @@ _POSITIVE = ("data.max_instances", "model.num_classes", "model.fpn_channels",
              "train.total_steps", "train.checkpoint_every", "train.log_every", "eval.batch_size",
              "eval.pre_nms_topk", "eval.max_detections")
 
+# Real-valued settings and their valid interval ('(' / ')' exclude the bound); every float
+# setting must be finite besides.
+_INTERVALS = {
+    "data.flip_prob": "[0, 1]", "data.box_tolerance": "[0, inf)", "data.pixel_std": "(0, inf)",
+    "model.prior_prob": "(0, 1)", "model.octave_base_scale": "(0, inf)",
+    "model.box_weights": "(0, inf)",
+    "assign.candidate_iou": "[0, 1]", "assign.score_lambda": "[0, inf)",
+    "assign.fsr_threshold": "[0, 1]", "assign.iou_positive": "[0, 1]",
+    "assign.iou_negative": "[0, 1]", "assign.focal_alpha": "[0, 1]",
+    "assign.focal_gamma": "[0, inf)",
+    "loss.focal_alpha": "[0, 1]", "loss.focal_gamma": "[0, inf)", "loss.reg_weight": "[0, inf)",
+    "loss.iou_weight": "[0, inf)",
+    "train.base_lr": "(0, inf)", "train.momentum": "[0, 1)", "train.weight_decay": "[0, inf)",
+    "train.bias_lr_factor": "(0, inf)", "train.bias_weight_decay": "[0, inf)",
+    "train.warmup_factor": "(0, 1]", "train.lr_decay": "(0, 1]",
+    "eval.score_threshold": "[0, 1]", "eval.nms_iou": "(0, 1]", "eval.voting_sigma": "(0, inf)",
+    "eval.voting_iou": "[0, 1]",
+}
+
+
+def _in_interval(value, interval):
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def _describe(interval):
+    """'(0, inf)' -> 'greater than 0', '[0, 1)' -> 'at least 0 and less than 1', ..."""
+    low, high = (bound.strip() for bound in interval[1:-1].split(","))
+    parts = [f"at least {low}" if interval[0] == "[" else f"greater than {low}"]
+    if high != "inf":
+        parts.append(f"at most {high}" if interval[-1] == "]" else f"less than {high}")
+    return " and ".join(parts)
+
+
+def _check_numbers(config):
+    """Every float setting finite, and each of `_INTERVALS` inside its interval."""
+    for section in dataclasses.fields(config):
+        part = getattr(config, section.name)
+        for field in dataclasses.fields(part):
+            key = f"{section.name}.{field.name}"
+            value = getattr(part, field.name)
+            values = value if isinstance(value, tuple) else (value,)
+            numbers = [v for v in values if isinstance(v, float)]
+            if any(not math.isfinite(v) for v in numbers):
+                raise ConfigError(f"config key '{key}' is {value}; it must be a finite number")
+            interval = _INTERVALS.get(key)
+            if interval and not all(_in_interval(float(v), interval) for v in values):
+                raise ConfigError(f"config key '{key}' is {value}; it must be "
+                                  f"{_describe(interval)}")
+
+
 _CHOICES = {
     "data.format": ("coco", "voc", "tfrecord"),
     "data.buckets": ("square", "orientation"),
@@ -413,6 +483,14 @@ def validate(config):
         value = getattr(getattr(config, section), name)
         if value < 1:
             raise ConfigError(f"config key '{key}' is {value}; it must be at least 1")
+    _check_numbers(config)
+    for key in ("train.warmup_steps", "eval.tta_scales", "data.min_size", "data.max_size"):
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if any(v < (0 if key == "train.warmup_steps" else 1)
+               for v in (value if isinstance(value, tuple) else (value,))):
+            raise ConfigError(f"config key '{key}' is {value}; it must not be "
+                              f"{'negative' if key == 'train.warmup_steps' else 'below 1'}")
     size = config.data.image_size
     if len(size) != 2 or any(s <= 0 or s % 128 for s in size):
         raise ConfigError(f"config key 'data.image_size' is {size}; give [H, W], each a positive "

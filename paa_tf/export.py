@@ -29,13 +29,14 @@ import dataclasses
 import os
 import re
 import shutil
+import sys
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from paa_tf import checkpoints, postprocess, serving_preprocess
 from paa_tf import config as config_lib
-from paa_tf import postprocess, serving_preprocess
 from paa_tf.data import buckets as buckets_lib
 from paa_tf.data import label_map as label_map_lib
 
@@ -170,7 +171,7 @@ def restore_model(config, checkpoint, image_size):
     """A `PAADetector` for the padded input `image_size` with `checkpoint`'s weights.
 
     The backbone's pretrained file is not read (the checkpoint holds every weight).
-    Raises ValueError when the checkpoint does not hold the model's variables.
+    Raises ValueError when the checkpoint is damaged or does not hold the model's variables.
     """
     from paa_tf.modeling.detector import build_detector
 
@@ -181,13 +182,37 @@ def restore_model(config, checkpoint, image_size):
         status = tf.train.Checkpoint(model=model).restore(checkpoint)
         status.expect_partial()  # optimizer slots and the step counter are not needed
         status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
+    # A damaged file surfaces as an IndexError, OpError, ValueError... depending on where the
+    # reader trips; a checkpoint of another model as an AssertionError.
+    except Exception as error:  # noqa: BLE001
         raise ValueError(f"checkpoint {checkpoint} does not match the model built from the "
                          f"config (backbone {config.model.backbone}, {config.model.num_classes} "
-                         f"classes): {str(error)[:300]}; export with the config.yaml of the run "
-                         "that wrote the checkpoint and the model code it was trained with") \
-            from None
+                         f"classes) or is damaged: {type(error).__name__}: {str(error)[:300]}. "
+                         "Use the config.yaml of the run that wrote the checkpoint and the "
+                         "model code it was trained with") from None
     return model
+
+
+def restore_newest_model(config, model_dir, image_size):
+    """(model, checkpoint path) from the newest readable checkpoint of `model_dir`.
+
+    Like a resumed training run: a checkpoint that cannot be restored is skipped with a
+    warning and the next older one is tried. Raises ValueError when none is left.
+    """
+    candidates = checkpoints.find_checkpoints(model_dir)
+    if not candidates:
+        raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
+    problems = []
+    for index, path in enumerate(candidates):
+        try:
+            return restore_model(config, path, image_size), path
+        except ValueError as error:
+            problems.append(str(error))
+            older = candidates[index + 1] if index + 1 < len(candidates) else "none left"
+            print(f"WARNING: checkpoint {path} cannot be restored; falling back to {older}",
+                  file=sys.stderr, flush=True)
+    raise ValueError(f"none of the checkpoints in {model_dir} can be restored; the newest: "
+                     f"{problems[0]}")
 
 
 def save_exported(module, export_dir, version, assets=(), overwrite=False):
@@ -251,8 +276,7 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
         raise ValueError(f"{label_map_path} has {label_map.num_classes} classes but the model "
                          f"predicts {config.model.num_classes} (model.num_classes in "
                          f"{config_path}); export the label map the model was trained with")
-    checkpoint = checkpoint or tf.train.latest_checkpoint(model_dir)
-    if not checkpoint:
+    if not checkpoint and not checkpoints.find_checkpoints(model_dir):  # before the slow part
         raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
     version = config.export.version if version is None else int(version)
     target = os.path.join(os.fspath(export_dir), str(version))
@@ -265,7 +289,10 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
         config, export=dataclasses.replace(config.export, score_voting=voting),
         eval=dataclasses.replace(config.eval, score_voting=voting))
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
-    model = restore_model(config, checkpoint, preprocess.image_size)
+    if checkpoint:
+        model = restore_model(config, checkpoint, preprocess.image_size)
+    else:
+        model, checkpoint = restore_newest_model(config, model_dir, preprocess.image_size)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
     module = ExportedDetector(model, preprocess, params, label_map,
                               shapes=buckets_lib.bucket_shapes(config.data, is_training=False))
@@ -365,8 +392,7 @@ def encoded_eval_dataset(data_config, batch_size, images_dir=None, annotations=N
 
     The records (COCO, VOC or TFRecord `val` split) are read and validated as by
     `paa_tf.data.pipeline.load_records`; each batch holds `encoded` tf.string [B],
-    `source_id` int64 [B] and `original_size` int32 [B, 2] (height, width of the image);
-    image data that does not decode is named or skipped (`pipeline.encoded_dataset`).
+    `source_id` int64 [B] and `original_size` int32 [B, 2] (height, width of the file).
     `images_dir`/`annotations` replace `data.val_images`/`data.val_annotations`.
     Returns (dataset, BadRecordReport).
     """
@@ -376,7 +402,26 @@ def encoded_eval_dataset(data_config, batch_size, images_dir=None, annotations=N
                if v}
     data_config = dataclasses.replace(data_config, **replace)
     records, report, layout = pipeline.load_records(data_config, "val", is_training=False)
-    data = pipeline.encoded_dataset(data_config, records, report, layout)
+    source_ids = np.array([r.image_id for r in records], np.int64)
+    if layout is None:
+        paths = np.array([r.path for r in records], object).astype(str)
+        data = tf.data.Dataset.from_tensor_slices((paths, source_ids)).map(
+            lambda p, i: (tf.io.read_file(p), i))
+    else:
+        files, counts = layout
+        row_of = np.full(max(int(np.sum(counts)), 1), -1, np.int64)
+        row_of[[r.tfrecord_index for r in records]] = np.arange(len(records))
+        row_of, ids = tf.constant(row_of), tf.constant(source_ids)
+        spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
+        shards = tf.data.Dataset.from_tensor_slices((list(files), np.array(counts, np.int64)))
+        data = (shards.flat_map(lambda f, n: tf.data.TFRecordDataset(f).take(n)).enumerate()
+                .map(lambda index, s: (row_of[index], s)).filter(lambda row, s: row >= 0)
+                .map(lambda row, s: (tf.io.parse_single_example(s, spec)["image/encoded"],
+                                     ids[row])))
+    data = data.map(lambda encoded, i: {
+        "encoded": encoded, "source_id": i,
+        "original_size": serving_preprocess.encoded_image_size(encoded)},
+        num_parallel_calls=tf.data.AUTOTUNE)
     if buckets_lib.mode_of(data_config) == "orientation":
         # Batches of one orientation, so test-time views run on its bucket, not the canvas.
         data = data.group_by_window(

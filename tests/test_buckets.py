@@ -204,7 +204,7 @@ def test_mixed_precision_bucketed_steps_are_finite(tmp_path):
         tf_keras.mixed_precision.set_global_policy("float32")
 
 
-def test_an_undecodable_image_stays_a_blank_element_of_its_bucketed_batch(tmp_path):
+def test_a_skipped_corrupt_image_leaves_the_bucketed_batches_full(tmp_path):
     from tests.test_data_bad_input import coco_config
     from tests.test_data_corrupt_images import corrupt_image_1
 
@@ -214,13 +214,7 @@ def test_an_undecodable_image_stays_a_blank_element_of_its_bucketed_batch(tmp_pa
                                              skip_bad_records=True)
     batches = numpy_batches(dataset, 6)
     assert all(b["image"].shape == (2, 128, 256, 3) for b in batches)
-    elements = [(b, i) for b in batches for i in range(2)]
-    blank = [(b, i) for b, i in elements if b["source_id"][i] == 11]
-    assert blank and len(blank) < len(elements)
-    for b, i in elements:
-        bad = b["source_id"][i] == 11
-        assert b["image"][i].any() != bad  # blank image instead of the undecodable one
-        assert (b["gt_classes"][i] >= 0).any() != bad  # and no boxes: negatives only
+    assert {int(i) for b in batches for i in b["source_id"]} == {10, 12}
     assert report.skipped_ids == [11] and report.num_skipped == 1
 
 

@@ -1,10 +1,11 @@
 """Image data corrupt behind valid markers is named, skipped and counted, never a bare crash.
 
 A JPEG whose Huffman table is broken and a PNG whose IDAT data is scrambled both keep a valid
-header and end marker, so the load-time header check passes them; TensorFlow's decoder fails
-on them. Before the fix training died at its first step with `jpeg::Uncompress failed` /
-`Invalid PNG data`, naming no file, even with `data.skip_bad_records=true`, and
-`paa_make_tfrecord` wrote such records.
+header and end marker, so the header check passes them; TensorFlow's decoder fails on them.
+Before the fix training died at its first step with `jpeg::Uncompress failed` / `Invalid PNG
+data`, naming no file, even with `data.skip_bad_records=true`, and `paa_make_tfrecord` wrote
+such records. Now every image is decoded by TensorFlow when the records are loaded
+(`data.verify_images: decode`, the default).
 """
 
 import io
@@ -65,26 +66,25 @@ def test_the_corrupt_files_pass_the_header_check_and_fail_to_decode(kind):
 
 
 @pytest.mark.parametrize("kind", sorted(CORRUPT))
-def test_corrupt_image_data_is_named_without_skipping(tmp_path, kind):
+@pytest.mark.parametrize("split,is_training", [("train", True), ("val", False)])
+def test_corrupt_image_data_is_named_without_skipping(tmp_path, kind, split, is_training):
     config, name = corrupt_image_1(tmp_path, kind)
-    dataset, _ = pipeline.build_dataset(config, "val", is_training=False, batch_size=2,
-                                        repeat=False)
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=rf"(?s)image id 11 \({name}\) in .*instances.json: image data is "
-                             rf"corrupt.*images/{name}.*skip_bad_records=true"):
-        list(dataset)
+    with pytest.raises(BadRecordError,
+                       match=rf"(?s)image id 11 \({name}\): image data is corrupt behind a valid "
+                             rf"header: TensorFlow cannot decode it.*images/{name}.*"
+                             r"skip_bad_records=true"):
+        pipeline.build_dataset(config, split, is_training=is_training, batch_size=2)
 
 
 @pytest.mark.parametrize("kind", sorted(CORRUPT))
-def test_corrupt_image_data_is_skipped_and_counted(tmp_path, kind, capfd):
+def test_corrupt_image_data_is_skipped_and_counted(tmp_path, kind):
     config, name = corrupt_image_1(tmp_path, kind)
     ids, report = source_ids(config, skip_bad_records=True)
     assert ids == [10, 12]
     assert report.skipped_ids == [11] and report.num_skipped == 1
     assert f"skipped image id 11 ({name}): image data is corrupt" in report.summary()
     assert f"images/{name}" in report.summary()
-    assert f"image id 11 ({name})" in capfd.readouterr().err  # warned when it happened
-    # Training (shuffled, repeated) goes on over the other images; counted once.
+    # Training (shuffled, repeated) goes on over the other images.
     dataset, report = pipeline.build_dataset(config, "train", is_training=True, batch_size=2,
                                              skip_bad_records=True)
     seen = {int(i) for batch in dataset.take(6) for i in batch["source_id"].numpy()}
@@ -101,16 +101,17 @@ def test_corrupt_image_in_a_tfrecord_is_named_or_skipped(tmp_path):
     items, label_map = coco.read_coco(config.val_annotations, config.val_images, report)
     tfrecord.write_tfrecords(items, str(tmp_path / "tf" / "data"), 1, label_map)  # unchecked
     config = coco_config(tmp_path, format="tfrecord", val_tfrecords=str(tmp_path / "tf" / "*"))
-    dataset, _ = pipeline.build_dataset(config, "val", is_training=False, batch_size=2)
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=rf"image id 11 \({name}\) in .*data-00000-of-00001.tfrecord "
-                             r"record 1: image data is corrupt"):
-        list(dataset)
+    with pytest.raises(BadRecordError,
+                       match=r"image id 11 \(.*data-00000-of-00001.tfrecord record 1\): image "
+                             r"data is corrupt"):
+        pipeline.build_dataset(config, "val", is_training=False, batch_size=2)
     ids, report = source_ids(config, skip_bad_records=True)
     assert ids == [10, 12] and report.skipped_ids == [11]
 
 
 def test_make_tfrecord_decodes_every_image_before_writing(tmp_path):
+    from absl import app
+
     from paa_tf.cli import make_tfrecord
 
     config, name = corrupt_image_1(tmp_path, "png")
@@ -118,6 +119,9 @@ def test_make_tfrecord_decodes_every_image_before_writing(tmp_path):
     with pytest.raises(BadRecordError, match=rf"(?s)image id 11 \({name}\).*corrupt.*{name}"):
         make_tfrecord.convert("coco", prefix, 1, annotations=config.val_annotations,
                               images=config.val_images)
+    with pytest.raises(app.UsageError, match="choose decode or full"):
+        make_tfrecord.convert("coco", prefix, 1, annotations=config.val_annotations,
+                              images=config.val_images, verify_images="header")
     paths, report = make_tfrecord.convert("coco", prefix, 1, annotations=config.val_annotations,
                                           images=config.val_images, skip_bad_records=True)
     assert report.skipped_ids == [11] and report.num_images == 2
@@ -129,9 +133,8 @@ def test_evaluation_of_undecoded_images_names_or_skips_corrupt_data(tmp_path):
     from paa_tf import export
 
     config, name = corrupt_image_1(tmp_path, "jpeg")
-    dataset, _ = export.encoded_eval_dataset(config, batch_size=2)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image id 11 \({name}\)"):
-        list(dataset)
+    with pytest.raises(BadRecordError, match=rf"image id 11 \({name}\)"):
+        export.encoded_eval_dataset(config, batch_size=2)
     dataset, report = export.encoded_eval_dataset(
         coco_config(tmp_path, skip_bad_records=True), batch_size=2)
     ids = sorted(int(i) for batch in dataset for i in batch["source_id"].numpy())

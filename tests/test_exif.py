@@ -115,3 +115,16 @@ def test_rotated_phone_photo_keeps_its_box_in_training_and_evaluation(tmp_path, 
     image = batch["image"][0].numpy()
     assert image[y1 + 3:y2 - 3, x1 + 3:x2 - 3].min() > 200  # the white square is in the box
     assert image[:80, :, :].max() < 80  # and nowhere above it
+
+
+def test_annotation_made_on_the_stored_pixels_is_named_with_the_fix(tmp_path):
+    """An annotation tool that ignored the tag gives the stored size: refused, and the message
+    says how to keep those boxes (clear the tag)."""
+    config = phone_photo_dataset(tmp_path)
+    path = tmp_path / "instances.json"
+    path.write_text(path.read_text().replace('"width": 80, "height": 140',
+                                             '"width": 140, "height": 80'))
+    with pytest.raises(records.BadRecordError, match=r"(?s)image id 5 \(phone.jpg\): image is "
+                                                     r"80x140 \(WxH\) as shown \(EXIF "
+                                                     r"orientation 6.*Orientation=1"):
+        pipeline.build_dataset(config, "val", is_training=False, batch_size=1)

@@ -1,12 +1,12 @@
 """One `tf.data` pipeline for COCO, VOC and TFRecord data: `build_dataset`.
 
-Load time (Python): the reader builds the record list, every image is checked (header and end
-marker, see `records.image_problem`), boxes are validated and filtered (spec §6, see
-`records`), and bad records raise a `BadRecordError` or, with `skip_bad_records`, are skipped
-and listed in the returned `BadRecordReport`. Only image data corrupt behind a valid header
-(a broken Huffman table, scrambled PNG data) passes the header check; decoding finds it in the
-graph (`decode_checked`), which names the record and fails, or skips it and logs it into the
-same report (`BadRecordReport.decode_log`).
+Load time (Python): the reader builds the record list, every image is checked (header, end
+marker and, by default, a TensorFlow decode: see `records.image_problem`), boxes are validated
+and filtered (spec §6, see `records`), and bad records raise a `BadRecordError` or, with
+`skip_bad_records`, are skipped and listed in the returned `BadRecordReport`. Nothing bad
+reaches TensorFlow's pipeline: a decode failure inside `tf.data` would stop the iterator without
+naming the record (and cannot be caught per element there while the iterator stays
+checkpointable), so the load-time decode is the default.
 
 Graph (per image): read/parse bytes -> decode (JPEG/PNG/...) -> resize (shorter side S, longer
 <= L, fits the bucket) and normalise (mean/std, RGB 0-255) -> flip (training) -> pad to the
@@ -26,12 +26,11 @@ H and W are static per batch but not in the dataset's element_spec. Batched elem
 
 Randomness (flip, multi-scale S) is stateless, keyed on (seed, replica, element counter), so
 it does not depend on the parallel map's scheduling; `deterministic` fixes the order as well.
+Evaluation always keeps the record order: which images `max_batches` covers, and the order of
+the results file, must not depend on which decode finished first.
 """
 
 import dataclasses
-import os
-import sys
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -45,7 +44,7 @@ from paa_tf.data import transforms
 from paa_tf.data import voc as voc_lib
 from paa_tf.data.label_map import load_label_map  # noqa: F401  (public API of this module)
 
-_DEFAULTS = {"verify_images": "header", "box_tolerance": 2.0, "voc_keep_difficult": False}
+_DEFAULTS = {"verify_images": "decode", "box_tolerance": 2.0, "voc_keep_difficult": False}
 
 
 def _get(config, name):
@@ -79,19 +78,13 @@ def dataset_label_map(config):
     raise ValueError(f"data.format is {config.format!r}; choose 'coco', 'voc' or 'tfrecord'")
 
 
-def label_map_file(config, model_dir=None):
-    """Path of a label map JSON file for the data (to copy beside a trained model).
-
-    `data.label_map` when set; otherwise the label map derived from the source is written to
-    a fresh temporary file (each worker its own, so nothing is written into `model_dir`).
+def run_label_map(config):
+    """The LabelMap a trained model is saved with (`label_map.json` beside its checkpoints):
+    `data.label_map` when set (validated here, early), else the one derived from the source.
     """
-    del model_dir  # the trainer copies the file there (chief only)
     if config.label_map:
-        label_map_lib.load_label_map(config.label_map)  # validates it early
-        return config.label_map
-    folder = tempfile.mkdtemp(prefix="paa_label_map_")
-    return label_map_lib.write_label_map(dataset_label_map(config),
-                                         os.path.join(folder, label_map_lib.LABEL_MAP_FILENAME))
+        return label_map_lib.load_label_map(config.label_map)
+    return dataset_label_map(config)
 
 
 def load_records(config, split="train", is_training=True, skip_bad_records=None):
@@ -149,7 +142,6 @@ class _Table:
     boxes: np.ndarray
     classes: np.ndarray
     paths: np.ndarray
-    descriptions: np.ndarray  # "image id N (name) in source" for error messages
     portrait: np.ndarray  # int32 [N], 1 where the record's height > width (bucket choice)
 
     @classmethod
@@ -162,46 +154,7 @@ class _Table:
                    boxes=np.concatenate([r.boxes.reshape(-1, 4) for r in records]).astype(
                        np.float32).reshape(-1, 4),
                    classes=np.concatenate([r.classes for r in records]).astype(np.int32),
-                   paths=np.array([r.path or "" for r in records], object),
-                   descriptions=np.array([r.describe() for r in records], object))
-
-
-def decode_checked(records, table, report, skip_bad_records):
-    """`fn(row, encoded) -> (uint8 [h, w, 3], ok bool [])` decoding the image of one record.
-
-    Image data corrupt behind a valid header (found only when decoding) fails with an
-    InvalidArgumentError naming the record and how to fix it, or, with `skip_bad_records`,
-    gives ok=False (filter those elements out): a warning naming the record goes to stderr
-    and the row to `report.decode_log`, so the report counts and lists it.
-    """
-    descriptions = tf.constant(table.descriptions.astype(str))
-    places = tf.constant([r.path or r.source for r in records])
-    if skip_bad_records and report.decode_log is None:
-        report.decode_log = records_lib.DecodeFailureLog(records)
-
-    def fn(row, encoded):
-        image, ok = transforms.try_decode_image(encoded)
-        if not skip_bad_records:
-            message = tf.strings.join([
-                descriptions[row], ": image data is corrupt behind a valid header, TensorFlow "
-                "cannot decode it (", places[row], "). Replace or re-encode the file, or set "
-                "data.skip_bad_records=true to skip, count and report such records "
-                "(data.verify_images=full finds them all before training)."])
-            with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
-                return tf.identity(image), ok
-
-        def note():
-            logged = tf.print(row, output_stream=f"file://{report.decode_log.path}")
-            warned = tf.print(f"WARNING: data '{report.split}': skipped", descriptions[row],
-                              "(image data is corrupt behind a valid header, TensorFlow cannot "
-                              "decode it:", places[row], "); counted in the bad record report",
-                              output_stream=sys.stderr)
-            with tf.control_dependencies([logged, warned]):
-                return tf.constant(False)
-
-        return image, tf.cond(ok, lambda: tf.constant(True), note)
-
-    return fn
+                   paths=np.array([r.path or "" for r in records], object))
 
 
 def _shorter_side(seed, counter, sizes, is_training):
@@ -225,9 +178,8 @@ def _bucket_fn(config, table, is_training, seed):
         portrait[row], _shorter_side(seed, counter, sizes, is_training) - min(sizes)]
 
 
-def _example_fn(config, table, is_training, seed, decode, plus_one):
+def _example_fn(config, table, is_training, seed, plus_one):
     """(counter, row, encoded bytes) -> element dict (unbatched), padded to its bucket;
-    `decode` is `decode_checked`'s function, its ok flag is the element's `decoded`;
     `plus_one` as in `build_dataset`."""
     shapes, _ = buckets_lib.bucket_lookup(config, is_training)
     bucket_of = _bucket_fn(config, table, is_training, seed)
@@ -237,7 +189,7 @@ def _example_fn(config, table, is_training, seed, decode, plus_one):
     shape_table = tf.constant(shapes, tf.int32)
 
     def fn(counter, row, encoded):
-        image, decoded = decode(row, encoded)
+        image = transforms.decode_image(encoded)
         start, end = splits[row], splits[row + 1]
         boxes, classes = boxes_flat[start:end], classes_flat[start:end]
         key = tf.stack([tf.cast(seed, tf.int64), counter])
@@ -256,7 +208,7 @@ def _example_fn(config, table, is_training, seed, decode, plus_one):
         image = transforms.pad_image(image, image_size)
         boxes, classes = transforms.pad_instances(boxes, classes, config.max_instances)
         return {"image": image, "gt_boxes": boxes, "gt_classes": classes,
-                "image_info": image_info, "source_id": source_ids[row], "decoded": decoded}
+                "image_info": image_info, "source_id": source_ids[row]}
 
     return fn
 
@@ -312,33 +264,6 @@ def _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines
     return data.map(lambda row, s: (row, tf.io.parse_single_example(s, spec)["image/encoded"]))
 
 
-def encoded_dataset(config, records, report, layout):
-    """Undecoded images of `records` in order, for test-time augmentation and exports.
-
-    Elements: `encoded` tf.string [] (the file's bytes), `source_id` int64 [],
-    `original_size` int32 [2] (height, width of the decoded image). Each image is decoded
-    once by `decode_checked`, so corrupt data is named or skipped (`config.skip_bad_records`)
-    as in `build_dataset`. `records, report, layout` are `load_records`' results.
-    """
-    table = _Table.of(records)
-    if layout is None:
-        data = _file_rows(table, False, False, 0, (1, 0))
-    else:
-        data = _tfrecord_rows(records, layout, config, False, False, 0, (1, 0))
-    decode = decode_checked(records, table, report, config.skip_bad_records)
-    source_ids = tf.constant(table.source_ids)
-
-    def element(row, encoded):
-        image, decoded = decode(row, encoded)
-        return {"encoded": encoded, "source_id": source_ids[row],
-                "original_size": tf.shape(image)[:2], "decoded": decoded}
-
-    data = data.map(element, num_parallel_calls=tf.data.AUTOTUNE)
-    if config.skip_bad_records:
-        data = data.filter(lambda item: item["decoded"])
-    return data.map(lambda item: {k: v for k, v in item.items() if k != "decoded"})
-
-
 def _group_by_bucket(data, batch_size):
     """Batches of `batch_size` elements padded to one bucket (the last of each may be short).
 
@@ -354,7 +279,7 @@ def _group_by_bucket(data, batch_size):
 
 
 def _bucketed_training(config, table, records, layout, batch_size, input_context, parallel,
-                       decode, plus_one):
+                       plus_one):
     """Repeated training batches of one bucket each, split between the input pipelines.
 
     Every pipeline walks the same shuffled row stream (base seed), groups the rows into
@@ -379,14 +304,15 @@ def _bucketed_training(config, table, records, layout, batch_size, input_context
     else:
         rows = _tfrecord_rows(records, layout, config, True, True, seed, (1, 0))
     bucket_of = _bucket_fn(config, table, True, seed)
-    rows = rows.enumerate().map(lambda i, pair: (i, pair[0], pair[1]))
+    rows = rows.scan(tf.constant(0, tf.int64),  # the counter as in build_dataset (not enumerate)
+                     lambda count, pair: (count + 1, (count, pair[0], pair[1])))
     grouped = buckets_lib.group_into_batches(
         rows, lambda i, row, payload: bucket_of(i, row),
         len(buckets_lib.bucket_shapes(config, True)), global_batch)
     lo = pipeline_id * share
     mine = grouped.map(lambda i, row, payload: (i[lo:lo + share], row[lo:lo + share],
                                                 payload[lo:lo + share])).unbatch()
-    example = _example_fn(config, table, True, seed, decode, plus_one)
+    example = _example_fn(config, table, True, seed, plus_one)
     if layout is None:
         def element(i, row, path):
             return example(i, row, tf.io.read_file(path))
@@ -394,20 +320,7 @@ def _bucketed_training(config, table, records, layout, batch_size, input_context
         element = example
     # In order, always: a reordered element could land in a batch of another bucket's shape.
     data = mine.map(element, num_parallel_calls=parallel, deterministic=True)
-    # An image that fails to decode (skip_bad_records; logged and reported by `decode`) cannot
-    # leave its batch, or the pipelines' shares would fall out of step: it stays as a blank
-    # image without boxes (only negatives), so the batch keeps its bucket and its size.
-    data = data.map(_blank_if_undecoded)
     return data.batch(batch_size, drop_remainder=True)
-
-
-def _blank_if_undecoded(element):
-    ok = element["decoded"]
-    out = {k: v for k, v in element.items() if k != "decoded"}
-    out["image"] = tf.where(ok, out["image"], tf.zeros_like(out["image"]))
-    out["gt_boxes"] = tf.where(ok, out["gt_boxes"], -tf.ones_like(out["gt_boxes"]))
-    out["gt_classes"] = tf.where(ok, out["gt_classes"], -tf.ones_like(out["gt_classes"]))
-    return out
 
 
 def build_dataset(data_config, split="train", is_training=True, batch_size=1,
@@ -436,32 +349,38 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     seed = int(config.seed) * 1009 + replica
     table = _Table.of(records)
     parallel = tf.data.AUTOTUNE if config.num_parallel_calls < 0 else config.num_parallel_calls
-    skip = config.skip_bad_records if skip_bad_records is None else bool(skip_bad_records)
-    decode = decode_checked(records, table, report, skip)
     several = len(buckets_lib.bucket_shapes(config, is_training)) > 1
     if several and is_training and repeat:
-        data = _bucketed_training(config, table, records, layout, int(batch_size),
-                                  input_context, parallel, decode, bool(plus_one))
+        return _finish(_bucketed_training(config, table, records, layout, int(batch_size),
+                                          input_context, parallel, bool(plus_one)),
+                       bool(config.deterministic)), report
+    if layout is None:
+        data = _file_rows(table, is_training, repeat, seed, pipelines)
     else:
-        if layout is None:
-            data = _file_rows(table, is_training, repeat, seed, pipelines)
-        else:
-            data = _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines)
-        example = _example_fn(config, table, is_training, seed, decode, bool(plus_one))
-        data = data.enumerate().map(lambda i, pair: example(i, pair[0], pair[1]),
-                                    num_parallel_calls=parallel,
-                                    deterministic=config.deterministic)
-        if skip:
-            data = data.filter(lambda element: element["decoded"])
-        data = data.map(lambda element: {k: v for k, v in element.items() if k != "decoded"})
-        if several:
-            data = _group_by_bucket(data, int(batch_size))
-        else:
-            data = data.batch(int(batch_size), drop_remainder=bool(is_training and repeat))
+        data = _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines)
+    ordered = bool(config.deterministic) or not is_training
+    example = _example_fn(config, table, is_training, seed, bool(plus_one))
+    # Each element gets its index in the stream (the key of its random draws) from a scan,
+    # not from `enumerate()`: enumerate is a zip with a range, and TF 2.20's zip iterator
+    # re-saves a shuffled input's symbolic state wrongly once that state has been restored,
+    # so the second resume of a run failed at its first batch ("Expected 1 components but
+    # got 0" in IteratorGetNext). A scan keeps the counter in its own saved state.
+    data = data.scan(tf.constant(0, tf.int64),
+                     lambda count, pair: (count + 1, (count, pair[0], pair[1])))
+    data = data.map(example, num_parallel_calls=parallel, deterministic=ordered)
+    if several:
+        data = _group_by_bucket(data, int(batch_size))
+    else:
+        data = data.batch(int(batch_size), drop_remainder=bool(is_training and repeat))
+    return _finish(data, ordered), report
+
+
+def _finish(data, ordered):
+    """Prefetching and the options every pipeline of `build_dataset` shares."""
     data = data.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = bool(config.deterministic)
+    options.deterministic = ordered
     # A checkpointed iterator then stores positions, not the prefetched image batches
     # (256x256 batch 8: 39 KB instead of 9.5 MB; 1408x1408 batches are 48 MB each).
     options.experimental_symbolic_checkpoint = True
-    return data.with_options(options), report
+    return data.with_options(options)

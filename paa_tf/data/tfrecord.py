@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import records as records_lib
-from paa_tf.data import transforms
 
 _FORMATS = {b"\xff\xd8": b"jpeg", b"\x89P": b"png", b"GI": b"gif", b"BM": b"bmp",
             b"RI": b"webp"}
@@ -65,24 +64,6 @@ def make_example(record, encoded, label_map):
 
 def shard_paths(output_prefix, num_shards):
     return [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-
-
-def check_decodes(records, report, *, skip_bad_records):
-    """The records whose image file TensorFlow decodes (each fully decoded, in parallel).
-
-    The header check (`records.verify_images`) cannot see data corrupt behind a valid header;
-    such records raise a `BadRecordError` naming them, or are skipped and reported.
-    """
-    paths = [r.path for r in records]
-    decoded = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda path: transforms.try_decode_image(tf.io.read_file(path))[1],
-        num_parallel_calls=tf.data.AUTOTUNE)
-    oks = list(decoded.as_numpy_iterator()) if paths else []
-    problems = [(r.image_id, r.name, records_lib.DecodeFailureLog.REASON.format(r.path))
-                for r, ok in zip(records, oks) if not ok]
-    records_lib.raise_or_skip(problems, report, skip_bad_records,
-                              "Replace or re-encode the image files, or remove their records.")
-    return [r for r, ok in zip(records, oks) if ok]
 
 
 def write_tfrecords(records, output_prefix, num_shards, label_map):

@@ -31,23 +31,6 @@ def decode_image(encoded):
     return exif.apply_orientation(image, exif.orientation(encoded))
 
 
-def try_decode_image(encoded):
-    """`decode_image` that reports failure instead of raising: (uint8 [h, w, 3], ok bool []).
-
-    Bytes that start like an image but do not decode (a broken Huffman table, scrambled PNG
-    data) give a 1x1 black image and ok=False, so a `tf.data` map can name and skip the record
-    instead of failing the whole iterator. The decode runs in a one-element dataset whose
-    errors are dropped (`ignore_errors`), followed by the fallback; its first element is the
-    answer. (Costs about what the decode does; a `reduce` instead of `take(1)` costs 4x.)
-    """
-    attempt = tf.data.Dataset.from_tensors(encoded).map(
-        lambda data: (decode_image(data), tf.constant(True))).ignore_errors()
-    fallback = tf.data.Dataset.from_tensors((tf.zeros([1, 1, 3], tf.uint8), tf.constant(False)))
-    image, ok = attempt.concatenate(fallback).take(1).get_single_element()
-    image.set_shape([None, None, 3])
-    return image, ok
-
-
 def resize_scale(height, width, shorter_side, max_size, image_size):
     """Scale so that the shorter side becomes `shorter_side`, the longer side <= `max_size`,
     and the result fits the padded bucket `image_size` = (H, W). float32 scalar."""
