@@ -192,40 +192,51 @@ def bench_time(args):
     print(f"train: {len(shapes)} images, buckets {sorted(set(shapes))}; serve: {len(jpegs)} "
           f"JPEGs ({sum(h > w for _, (h, w) in jpegs)} portrait)")
     with tempfile.TemporaryDirectory() as root:
-        trainers = {m: build_trainer(args.data, m, batches[m][0], os.path.join(root, m))
-                    for m in MODES}
-        for mode in MODES:  # trace + compile every shape once, untimed
-            for shape in sorted(set(shapes)):
-                index = shapes.index(shape)
-                train_call(trainers[mode], batches[mode][index])
-        times = {m: [] for m in MODES}
-        for r in range(args.rounds):
-            for i in range(len(shapes)):
-                order = MODES if (r + i) % 2 == 0 else MODES[::-1]
-                for mode in order:
-                    times[mode].append(train_call(trainers[mode], batches[mode][i]))
-        anchors = {"square": anchors_per_image([tuple(trainers["square"].config.data.image_size)]),
-                   "orientation": anchors_per_image(shapes)}
-        summarise(f"training step, batch 1, {args.rounds} rounds x {len(shapes)} images",
-                  times, anchors)
-        del trainers
-
-        servings = {m: export_model(args.data, m, root) for m in MODES}
-        config = load_config(args.data, "orientation")
-        for mode in MODES:
-            for jpeg, _ in jpegs[:1] + [j for j in jpegs if j[1][0] > j[1][1]][:1]:
-                serve_call(servings[mode], jpeg)  # warm-up of each branch
-        times = {m: [] for m in MODES}
-        for r in range(args.rounds):
-            for i, (jpeg, _) in enumerate(jpegs):
-                order = MODES if (r + i) % 2 == 0 else MODES[::-1]
-                for mode in order:
-                    times[mode].append(serve_call(servings[mode], jpeg))
-        anchors = {m: anchors_per_image([serve_shape(m, size, config) for _, size in jpegs])
-                   for m in MODES}
-        summarise(f"SavedModel serving_default, 1 JPEG per request, {args.rounds} rounds x "
-                  f"{len(jpegs)} images", times, anchors)
+        if "train" in args.cases:
+            bench_train(args, batches, shapes, root)
+        if "serve" in args.cases:
+            bench_serve(args, jpegs, root)
     print(f"load average after: {os.getloadavg()}")
+
+
+def bench_train(args, batches, shapes, root):
+    """Training steps, square vs bucketed, on the same batches (see the module docstring)."""
+    trainers = {m: build_trainer(args.data, m, batches[m][0], os.path.join(root, m))
+                for m in MODES}
+    for mode in MODES:  # trace + compile every shape once, untimed
+        for shape in sorted(set(shapes)):
+            index = shapes.index(shape)
+            train_call(trainers[mode], batches[mode][index])
+    times = {m: [] for m in MODES}
+    for r in range(args.rounds):
+        for i in range(len(shapes)):
+            order = MODES if (r + i) % 2 == 0 else MODES[::-1]
+            for mode in order:
+                times[mode].append(train_call(trainers[mode], batches[mode][i]))
+    anchors = {"square": anchors_per_image([tuple(trainers["square"].config.data.image_size)]),
+               "orientation": anchors_per_image(shapes)}
+    summarise(f"training step, batch 1, {args.rounds} rounds x {len(shapes)} images",
+              times, anchors)
+    del trainers
+
+
+def bench_serve(args, jpegs, root):
+    """serving_default requests, square vs bucketed export, on the same JPEGs."""
+    servings = {m: export_model(args.data, m, root) for m in MODES}
+    config = load_config(args.data, "orientation")
+    for mode in MODES:
+        for jpeg, _ in jpegs[:1] + [j for j in jpegs if j[1][0] > j[1][1]][:1]:
+            serve_call(servings[mode], jpeg)  # warm-up of each branch
+    times = {m: [] for m in MODES}
+    for r in range(args.rounds):
+        for i, (jpeg, _) in enumerate(jpegs):
+            order = MODES if (r + i) % 2 == 0 else MODES[::-1]
+            for mode in order:
+                times[mode].append(serve_call(servings[mode], jpeg))
+    anchors = {m: anchors_per_image([serve_shape(m, size, config) for _, size in jpegs])
+               for m in MODES}
+    summarise(f"SavedModel serving_default, 1 JPEG per request, {args.rounds} rounds x "
+              f"{len(jpegs)} images", times, anchors)
 
 
 def padding_positives(data_root, count):
@@ -289,7 +300,7 @@ def bench_memory(args):
     print(machine_facts())
     print("peak RSS (ru_maxrss, MiB) of a fresh process per case: after building (trainer, or "
           "export + reload), and after the calls (training: the first compiles each bucket)")
-    for case in ("train", "serve"):
+    for case in args.cases:
         for mode in MODES:
             command = [sys.executable, os.path.abspath(__file__), "--child", f"{case}:{mode}",
                        "--data", args.data, "--train-images", str(args.train_images),
@@ -313,6 +324,8 @@ def main():
     parser.add_argument("--serve-images", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory", action="store_true", help="peak RSS, one child per case")
+    parser.add_argument("--cases", default="train,serve", type=lambda v: v.split(","),
+                        help="comma-separated: train, serve")
     parser.add_argument("--padding-positives", type=int, default=0, metavar="N",
                         help="only count PAA positives outside the bucket on N images")
     parser.add_argument("--child", help=argparse.SUPPRESS)
