@@ -140,7 +140,7 @@ def timed_step(trainer):
     """Seconds of one training step, the loss fetched (as the training loop does)."""
     step_fn = trainer._train_step_fn()  # the training loop's compiled step
     start = time.perf_counter()
-    logs = step_fn(trainer.iterator)
+    logs = step_fn(next(trainer.iterator))
     loss = float(logs["loss"])
     return time.perf_counter() - start, loss
 

@@ -60,6 +60,9 @@ class DataConfig:
     max_size: int = 1333  # longer side L after resizing
     # Padded input [H, W], multiples of 128; square so both orientations fit one static shape.
     image_size: Tuple[int, ...] = (1408, 1408)
+    # 'square': pad every image into image_size. 'orientation': pad landscape and portrait
+    # images into their own smaller buckets per scale (paa_tf/data/buckets.py, README).
+    buckets: str = "square"
     max_instances: int = 100  # GT rows per image after padding
     flip_prob: float = 0.5
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
@@ -449,6 +452,7 @@ def _check_numbers(config):
 
 _CHOICES = {
     "data.format": ("coco", "voc", "tfrecord"),
+    "data.buckets": ("square", "orientation"),
     "model.aux_head": ("iou", "centerness", "none"),
     "model.backbone_style": ("model_garden", "torchvision", "msra"),
     "model.input_channels": ("rgb", "bgr"),

@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from paa_tf import checkpoints, postprocess, serving_preprocess
 from paa_tf import config as config_lib
+from paa_tf.data import buckets as buckets_lib
 from paa_tf.data import label_map as label_map_lib
 
 INPUT_NAME = "inputs"
@@ -62,9 +63,12 @@ class ExportedDetector(tf.Module):
       preprocess: `serving_preprocess.ServingPreprocess`.
       params: `postprocess.PostprocessParams`.
       label_map: `LabelMap` (contiguous index -> dataset category id).
+      shapes: orientation buckets [(H, W), ...] inside the canvas `preprocess.image_size`
+        (`data.buckets`); each batch runs on the smallest one holding all its resized
+        images, else on the canvas. Empty: always the canvas.
     """
 
-    def __init__(self, model, preprocess, params, label_map):
+    def __init__(self, model, preprocess, params, label_map, shapes=()):
         super().__init__(name="paa_exported_detector")
         num_classes = model.config.model.num_classes
         if label_map.num_classes != num_classes:
@@ -74,7 +78,10 @@ class ExportedDetector(tf.Module):
         self._holder = _Holder(model)
         self._preprocess = preprocess
         self._params = params
-        self._level_sizes = postprocess.level_sizes_from_ids(np.asarray(model.level_ids))
+        canvas = tuple(int(v) for v in preprocess.image_size)
+        self._shapes = [tuple(int(v) for v in shape) for shape in shapes
+                        if shape[0] <= canvas[0] and shape[1] <= canvas[1]
+                        and tuple(shape) != canvas] + [canvas]
         self.model_variables = list(model.variables)
         self.class_ids = tf.constant(label_map.ids, tf.float32)
 
@@ -109,13 +116,31 @@ class ExportedDetector(tf.Module):
                        empty)
 
     def _detect(self, images, image_info):
+        """Runs the batch on the smallest shape of `self._shapes` holding its resized images.
+
+        The pre-processing pads into the canvas; cropping that to a bucket removes padding
+        only (the bucket holds every image's content). A request mixing orientations runs on
+        the canvas. Each shape is its own static-shape copy of the network in the graph.
+        """
+        if len(self._shapes) == 1:
+            return self._detect_at(images, image_info, self._shapes[0])
+        scaled = tf.cast(tf.math.ceil(image_info[:, 1, :]), tf.int32)  # [B, 2] (h, w)
+        choice = buckets_lib.smallest_holding(self._shapes, scaled[:, 0], scaled[:, 1])
+        branches = [lambda shape=shape: self._detect_at(images[:, :shape[0], :shape[1]],
+                                                        image_info, shape)
+                    for shape in self._shapes]
+        return tf.switch_case(tf.maximum(choice, 0), branches)
+
+    def _detect_at(self, images, image_info, shape):
         model = self._holder.model
-        outputs = model(images, training=False)
+        anchors, level_ids = model.anchors_for(*shape)
+        outputs = model(tf.ensure_shape(images, [None, shape[0], shape[1], 3]), training=False)
         iou_logits = outputs.get("iou_logits")
         detections = postprocess.postprocess(
             tf.cast(outputs["cls_logits"], tf.float32), tf.cast(outputs["box_deltas"], tf.float32),
             None if iou_logits is None else tf.cast(iou_logits, tf.float32),
-            model.anchors, image_info, level_sizes=self._level_sizes, params=self._params)
+            anchors, image_info, level_sizes=postprocess.level_sizes_from_ids(level_ids),
+            params=self._params)
         return to_client_outputs(detections, image_info, self.class_ids)
 
 
@@ -269,7 +294,8 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     else:
         model, checkpoint = restore_newest_model(config, model_dir, preprocess.image_size)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
-    module = ExportedDetector(model, preprocess, params, label_map)
+    module = ExportedDetector(model, preprocess, params, label_map,
+                              shapes=buckets_lib.bucket_shapes(config.data, is_training=False))
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,
@@ -396,4 +422,11 @@ def encoded_eval_dataset(data_config, batch_size, images_dir=None, annotations=N
         "encoded": encoded, "source_id": i,
         "original_size": serving_preprocess.encoded_image_size(encoded)},
         num_parallel_calls=tf.data.AUTOTUNE)
-    return data.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE), report
+    if buckets_lib.mode_of(data_config) == "orientation":
+        # Batches of one orientation, so test-time views run on its bucket, not the canvas.
+        data = data.group_by_window(
+            lambda item: tf.cast(item["original_size"][0] > item["original_size"][1], tf.int64),
+            lambda _, window: window.batch(int(batch_size)), window_size=int(batch_size))
+    else:
+        data = data.batch(int(batch_size))
+    return data.prefetch(tf.data.AUTOTUNE), report

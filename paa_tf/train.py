@@ -201,9 +201,12 @@ class Trainer:
                     lambda context: tf.nest.map_structure(
                         lambda t: t[context.replica_id_in_sync_group], batches))
 
+            # The batch is taken from the iterator outside the function: its static shape is
+            # then the batch's own bucket (data.buckets), and the step is traced once per
+            # bucket shape instead of once for the iterator's unknown [B, None, None, 3].
             @tf.function
-            def step_fn(iterator):
-                batch = replica_batch(next(iterator)) if split else next(iterator)
+            def step_fn(batch):
+                batch = replica_batch(batch) if split else batch
                 logs = strategy.run(model.train_step, args=(batch,))
                 return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                         for name, value in logs.items()}
@@ -246,7 +249,7 @@ class Trainer:
         logs = {}
         with self.writer.as_default():
             while self.step < total and (stop_after is None or self.step - start_step < stop_after):
-                raw = step_fn(self.iterator)
+                raw = step_fn(next(self.iterator))
                 step = self.step
                 # 'lr' from the model is a window mean; the exact LR is reported separately.
                 logs = {name: float(value) for name, value in raw.items() if name != "lr"}

@@ -40,8 +40,8 @@ def resize_scale(height, width, shorter_side, max_size, image_size):
     return tf.reduce_min(tf.stack([
         shorter_side / tf.minimum(height, width),
         float(max_size) / tf.maximum(height, width),
-        float(image_size[0]) / height,
-        float(image_size[1]) / width]))
+        tf.cast(image_size[0], tf.float32) / height,
+        tf.cast(image_size[1], tf.float32) / width]))
 
 
 def resize_image(image, shorter_side, max_size, image_size, pixel_mean=None, pixel_std=None):
@@ -126,11 +126,12 @@ def normalize(image, pixel_mean, pixel_std):
 def pad_image(image, image_size):
     """Zero-pad `image` [h, w, 3] (h <= H, w <= W) bottom/right to `image_size` = (H, W).
 
-    Zero is the mean colour of a normalised image. Output has the static shape [H, W, 3].
+    Zero is the mean colour of a normalised image. Output has the static shape [H, W, 3]
+    when H and W are Python ints (a bucket chosen per image passes them as tensors).
     """
     shape = tf.shape(image)
     image = tf.pad(image, [[0, image_size[0] - shape[0]], [0, image_size[1] - shape[1]], [0, 0]])
-    image.set_shape([image_size[0], image_size[1], 3])
+    image.set_shape([tf.get_static_value(image_size[0]), tf.get_static_value(image_size[1]), 3])
     return image
 
 

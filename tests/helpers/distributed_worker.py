@@ -3,6 +3,8 @@ before TensorFlow initialises, so these runs cannot share the pytest process).
 
     python distributed_worker.py mirrored OUT.json     # single device vs 2-replica Mirrored
     python distributed_worker.py multiworker OUT.json  # one worker of a TF_CONFIG cluster
+    python distributed_worker.py bucketed_mirrored OUT.json DIR     # Trainer, bucketed data
+    python distributed_worker.py bucketed_multiworker OUT.json DIR  # the same, one worker
     python distributed_worker.py mirrored_resume OUT.json  # 2-replica run resumed 3 times
 
 Writes a JSON report to OUT.json.
@@ -107,6 +109,31 @@ def run_multiworker(out_path):
         json.dump(report, f)
 
 
+def run_bucketed(strategy, out_path, folder):
+    """The Trainer on the orientation-bucketed pipeline of a tiny mixed COCO folder."""
+    import pathlib
+
+    from tests.test_buckets import bucketed_trainer, make_mixed_coco
+
+    data = make_mixed_coco(pathlib.Path(folder) / "data")
+    trainer = bucketed_trainer(pathlib.Path(folder) / "run", data,
+                               "train.total_steps=3,train.checkpoint_every=3",
+                               strategy=strategy)
+    # Every step: the replicas' batches have one shape (the bucket of the global batch).
+    shapes = []
+    probe = iter(strategy.distribute_datasets_from_function(trainer_dataset_fn(data)))
+    for _ in range(4):
+        images = strategy.experimental_local_results(next(probe)["image"])
+        shapes.append([list(image.shape) for image in images])
+    logs = trainer.train()
+    checksum = float(sum(np.sum(np.abs(w)) for w in trainer.model.get_weights()))
+    report = {"replicas": strategy.num_replicas_in_sync, "steps": trainer.step,
+              "logs": logs, "shapes": shapes, "weight_checksum": checksum,
+              "traces": trainer._step_fn.experimental_get_tracing_count()}
+    with open(out_path, "w") as f:
+        json.dump(report, f)
+
+
 def run_mirrored_resume(out_path):
     """A 2-replica run of 3 steps on the real input pipeline, straight through and as three
     runs of one step each (each resumed from the previous one's checkpoint)."""
@@ -150,7 +177,30 @@ def run_mirrored_resume(out_path):
         json.dump(report, f)
 
 
+def trainer_dataset_fn(data):
+    from paa_tf.data import pipeline
+
+    def dataset_fn(context):
+        per_replica = context.get_per_replica_batch_size(2)
+        return pipeline.build_dataset(data, "train", True, batch_size=per_replica,
+                                      input_context=context)[0]
+    return dataset_fn
+
+
+def run_bucketed_mirrored(out_path, folder):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    run_bucketed(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), out_path, folder)
+
+
+def run_bucketed_multiworker(out_path, folder):
+    run_bucketed(tf.distribute.MultiWorkerMirroredStrategy(), out_path, folder)
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     {"mirrored": run_mirrored, "multiworker": run_multiworker,
-     "mirrored_resume": run_mirrored_resume}[mode](out)
+     "bucketed_mirrored": run_bucketed_mirrored,
+     "mirrored_resume": run_mirrored_resume,
+     "bucketed_multiworker": run_bucketed_multiworker}[mode](out, *sys.argv[3:])
