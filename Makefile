@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: quickstart test lint lock clean-quickstart
 
@@ -19,7 +20,12 @@ $(STAMP): setup.cfg requirements-lock.txt
 quickstart: $(STAMP)
 	$(PY) -m paa_tf.cli.quickstart
 
-test: $(STAMP)
+# Test-only packages (PyTorch for the released-model parity tests); quickstart never needs them.
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)

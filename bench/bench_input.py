@@ -6,7 +6,10 @@ For each input size (the R50 setting 800/1333 in a 1408x1408 bucket, and the qui
   pipeline    : paa_tf.data.pipeline.build_dataset(..., is_training=True): decode, multi-scale
                 resize, flip, normalise, pad, GT padding, batching
   tfrecord    : the same pipeline reading TFRecords written by paa_make_tfrecord
-and prints images/s and the ratio pipeline / decode-only.
+and prints images/s and the ratio pipeline / decode-only. It also times the load-time image
+check (`pipeline.load_records`) at `data.verify_images` 'header' and 'decode' (the default,
+which decodes every image with TensorFlow to find data corrupt behind a valid header),
+alternating, and prints the milliseconds per image of each.
 
     .venv/bin/python bench/bench_input.py [--images N] [--coco_root ../shared/data/coco_mini]
 
@@ -14,6 +17,7 @@ Without the real COCO excerpt it generates 640x480 JPEGs (noise + shapes) in a t
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -105,6 +109,18 @@ def main():
     base, base_cpu = rate(lambda: decode_only(paths), args.images, 8, args.repeats)
     print(f"{'decode-only (read + decode_jpeg)':42s} {base:6.1f} images/s "
           f"({base_cpu:5.1f} CPU ms/image)")
+    files = DataConfig(format="coco", train_images=image_dir, train_annotations=annotations,
+                       max_instances=100)
+    load = {"header": [], "decode": []}
+    for order in (("header", "decode"), ("decode", "header")) * args.repeats:
+        for level in order:
+            start = time.perf_counter()
+            records, _, _ = pipeline.load_records(
+                dataclasses.replace(files, verify_images=level), "train")
+            load[level].append(1000 * (time.perf_counter() - start) / len(records))
+    print(f"{'load-time check, header / decode':42s} "
+          + " / ".join(f"{np.median(load[k]):5.2f}" for k in ("header", "decode"))
+          + " ms per image (median wall time, 8 threads)")
     settings = [("800/1333 in 1408x1408, batch 2", dict(min_size=(800,), max_size=1333,
                                                        image_size=(1408, 1408)), 2),
                 ("quickstart 256x256, batch 8", dict(min_size=(256,), max_size=256,

@@ -8,7 +8,9 @@ zero-pad bottom/right to the static bucket [H, W]), one image at a time with `tf
 images of different sizes can share a request.
 
 Bad requests fail with `tf.errors.InvalidArgumentError` whose message says what is wrong:
-which input index is not a JPEG or PNG, or what rank/shape was expected. The checks read the
+which input index is not a JPEG or PNG, what rank/shape was expected, or which image has more
+pixels than `export.max_pixels` (read from the JPEG SOF / PNG IHDR header before anything is
+decoded: a 388 KB PNG can otherwise decompress to 1.2 GB inside the server). The checks read the
 *runtime* shape: TensorFlow Serving does not compare a request's shape with the signature, so
 a rank-2 string tensor reaches the graph, and a static-shape assertion would have been
 folded away at export time.
@@ -19,10 +21,11 @@ from typing import Tuple
 
 import tensorflow as tf
 
-from paa_tf.data import transforms
+from paa_tf.data import exif, transforms
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DEFAULT_MAX_PIXELS = 40_000_000  # a 40 Mpx photo decodes to 120 MB of uint8 RGB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,7 @@ class ServingPreprocess:
     image_size: Tuple[int, int]
     pixel_mean: Tuple[float, ...]
     pixel_std: Tuple[float, ...]
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @classmethod
     def from_config(cls, config):
@@ -52,10 +56,15 @@ class ServingPreprocess:
                                  "multiple of 128 (the padded bucket side), or 0 to use "
                                  "data.image_size")
             image_size = (side, side)
+        max_pixels = int(getattr(config.export, "max_pixels", DEFAULT_MAX_PIXELS))
+        if max_pixels < 1:
+            raise ValueError(f"config key 'export.max_pixels' is {max_pixels}; give the largest "
+                             "height x width a request image may have (default "
+                             f"{DEFAULT_MAX_PIXELS})")
         return cls(shorter_side=max(int(s) for s in data.min_size),
                    max_size=int(data.max_size), image_size=image_size,
                    pixel_mean=tuple(float(v) for v in data.pixel_mean),
-                   pixel_std=tuple(float(v) for v in data.pixel_std))
+                   pixel_std=tuple(float(v) for v in data.pixel_std), max_pixels=max_pixels)
 
 
 def runtime_shape(tensor):
@@ -101,8 +110,11 @@ def check_encoded(encoded):
     return tf.reshape(checked, [-1])
 
 
-def check_images(images):
-    """Assert `images` is uint8 [B, h, w, 3] with h, w >= 1; returns it gated on the checks."""
+def check_images(images, max_pixels=DEFAULT_MAX_PIXELS):
+    """Assert `images` is uint8 [B, h, w, 3] with 1 <= h, w and h * w <= `max_pixels`.
+
+    Returns `images` gated on the checks.
+    """
     shape = runtime_shape(images)
     rank_ok = tf.equal(tf.size(shape), 4)
     # The padded shape keeps the indexing valid when the rank is wrong (that assert fails).
@@ -111,8 +123,14 @@ def check_images(images):
                              tf.logical_and(padded[1] >= 1, padded[2] >= 1))
     message = ("'inputs' must be uint8 images [batch, height, width, 3] (RGB, one size per "
                "request, height and width >= 1); got a tensor of shape")
+    pixels = tf.cast(padded[1], tf.int64) * tf.cast(padded[2], tf.int64)
     checked = _checked(images, [(rank_ok, [message, shape]),
-                                (size_ok, [message, shape])])
+                                (size_ok, [message, shape]),
+                                (pixels <= max_pixels, [
+                                    f"'inputs' images have more than export.max_pixels="
+                                    f"{max_pixels} pixels (height x width); downscale them "
+                                    "before sending, or re-export with a larger "
+                                    "export.max_pixels. Got a tensor of shape", shape])])
     return tf.ensure_shape(checked, [None, None, None, 3])
 
 
@@ -141,30 +159,66 @@ def preprocess_encoded(encoded, params):
     Returns:
       (images float32 [B, H, W, 3] normalised and padded, image_info float32 [B, 4, 2]).
     """
-    encoded = check_encoded(encoded)
+    encoded = check_pixels(check_encoded(encoded), params.max_pixels)
     return tf.map_fn(lambda item: _preprocess_one(_decode_one(item), params), encoded,
                      fn_output_signature=_output_signature(params))
 
 
 def preprocess_images(images, params):
     """Checked and pre-processed batch of uint8 images [B, h, w, 3] (same as encoded ones)."""
-    images = check_images(images)
+    images = check_images(images, params.max_pixels)
     return tf.map_fn(lambda image: _preprocess_one(image, params), images,
                      fn_output_signature=_output_signature(params))
 
 
-def encoded_image_size(encoded):
-    """(height, width) int32 [2] of one encoded image, from its header when possible.
+def header_size(encoded):
+    """(height, width) int64 [2] of one JPEG or PNG, from its header, decoding nothing.
 
-    JPEG: `tf.io.extract_jpeg_shape` (no decoding). PNG: the IHDR chunk (bytes 16-23, big
-    endian). Anything else is decoded.
+    JPEG: the SOF segment (`tf.io.extract_jpeg_shape`; a JPEG without one is an
+    InvalidArgumentError). PNG: the IHDR chunk, which must come first (width and height at
+    bytes 16-23, big endian); a PNG without it gives (0, 0) and fails when decoded. Anything
+    else gives (0, 0): `check_encoded` refuses it in serving.
     """
     def png_size():
-        header = tf.io.decode_raw(tf.strings.substr(encoded, 16, 8), tf.uint8)
-        header = tf.reshape(tf.cast(header, tf.int32), [2, 4])
+        padded = tf.strings.join([encoded, b"\0" * 24])  # a truncated file still gives 8 bytes
+        header = tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8)
+        header = tf.reshape(tf.cast(header, tf.int64), [2, 4])
         values = header[:, 0] * 16777216 + header[:, 1] * 65536 + header[:, 2] * 256 \
             + header[:, 3]
-        return tf.stack([values[1], values[0]])  # IHDR stores width first
+        has_ihdr = tf.equal(tf.strings.substr(padded, 12, 4), b"IHDR")
+        return tf.where(has_ihdr, tf.stack([values[1], values[0]]),  # IHDR: width first
+                        tf.zeros([2], tf.int64))
+
+    def jpeg_size():
+        return tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64)
+
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(JPEG_MAGIC)), JPEG_MAGIC)
+    is_png = tf.equal(tf.strings.substr(encoded, 0, len(PNG_MAGIC)), PNG_MAGIC)
+    return tf.case([(is_jpeg, jpeg_size), (is_png, png_size)],
+                   default=lambda: tf.zeros([2], tf.int64))
+
+
+def check_pixels(encoded, max_pixels):
+    """Assert that no image of `encoded` (tf.string [B], JPEG or PNG) has more than
+    `max_pixels` pixels by its header; returns `encoded` gated on the check, so that nothing
+    is decoded before it passes. The error names the indices and sizes of the images."""
+    sizes = tf.map_fn(header_size, encoded, fn_output_signature=tf.TensorSpec([2], tf.int64))
+    too_big = tf.reshape(tf.where(sizes[:, 0] * sizes[:, 1] > max_pixels), [-1])
+    return _checked(encoded, [(tf.equal(tf.size(too_big), 0), [
+        f"'inputs' holds images with more than export.max_pixels={max_pixels} pixels (height "
+        "x width, read from the file header); downscale them before sending, or re-export "
+        "with a larger export.max_pixels. Index", too_big, "height, width",
+        tf.gather(sizes, too_big)])])
+
+
+def encoded_image_size(encoded):
+    """(height, width) int32 [2] of one encoded image as decoded, from its header when possible.
+
+    JPEG and PNG: `header_size`, swapped when the JPEG's EXIF orientation turns the image by
+    90 degrees (`paa_tf.data.exif`, applied by decoding). Anything else is decoded.
+    """
+    def turned(size):
+        return tf.where(exif.swaps_sides(exif.orientation(encoded)), tf.reverse(size, [0]), size)
 
     def decoded_size():
         return tf.shape(transforms.decode_image(encoded))[:2]
@@ -173,5 +227,5 @@ def encoded_image_size(encoded):
     is_png = tf.logical_and(
         tf.equal(tf.strings.substr(encoded, 0, len(PNG_MAGIC)), PNG_MAGIC),
         tf.strings.length(encoded) >= 24)
-    return tf.case([(is_jpeg, lambda: tf.io.extract_jpeg_shape(encoded)[:2]),
-                    (is_png, png_size)], default=decoded_size)
+    return tf.cond(tf.logical_or(is_jpeg, is_png),
+                   lambda: turned(tf.cast(header_size(encoded), tf.int32)), decoded_size)

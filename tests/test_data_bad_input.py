@@ -140,7 +140,8 @@ def test_full_verification_finds_corrupt_data_with_an_end_marker(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError):
         tf.io.decode_image(bytes(data), channels=3)
     # The fast header check cannot see this (documented); the full decode does.
-    pipeline.build_dataset(coco_config(tmp_path), "val", is_training=False, batch_size=2)
+    pipeline.build_dataset(coco_config(tmp_path, verify_images="header"), "val",
+                           is_training=False, batch_size=2)
     config = coco_config(tmp_path, verify_images="full")
     with pytest.raises(BadRecordError, match=r"image id 10 \(img0.png\).*corrupt"):
         pipeline.build_dataset(config, "val", is_training=False, batch_size=2)

@@ -311,13 +311,43 @@ def server(run):
     server.session.close()
 
 
+def _png_claiming(height, width):
+    """A PNG whose IHDR claims height x width (a few rows of data follow): the header is all
+    the pixel limit may read; decoding it would allocate height x width x 3 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = zlib.compress(b"\0" * (3 * width + 1) * 4)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                                0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def _jpeg_claiming(encoded, height, width):
+    """`encoded` (a baseline JPEG) with its SOF0 segment claiming height x width."""
+    data = bytearray(encoded)
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
 _NOT_AN_IMAGE = "not a JPEG or PNG image (JPEG or PNG expected) at index"
+_TOO_MANY_PIXELS = ("more than export.max_pixels=40000000 pixels (height x width, read from "
+                    "the file header)")
 BAD_REQUESTS = [
     ("text at index 1", "serving_default", lambda e: [e[0], b"hello", e[1]],
      _NOT_AN_IMAGE + "] [1]"),
     ("empty strings", "serving_default", lambda e: [b"", e[0], b""], _NOT_AN_IMAGE + "] [0 2]"),
     ("GIF bytes", "serving_default", lambda e: [b"GIF89a" + e[0][6:]], _NOT_AN_IMAGE + "] [0]"),
     ("truncated JPEG", "serving_default", lambda e: [e[0][:200]], None),
+    ("PNG of 48 Mpx by its header", "serving_default",
+     lambda e: [e[1], _png_claiming(6000, 8000)], _TOO_MANY_PIXELS),
+    ("JPEG of 49 Mpx by its header", "serving_default",
+     lambda e: [_jpeg_claiming(e[0], 7000, 7000), e[1]], _TOO_MANY_PIXELS),
     ("rank-2 strings", "serving_default", lambda e: [[e[0]], [e[1]]],
      "must be a 1-D batch of encoded images (tf.string [batch]); got a tensor of shape] [2 1]"),
     ("one image without batch axis", "image_tensor", lambda e: np.zeros([8, 8, 3], np.uint8),
@@ -358,6 +388,52 @@ def test_wrong_dtype_is_an_invalid_argument(run, server, signature, value):
         server.run(signature, value)
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"{expected}.*float"):
         _call(run["loaded"], signature, value)
+
+
+def test_pixel_limit_is_frozen_into_the_export(run, images, tmp_path):
+    """`export.max_pixels` bounds each request image, by its header before decoding (encoded)
+    or by the tensor's shape (uint8); the limit is the config's, saved with the export."""
+    _cli(["--model_dir", str(run["model_dir"]), "--export_dir", str(tmp_path),
+          "--params_override", "export.max_pixels=10000"])
+    assert export.exported_config(tmp_path).export.max_pixels == 10000
+    loaded = tf.saved_model.load(str(tmp_path / "1"))
+    big, small = images["encoded"][0], images["encoded"][1]  # 150x100 JPEG, 40x61 PNG
+    message = r"more than export.max_pixels=10000 pixels.*Index\] \[1\] \[height, width\] " \
+        r"\[\[100 150\]\]"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        _call(loaded, "serving_default", [small, big])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"more than export.max_pixels=10000"
+                                                             r".*\[1 100 150 3\]"):
+        _call(loaded, "image_tensor", images["decoded"][0][None])
+    assert _call(loaded, "serving_default", [small])["num_detections"].shape == (1,)
+    assert _call(loaded, "image_tensor", images["decoded"][1][None])["num_detections"].shape == (1,)
+
+
+def test_header_size_reads_large_png_and_jpeg_headers(images):
+    from paa_tf import serving_preprocess
+
+    for data, size in ((_png_claiming(6000, 8000), (6000, 8000)),
+                       (_png_claiming(40000, 70000), (40000, 70000)),  # int32 would overflow
+                       (_jpeg_claiming(images["encoded"][0], 7000, 65000), (7000, 65000))):
+        assert tuple(serving_preprocess.header_size(tf.constant(data)).numpy()) == size
+
+
+def test_serving_turns_exif_oriented_photos_like_pil(run):
+    """All 8 EXIF orientations: the JPEG through `serving_default` gives the detections of
+    PIL's `exif_transpose` of its pixels through `image_tensor`, boxes normalised to the
+    turned image."""
+    from tests.test_exif import jpeg_with_orientation, pil_oracle
+
+    stored = _random_image(5, 64, 112)
+    for orientation in range(1, 9):
+        encoded = jpeg_with_orientation(stored, orientation, big_endian=orientation % 2 == 0)
+        turned = pil_oracle(encoded)
+        by_bytes = _call(run["loaded"], "serving_default", [encoded])
+        by_pixels = _call(run["loaded"], "image_tensor", turned[None])
+        assert by_bytes["num_detections"][0] > 0
+        for name in export.OUTPUT_NAMES:
+            np.testing.assert_allclose(by_bytes[name], by_pixels[name], atol=1e-5,
+                                       err_msg=f"{name}, orientation {orientation}")
 
 
 def test_launcher_help_lists_the_flags():

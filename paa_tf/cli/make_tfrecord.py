@@ -11,14 +11,17 @@ Writes `<output_prefix>-00000-of-0000N.tfrecord` ... and `label_map.json` beside
 record keeps the original image bytes, `image/source_id` = the COCO image id (VOC: the stable
 id of the file stem), all boxes including crowd / difficult ones (flagged in
 `image/object/is_crowd`); the training filters are applied when the records are read.
-Records are validated as the pipeline validates them: bad ones stop the conversion with a
-message naming them, or are skipped and listed with --skip_bad_records.
+Records are validated as the pipeline validates them, and every image is decoded with
+TensorFlow: bad ones stop the conversion with a message naming them, or are skipped and listed
+with --skip_bad_records.
 """
 
 import sys
 import time
 
 from absl import app, flags
+
+from paa_tf.cli import errors
 
 FLAGS = flags.FLAGS
 _FLAG_NAMES = ("format", "annotations", "images", "voc_root", "voc_split", "output_prefix",
@@ -49,8 +52,9 @@ def define_flags(flag_values=FLAGS):
                         flag_values=flag_values)
     flags.DEFINE_bool("skip_bad_records", False, "Skip bad records and list them at the end "
                       "instead of stopping.", flag_values=flag_values)
-    flags.DEFINE_enum("verify_images", "header", ["none", "header", "full"], "Image check: "
-                      "header and end marker (fast) or a full decode.", flag_values=flag_values)
+    flags.DEFINE_enum("verify_images", "decode", ["decode", "full"], "Image check: header, "
+                      "end marker and a TensorFlow decode of every image ('full': and a PIL "
+                      "decode).", flag_values=flag_values)
     flags.DEFINE_float("box_tolerance", 2.0, "Pixels a box may cross the image border.",
                        flag_values=flag_values)
     flags.DEFINE_bool("voc_keep_difficult", False, "Write VOC difficult objects as normal "
@@ -63,7 +67,7 @@ def define_flags(flag_values=FLAGS):
 
 def convert(fmt, output_prefix, num_shards, *, annotations=None, images=None, voc_root=None,
             voc_split="trainval", label_map=None, skip_bad_records=False,
-            verify_images="header", box_tolerance=2.0, voc_keep_difficult=False):
+            verify_images="decode", box_tolerance=2.0, voc_keep_difficult=False):
     """Validate the source and write the shards; returns (shard paths, BadRecordReport)."""
     if fmt == "coco" and (not annotations or not images):
         raise app.UsageError("--format=coco needs --annotations and --images")
@@ -84,6 +88,9 @@ def convert(fmt, output_prefix, num_shards, *, annotations=None, images=None, vo
                                         keep_difficult=voc_keep_difficult)
     else:
         raise app.UsageError(f"--format must be coco or voc, got {fmt!r}")
+    # Every image is decoded by TensorFlow: no record the pipeline cannot decode is written.
+    if verify_images not in ("decode", "full"):
+        raise app.UsageError(f"--verify_images={verify_images}: choose decode or full")
     items = records.verify_images(items, report, level=verify_images,
                                   skip_bad_records=skip_bad_records)
     items = records.validate_boxes(items, report, box_tolerance=box_tolerance,
@@ -101,16 +108,12 @@ def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; all options are --flags.")
     start = time.time()
-    try:
-        paths, report = convert(
-            FLAGS.format, FLAGS.output_prefix, FLAGS.num_shards, annotations=FLAGS.annotations,
-            images=FLAGS.images, voc_root=FLAGS.voc_root, voc_split=FLAGS.voc_split,
-            label_map=FLAGS.label_map, skip_bad_records=FLAGS.skip_bad_records,
-            verify_images=FLAGS.verify_images, box_tolerance=FLAGS.box_tolerance,
-            voc_keep_difficult=FLAGS.voc_keep_difficult)
-    except ValueError as error:
-        print(f"paa_make_tfrecord: error: {error}", file=sys.stderr)
-        return 1
+    paths, report = convert(
+        FLAGS.format, FLAGS.output_prefix, FLAGS.num_shards, annotations=FLAGS.annotations,
+        images=FLAGS.images, voc_root=FLAGS.voc_root, voc_split=FLAGS.voc_split,
+        label_map=FLAGS.label_map, skip_bad_records=FLAGS.skip_bad_records,
+        verify_images=FLAGS.verify_images, box_tolerance=FLAGS.box_tolerance,
+        voc_keep_difficult=FLAGS.voc_keep_difficult)
     print(report.summary().replace("documented filters (spec §6)", "counted"))
     print(f"wrote {report.num_images} images ({report.num_boxes} boxes, crowd/difficult "
           f"included) into {len(paths)} shards {paths[0]} ... in {time.time() - start:.1f} s; "
@@ -120,4 +123,4 @@ def _run(argv):
 
 def main():
     define_flags()
-    app.run(_run)
+    errors.run(_run, "paa_make_tfrecord")

@@ -19,6 +19,7 @@ Documented filters (spec §6), applied by `filter_boxes`, are not errors: they a
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import logging
 from typing import Optional
@@ -258,6 +259,8 @@ def to_coco_dict(records, label_map, raw=True):
 # --- image files ------------------------------------------------------------------------
 
 _PNG_END = b"IEND\xaeB`\x82"
+LEVELS = ("none", "header", "decode", "full")  # image checks, each doing more than the last
+_EXIF_ORIENTATION = 0x0112
 
 
 def _image_format(head):
@@ -278,9 +281,12 @@ def image_problem(source, expected_hw=None, level="header"):
     """Check that an image decodes in TensorFlow: (reason or None, (height, width) or None).
 
     `source` is a file path or the encoded bytes. `level`: 'header' reads the header and the
-    end marker (a truncated JPEG/PNG lacks it) and decodes only files without one; 'full'
-    decodes every image with PIL; 'none' checks nothing. Sizes are those of the stored pixels:
-    EXIF orientation is ignored here as in `tf.io.decode_image` (and in COCO's annotations).
+    end marker (a truncated JPEG/PNG lacks it) and decodes only files without one; 'decode'
+    (the default) also decodes every image with TensorFlow, as the pipeline will, which is
+    the only way to find data corrupt behind a valid header (a broken Huffman table,
+    scrambled PNG data); 'full' also decodes it with PIL; 'none' checks nothing. Sizes are as
+    a viewer shows the image: a JPEG's EXIF orientation 5-8 swaps the stored height and
+    width, as decoding does (`paa_tf.data.exif`).
     """
     if level == "none":
         return None, expected_hw
@@ -315,6 +321,9 @@ def image_problem(source, expected_hw=None, level="header"):
     try:
         with Image.open(opener()) as image:
             width, height = image.size
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if kind == "jpeg" else 1
+            if orientation in (5, 6, 7, 8):
+                width, height = height, width  # shown turned by 90 degrees
             if level == "full" or not complete:
                 image.load()
     except Exception as error:  # PIL raises many types for corrupt data
@@ -323,10 +332,56 @@ def image_problem(source, expected_hw=None, level="header"):
     if kind in ("jpeg", "png") and not complete:
         return (f"{kind.upper()} data is truncated (no end marker); re-encode or replace "
                 "the file"), None
+    if level in ("decode", "full"):
+        reason = _tensorflow_decode_problem(data if isinstance(source, (bytes, bytearray))
+                                            else None, source)
+        if reason:
+            return reason, None
     if expected_hw and expected_hw[0] > 0 and tuple(expected_hw) != (height, width):
+        if tuple(expected_hw) == (width, height) and orientation in (5, 6, 7, 8):
+            return (f"image is {width}x{height} (WxH) as shown (EXIF orientation {orientation}, "
+                    f"stored {height}x{width}) but the annotation says {expected_hw[1]}x"
+                    f"{expected_hw[0]}: it was made on the stored pixels. Images are used as "
+                    "viewers show them; if the boxes are on the stored pixels, clear the tag "
+                    "(exiftool -Orientation=1 -n FILE), else fix the annotation's "
+                    "width/height"), (height, width)
         return (f"image is {width}x{height} (WxH) but the annotation says {expected_hw[1]}x"
                 f"{expected_hw[0]}; fix the annotation's width/height"), (height, width)
     return None, (height, width)
+
+
+@functools.cache
+def _graph_decode():
+    """`transforms.decode_image` as one compiled function (op by op, the EXIF parser's loop
+    made the check 30x slower than the decode)."""
+    import tensorflow as tf
+
+    from paa_tf.data import transforms
+
+    return tf.function(lambda encoded: tf.shape(transforms.decode_image(encoded)),
+                       input_signature=[tf.TensorSpec([], tf.string)])
+
+
+def _tensorflow_decode_problem(data, path):
+    """Why TensorFlow's decoder (`transforms.decode_image`) fails on the image, or None.
+
+    `data`: the encoded bytes, or None to read them from `path`. The pipeline decodes with
+    the same function, and a decode failure inside `tf.data` cannot be caught per record
+    there without making the checkpointed iterator log a warning per element, so it is
+    found here, before training.
+    """
+    import tensorflow as tf
+
+    if data is None:
+        with open(path, "rb") as f:
+            data = f.read()
+    try:
+        _graph_decode()(tf.constant(data))
+    except tf.errors.OpError as error:
+        message = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+        return (f"image data is corrupt behind a valid header: TensorFlow cannot decode it "
+                f"({message[:120]}); re-encode or replace the file")
+    return None
 
 
 def verify_images(records, report, *, level, skip_bad_records, workers=8):
@@ -334,8 +389,8 @@ def verify_images(records, report, *, level, skip_bad_records, workers=8):
 
     Returns the records whose image is usable; problems raise or are skipped and reported.
     """
-    if level not in ("none", "header", "full"):
-        raise ValueError(f"data.verify_images is {level!r}; choose 'none', 'header' or 'full'")
+    if level not in LEVELS:
+        raise ValueError(f"data.verify_images is {level!r}; choose one of {', '.join(LEVELS)}")
     from concurrent.futures import ThreadPoolExecutor
 
     def check(record):

@@ -4,7 +4,8 @@
   coarser merged map to the exact size of the lateral, add; 3x3 output conv -> P3, P4, P5;
 * P6 = 3x3 stride-2 conv on P5; P7 = 3x3 stride-2 conv on ReLU(P6) (KK) or on P6 (MM,
   ``p7_from_relu=False``);
-* convs with bias, no norm; kernel init ``lecun_uniform`` (= PyTorch's kaiming_uniform(a=1)),
+* convs with bias, no norm; kernel init ``lecun_uniform`` (= PyTorch's kaiming_uniform(a=1),
+  the authors') or ``glorot_uniform`` (= xavier_uniform, mmdetection's FPN; ``model.fpn_init``),
   bias 0; stride-2 convs pad one pixel on each side and convolve 'valid' so the sampling grid
   matches PyTorch's (spec §1.2 TF pitfall).
 """
@@ -29,10 +30,10 @@ def nearest_resize(x, size):
     return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
 
 
-def _conv(filters, kernel_size, name, strides=1, padding="same"):
+def _conv(filters, kernel_size, name, strides=1, padding="same", init="lecun_uniform"):
     return tf_keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding=padding, use_bias=True,
-        kernel_initializer="lecun_uniform", bias_initializer="zeros", name=name)
+        kernel_initializer=init, bias_initializer="zeros", name=name)
 
 
 class FPN(tf_keras.layers.Layer):
@@ -44,7 +45,7 @@ class FPN(tf_keras.layers.Layer):
     """
 
     def __init__(self, channels: int = 256, min_level: int = 3, max_level: int = 7,
-                 p7_from_relu: bool = True, **kwargs):
+                 p7_from_relu: bool = True, kernel_init: str = "lecun_uniform", **kwargs):
         super().__init__(**kwargs)
         if min_level != 3 or not 5 <= max_level <= 7:
             raise ValueError(
@@ -53,13 +54,16 @@ class FPN(tf_keras.layers.Layer):
         self.min_level = min_level
         self.max_level = max_level
         self.p7_from_relu = p7_from_relu
+        self.kernel_init = kernel_init
         # String keys: trackable dicts with int keys cannot be checkpointed.
-        self.laterals = {f"c{lv}": _conv(channels, 1, f"lateral_c{lv}") for lv in (3, 4, 5)}
-        self.output_convs = {f"p{lv}": _conv(channels, 3, f"output_p{lv}") for lv in (3, 4, 5)}
+        self.laterals = {f"c{lv}": _conv(channels, 1, f"lateral_c{lv}", init=kernel_init)
+                         for lv in (3, 4, 5)}
+        self.output_convs = {f"p{lv}": _conv(channels, 3, f"output_p{lv}", init=kernel_init)
+                             for lv in (3, 4, 5)}
         self.extra_pads = {f"p{lv}": tf_keras.layers.ZeroPadding2D(1, name=f"pad_p{lv}")
                            for lv in range(6, max_level + 1)}
         self.extra_convs = {f"p{lv}": _conv(channels, 3, f"extra_p{lv}", strides=2,
-                                            padding="valid")
+                                            padding="valid", init=kernel_init)
                             for lv in range(6, max_level + 1)}
 
     def call(self, features):
@@ -83,5 +87,6 @@ class FPN(tf_keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(channels=self.channels, min_level=self.min_level,
-                      max_level=self.max_level, p7_from_relu=self.p7_from_relu)
+                      max_level=self.max_level, p7_from_relu=self.p7_from_relu,
+                      kernel_init=self.kernel_init)
         return config
