@@ -87,10 +87,17 @@ def build_pair(size):
 
 
 def head_calls(models, pyramids):
-    """{'forward'|'forward+backward': {variant: callable(pyramid)}}."""
-    calls = {"forward": {}, "forward+backward": {}}
+    """{kind: {variant: callable(pyramid)}} for the head's forward pass with a dynamic batch
+    size (as in the exported SavedModel, whose signatures take any batch) and with the batch
+    size known, and for forward + backward (training, whose per-replica batch is fixed)."""
+    calls = {"forward, batch unknown (export)": {}, "forward, batch known": {},
+             "forward+backward, batch known": {}}
+    signature = [{level: tf.TensorSpec([None, *feature.shape[1:]], feature.dtype)
+                  for level, feature in pyramids[0].items()}]
     for name, model in models.items():
         head = model.head
+        dynamic = tf.function(lambda p, head=head: head(p, training=False),
+                              input_signature=signature)
         forward = tf.function(lambda p, head=head: head(p, training=False))
 
         @tf.function
@@ -101,8 +108,10 @@ def head_calls(models, pyramids):
                                  for v in outputs.values()])
             return tape.gradient(loss, head.trainable_variables)
 
-        calls["forward"][name] = lambda p, f=forward: f(p)["cls_logits"].numpy()
-        calls["forward+backward"][name] = lambda p, f=backward: f(p)[0].numpy()
+        calls["forward, batch unknown (export)"][name] = (
+            lambda p, f=dynamic: f(p)["cls_logits"].numpy())
+        calls["forward, batch known"][name] = lambda p, f=forward: f(p)["cls_logits"].numpy()
+        calls["forward+backward, batch known"][name] = lambda p, f=backward: f(p)[0].numpy()
     return calls
 
 
@@ -166,11 +175,17 @@ def main():
                         help="square input bucket (multiple of 128)")
     parser.add_argument("--photos", type=int, default=4, help="real COCO photos")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (all photos each)")
+    parser.add_argument("--inter-op", type=int, default=None,
+                        help="TF inter-op threads; 1 runs one op at a time, so an op's time in "
+                             "the profile is its own, not shared with ops running beside it")
+    parser.add_argument("--skip-head", action="store_true", help="skip the head-alone rows")
     parser.add_argument("--xla", action="store_true",
                         help="also time the lean network XLA-compiled (jit_compile=True)")
     args = parser.parse_args()
     if args.size % 128:
         parser.error(f"--size {args.size} must be a multiple of 128 (PAA's padded bucket)")
+    if args.inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
     tf.get_logger().setLevel("ERROR")
     print(bench_inference.machine_facts())
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -200,8 +215,11 @@ def main():
     print("outputs of the two detectors agree to float32 round-off on every photo")
 
     results = {}
-    for kind, calls in head_calls(models, pyramids).items():
-        results[f"head alone, {kind}"] = alternating_rounds(calls, pyramids, args.rounds)
+    for kind, calls in ({} if args.skip_head else head_calls(models, pyramids)).items():
+        medians = results[f"head alone, {kind}"] = alternating_rounds(calls, pyramids,
+                                                                      args.rounds)
+        print(f"head alone, {kind}: keras / lean = {medians['keras'] / medians['lean']:.2f}x",
+              flush=True)
 
     if args.xla:
         network = {"plain": tf.function(lambda x: lean(x, training=False)),
@@ -212,7 +230,8 @@ def main():
         xla = alternating_rounds({name: lambda x, f=f: f(x)["cls_logits"].numpy()
                                   for name, f in network.items()}, inputs, args.rounds)
         print(f"lean network, tf.function {xla['plain'] * 1e3:.1f} ms/photo, with jit_compile "
-              f"{xla['XLA'] * 1e3:.1f} ms/photo: plain / XLA = {xla['plain'] / xla['XLA']:.2f}x")
+              f"{xla['XLA'] * 1e3:.1f} ms/photo: plain / XLA = {xla['plain'] / xla['XLA']:.2f}x",
+              flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench_group_norm_") as scratch:
         signatures = {}
@@ -229,9 +248,9 @@ def main():
             shares[name] = profile_op_time(calls[name], images,
                                            os.path.join(scratch, f"profile_{name}"))
 
-    print(f"\n{'':32s}{'keras ms':>11s}{'lean ms':>11s}{'keras/lean':>12s}")
+    print(f"\n{'':44s}{'keras ms':>11s}{'lean ms':>11s}{'keras/lean':>12s}")
     for row, medians in results.items():
-        print(f"{row:32s}{medians['keras'] * 1e3:11.1f}{medians['lean'] * 1e3:11.1f}"
+        print(f"{row:44s}{medians['keras'] * 1e3:11.1f}{medians['lean'] * 1e3:11.1f}"
               f"{medians['keras'] / medians['lean']:11.2f}x")
     print(f"\nop time of the exported model over {len(images)} photos (tf.profiler), share:")
     print(f"{'':22s}" + "".join(f"{name + ' ms':>12s}{'%':>7s}" for name in VARIANTS))

@@ -98,7 +98,8 @@ def pipeline_batch(config):
     from paa_tf.data import pipeline
 
     dataset, _ = pipeline.build_dataset(config.data, split="train", is_training=True,
-                                        batch_size=config.train.batch_size)
+                                        batch_size=config.train.batch_size,
+                                        plus_one=config.model.plus_one)
     return {key: value.numpy() for key, value in next(iter(dataset)).items()}
 
 
@@ -139,7 +140,7 @@ def timed_step(trainer):
     """Seconds of one training step, the loss fetched (as the training loop does)."""
     step_fn = trainer._train_step_fn()  # the training loop's compiled step
     start = time.perf_counter()
-    logs = step_fn(trainer.iterator)
+    logs = step_fn(next(trainer.iterator))
     loss = float(logs["loss"])
     return time.perf_counter() - start, loss
 

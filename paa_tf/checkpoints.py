@@ -1,14 +1,17 @@
 """Training checkpoints: atomic saves, resume with fallback, chief-only writing.
 
-TensorFlow writes a checkpoint's data and index files first and only then
-records it in the `checkpoint` state file (an atomic rename), so a process
-killed mid-save leaves an unlisted, ignored checkpoint: the listed ones are
-always complete. What can still happen is a listed checkpoint damaged later
-(disk, copy); `restore_latest` then falls back to the previous one.
+Checkpoints are found from their own files (`ckpt-<step>.index` beside its data), not from
+the `checkpoint` state file, which is only TensorFlow's bookkeeping: a deleted or damaged
+state file loses nothing. TensorFlow writes a checkpoint's data first and its index last, so
+a process killed mid-save leaves no index (or an index with incomplete data): such a
+checkpoint cannot be restored and `restore_latest` falls back to the next older one, as it
+does for a checkpoint damaged later (disk, copy). A run never starts afresh over
+checkpoints it could not read: it stops and says so.
 """
 
 import os
 import pathlib
+import re
 import shutil
 
 import tensorflow as tf
@@ -27,6 +30,10 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
 
 
+class UnreadableCheckpointsError(ValueError):
+    """`model_dir` holds checkpoints but none of them can be restored."""
+
+
 def _worker_dir(model_dir, strategy):
     """Where this worker saves: the model dir for the chief, a scratch dir for the others.
 
@@ -39,15 +46,40 @@ def _worker_dir(model_dir, strategy):
     return os.path.join(str(model_dir), f".worker_{resolver.task_type}_{resolver.task_id}")
 
 
+_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+def find_checkpoints(model_dir):
+    """Checkpoint prefixes in `model_dir` found from their index files, newest (highest step)
+    first: ['run/ckpt-300', 'run/ckpt-280', ...]. Whether each is readable is not checked."""
+    model_dir = pathlib.Path(model_dir)
+    found = []
+    for name in (os.listdir(model_dir) if model_dir.is_dir() else ()):
+        match = _INDEX.match(name)
+        if match:
+            found.append((int(match.group(1)), str(model_dir / f"ckpt-{match.group(1)}")))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
 def latest_step(model_dir):
-    """Step recorded in the newest listed checkpoint of `model_dir`, 0 if none/unreadable."""
-    path = tf.train.latest_checkpoint(str(model_dir))
-    if path is None:
-        return 0
+    """Step recorded in the newest readable checkpoint of `model_dir`, 0 if there is none."""
+    for path in find_checkpoints(model_dir):
+        try:
+            return int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+        except Exception:  # noqa: BLE001  (a damaged file: restore_latest reports it)
+            continue
+    return 0
+
+
+def _state_file_listing(model_dir):
+    """Checkpoints the `checkpoint` state file lists, or None when it is missing or damaged."""
     try:
-        return int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
-    except Exception:  # noqa: BLE001  (a damaged file is dealt with by restore_latest)
-        return 0
+        state = tf.train.get_checkpoint_state(str(model_dir))
+    except Exception:  # noqa: BLE001  (ValueError for an empty listing, ParseError, ...)
+        return None
+    if state is None:
+        return None
+    return list(state.all_model_checkpoint_paths)
 
 
 class CheckpointKeeper:
@@ -65,18 +97,38 @@ class CheckpointKeeper:
         self.model_dir = pathlib.Path(model_dir)
         self.strategy = strategy
         self.step = step
+        self.max_to_keep = max_to_keep
         self.checkpoint = tf.train.Checkpoint(step=step, **objects)
         self.scratch_dir = _worker_dir(model_dir, strategy)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(self.model_dir), max_to_keep=max_to_keep, step_counter=step)
+        self.latest = None  # the checkpoint restored or last saved by this run
+        self._unreadable = set()  # checkpoints restore_latest could not read (may be replaced)
+        self._manager = None
+
+    @property
+    def manager(self):
+        """The chief's `tf.train.CheckpointManager` (numbering and rotation of saves)."""
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(
+                self.checkpoint, str(self.model_dir), max_to_keep=self.max_to_keep,
+                step_counter=self.step)
+        return self._manager
 
     def restore_latest(self):
         """Restores the newest readable checkpoint; returns its path or None on a fresh start.
 
-        A checkpoint that cannot be read is skipped with a warning and the next
-        older one is tried.
+        A checkpoint that cannot be read is skipped with a warning and the next older one is
+        tried. Raises UnreadableCheckpointsError when there are checkpoint files but none
+        can be read (a fresh start would overwrite them).
         """
-        candidates = list(reversed(self.manager.checkpoints))
+        candidates = find_checkpoints(self.model_dir)
+        listed = _state_file_listing(self.model_dir)
+        if candidates and (listed is None or candidates[0] not in listed):
+            print(f"WARNING: the checkpoint state file in {self.model_dir} is missing, damaged "
+                  f"or out of date; resuming from the checkpoints found on disk "
+                  f"({len(candidates)}, newest {candidates[0]})", flush=True)
+        state_file = self.model_dir / "checkpoint"
+        if not candidates and listed is None and state_file.exists() and is_chief(self.strategy):
+            state_file.unlink()  # lists nothing readable; TensorFlow would refuse to start
         for index, path in enumerate(candidates):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
@@ -86,26 +138,47 @@ class CheckpointKeeper:
                 older = candidates[index + 1] if index + 1 < len(candidates) else "none left"
                 logging.warning("checkpoint %s cannot be restored (%s: %s); falling back to "
                                 "the previous one (%s)", path, type(error).__name__,
-                                str(error).splitlines()[0][:200], older)
+                                str(error).splitlines()[0][:200] if str(error) else "", older)
                 print(f"WARNING: checkpoint {path} is unreadable ({type(error).__name__}); "
                       f"falling back to {older}", flush=True)
+                self._unreadable.add(path)
                 continue
+            self.latest = path
+            if is_chief(self.strategy):
+                self._rewrite_state_file(candidates[index:])
             return path
         if candidates:
-            raise RuntimeError(
+            raise UnreadableCheckpointsError(
                 f"none of the checkpoints in {self.model_dir} can be restored "
                 f"({', '.join(candidates)}); move them away to start afresh")
         return None
 
+    def _rewrite_state_file(self, readable_first):
+        """Lists the restored checkpoint and the older ones (up to max_to_keep) in the state
+        file, so the manager numbers and rotates from there (written atomically)."""
+        kept = list(reversed(readable_first[:self.max_to_keep]))
+        # The manager rotates only checkpoints with a timestamp: their index files' times.
+        tf.compat.v1.train.update_checkpoint_state(
+            str(self.model_dir), kept[-1], all_model_checkpoint_paths=kept,
+            all_model_checkpoint_timestamps=[os.path.getmtime(p + ".index") for p in kept])
+        self._manager = None  # re-read by the next save
+
     def save(self):
-        """Saves at the current step; every worker must call it. Returns the kept path."""
+        """Saves at the current step; every worker must call it. Returns the kept path.
+
+        Refuses to replace an existing readable checkpoint of the same step (that would be
+        a second run writing over the first one's results).
+        """
         if self.scratch_dir == str(self.model_dir):
-            return self.manager.save(checkpoint_number=self.step)
+            target = str(self.model_dir / f"ckpt-{int(self.step.numpy())}")
+            if os.path.exists(target + ".index") and target not in self._unreadable \
+                    and target != self.latest:
+                raise RuntimeError(
+                    f"{target} exists and this run did not restore from it: refusing to "
+                    "overwrite it (resume with restore_latest, or use another model_dir)")
+            self.latest = self.manager.save(checkpoint_number=self.step)
+            return self.latest
         # A non-chief worker writes its copy to scratch (the save is collective) and drops it.
         self.checkpoint.write(os.path.join(self.scratch_dir, "ckpt"))
         shutil.rmtree(self.scratch_dir, ignore_errors=True)
         return None
-
-    @property
-    def latest(self):
-        return self.manager.latest_checkpoint

@@ -12,7 +12,9 @@ Defaults are the project defaults of the spec's first table (authors' code,
 
 import dataclasses
 import difflib
+import math
 import pathlib
+import re
 import typing
 from typing import Optional, Tuple
 
@@ -21,6 +23,24 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be applied."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading exponent numbers as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so `1e-3`,
+    `1e4` and `5.0e3` load as strings; written that way in every reference config.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _yaml_load(text):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 @dataclasses.dataclass
@@ -40,6 +60,9 @@ class DataConfig:
     max_size: int = 1333  # longer side L after resizing
     # Padded input [H, W], multiples of 128; square so both orientations fit one static shape.
     image_size: Tuple[int, ...] = (1408, 1408)
+    # 'square': pad every image into image_size. 'orientation': pad landscape and portrait
+    # images into their own smaller buckets per scale (paa_tf/data/buckets.py, README).
+    buckets: str = "square"
     max_instances: int = 100  # GT rows per image after padding
     flip_prob: float = 0.5
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
@@ -60,11 +83,16 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"  # 'tiny' | 'resnet18' | 'resnet34' | 'resnet50' | ...
     backbone_checkpoint: Optional[str] = None  # local checkpoint or .h5/.keras weights
+    # Load a backbone checkpoint that does not cover the backbone exactly (reported, not refused).
+    backbone_checkpoint_partial: bool = False
     # ResNet implementation: 'model_garden' (Model Garden's, TF 'same' padding), or a PyTorch
     # layout (symmetric padding) with the stride in the 3x3 conv ('torchvision', mmdetection)
     # or in the first 1x1 conv ('msra', the authors' maskrcnn-benchmark). See resnet_torch.py.
     backbone_style: str = "model_garden"
-    bn_epsilon: float = 1e-5  # BatchNorm eps of the PyTorch-layout ResNets (0 = FrozenBN of KK)
+    # BatchNorm epsilon of the ResNet backbones: the value the pretrained weights were trained
+    # with (Model Garden's ImageNet ResNets and torchvision: 1e-5, although Model Garden's ResNet
+    # class defaults to 1e-3; 0 for the authors' FrozenBatchNorm).
+    bn_epsilon: float = 1e-5
     input_channels: str = "rgb"  # 'bgr': the backbone reverses the normalised RGB input
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + first stage
     frozen_bn: bool = True
@@ -81,7 +109,9 @@ class ModelConfig:
     prior_prob: float = 0.01
     octave_base_scale: float = 8.0
     anchor_center_offset: float = 0.5
-    plus_one: bool = False  # KK's "+1" pixel convention
+    # KK's "+1" pixel convention (width = x2 - x1 + 1), everywhere: ground truth, anchors, IoU,
+    # box coding, clipping, NMS, voting and the COCO output. The one switch for it.
+    plus_one: bool = False
     box_weights: Tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
     delta_clamp: str = "kk"  # 'kk' (upper only) | 'mm' (both sides)
 
@@ -153,7 +183,6 @@ class EvalConfig:
     score_voting: bool = True
     voting_sigma: float = 0.025
     voting_iou: float = 0.01
-    plus_one: bool = False
     tta_scales: Tuple[int, ...] = ()  # shorter sides of the test-time views (all of them)
     tta_flip: bool = False
 
@@ -219,8 +248,17 @@ def _coerce(value, annotation, key):
     raise ConfigError(f"config key '{key}': unsupported field type {annotation}")
 
 
-def _apply(obj, updates, prefix=""):
-    """Set the fields of dataclass `obj` from the nested dict `updates`, strictly."""
+# Keys that were removed, with the key that now decides the same thing. An old config (e.g.
+# a run's saved config.yaml) may still hold one: accepted when it agrees with its
+# replacement, an error naming both when it does not.
+_REMOVED = {"eval.plus_one": "model.plus_one"}
+
+
+def _apply(obj, updates, prefix="", removed=None):
+    """Set the fields of dataclass `obj` from the nested dict `updates`, strictly.
+
+    Removed keys (`_REMOVED`) are collected into the dict `removed` for `_check_removed`.
+    """
     if not isinstance(updates, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
                           f"got {updates!r}")
@@ -228,13 +266,16 @@ def _apply(obj, updates, prefix=""):
     names = [f.name for f in dataclasses.fields(obj)]
     for name, value in updates.items():
         key = prefix + str(name)
+        if key in _REMOVED and removed is not None:
+            removed[key] = value
+            continue
         if name not in names:
             raise ConfigError(f"unknown config key '{key}'{_nearest(str(name), names)}; "
                               f"valid keys here: {', '.join(names)}")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if value is not None:  # an empty section in YAML
-                _apply(current, value, key + ".")
+                _apply(current, value, key + ".", removed)
         else:
             setattr(obj, name, _coerce(value, hints[name], key))
 
@@ -246,7 +287,7 @@ def _load_yaml(path, seen=()):
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if not isinstance(content, dict):
@@ -288,7 +329,7 @@ def parse_overrides(overrides):
                 raise ConfigError(f"override '{assignment}' must look like section.key=value")
             key, raw = assignment.split("=", 1)
             try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
+                value = _yaml_load(raw) if raw.strip() else ""
             except yaml.YAMLError:
                 value = raw
             node = nested
@@ -301,13 +342,32 @@ def parse_overrides(overrides):
     return nested
 
 
+def _check_removed(config, removed, source=""):
+    """ConfigError when a removed key (`_REMOVED`) disagrees with the key that replaced it."""
+    for key, value in removed.items():
+        new_key = _REMOVED[key]
+        section, name = new_key.split(".")
+        current = getattr(getattr(config, section), name)
+        try:
+            agrees = _coerce(value, type(current), key) == current
+        except ConfigError:
+            agrees = False
+        if not agrees:
+            raise ConfigError(
+                f"{source}config key '{key}' was removed: '{new_key}' alone now decides it "
+                f"(here {new_key}={current!r} but {key}={value!r}). Delete '{key}' and set "
+                f"'{new_key}' to how the model was trained")
+
+
 def build_config(layers=(), overrides=None):
     """An `ExperimentConfig` from defaults, then each dict of `layers`, then `overrides`."""
     config = ExperimentConfig()
+    removed = {}
     for layer in layers:
-        _apply(config, layer)
+        _apply(config, layer, removed=removed)
     if overrides:
-        _apply(config, parse_overrides(overrides))
+        _apply(config, parse_overrides(overrides), removed=removed)
+    _check_removed(config, removed)
     validate(config)
     return config
 
@@ -315,13 +375,15 @@ def build_config(layers=(), overrides=None):
 def load_config(path=None, overrides=None):
     """Load an experiment YAML (with its `base` chain) and apply dotted overrides."""
     config = ExperimentConfig()
+    removed = {}
     for file_path, content in (_load_yaml(path) if path else []):
         try:
-            _apply(config, content)
+            _apply(config, content, removed=removed)
         except ConfigError as error:
             raise ConfigError(f"{file_path}: {error}") from None
     if overrides:
-        _apply(config, parse_overrides(overrides))
+        _apply(config, parse_overrides(overrides), removed=removed)
+    _check_removed(config, removed, f"{path}: " if path else "")
     validate(config)
     return config
 
@@ -335,8 +397,62 @@ _POSITIVE = ("data.max_instances", "model.num_classes", "model.fpn_channels",
              "train.total_steps", "train.checkpoint_every", "train.log_every", "eval.batch_size",
              "eval.pre_nms_topk", "eval.max_detections")
 
+# Real-valued settings and their valid interval ('(' / ')' exclude the bound); every float
+# setting must be finite besides.
+_INTERVALS = {
+    "data.flip_prob": "[0, 1]", "data.box_tolerance": "[0, inf)", "data.pixel_std": "(0, inf)",
+    "model.prior_prob": "(0, 1)", "model.octave_base_scale": "(0, inf)",
+    "model.box_weights": "(0, inf)",
+    "assign.candidate_iou": "[0, 1]", "assign.score_lambda": "[0, inf)",
+    "assign.fsr_threshold": "[0, 1]", "assign.iou_positive": "[0, 1]",
+    "assign.iou_negative": "[0, 1]", "assign.focal_alpha": "[0, 1]",
+    "assign.focal_gamma": "[0, inf)",
+    "loss.focal_alpha": "[0, 1]", "loss.focal_gamma": "[0, inf)", "loss.reg_weight": "[0, inf)",
+    "loss.iou_weight": "[0, inf)",
+    "train.base_lr": "(0, inf)", "train.momentum": "[0, 1)", "train.weight_decay": "[0, inf)",
+    "train.bias_lr_factor": "(0, inf)", "train.bias_weight_decay": "[0, inf)",
+    "train.warmup_factor": "(0, 1]", "train.lr_decay": "(0, 1]",
+    "eval.score_threshold": "[0, 1]", "eval.nms_iou": "(0, 1]", "eval.voting_sigma": "(0, inf)",
+    "eval.voting_iou": "[0, 1]",
+}
+
+
+def _in_interval(value, interval):
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def _describe(interval):
+    """'(0, inf)' -> 'greater than 0', '[0, 1)' -> 'at least 0 and less than 1', ..."""
+    low, high = (bound.strip() for bound in interval[1:-1].split(","))
+    parts = [f"at least {low}" if interval[0] == "[" else f"greater than {low}"]
+    if high != "inf":
+        parts.append(f"at most {high}" if interval[-1] == "]" else f"less than {high}")
+    return " and ".join(parts)
+
+
+def _check_numbers(config):
+    """Every float setting finite, and each of `_INTERVALS` inside its interval."""
+    for section in dataclasses.fields(config):
+        part = getattr(config, section.name)
+        for field in dataclasses.fields(part):
+            key = f"{section.name}.{field.name}"
+            value = getattr(part, field.name)
+            values = value if isinstance(value, tuple) else (value,)
+            numbers = [v for v in values if isinstance(v, float)]
+            if any(not math.isfinite(v) for v in numbers):
+                raise ConfigError(f"config key '{key}' is {value}; it must be a finite number")
+            interval = _INTERVALS.get(key)
+            if interval and not all(_in_interval(float(v), interval) for v in values):
+                raise ConfigError(f"config key '{key}' is {value}; it must be "
+                                  f"{_describe(interval)}")
+
+
 _CHOICES = {
     "data.format": ("coco", "voc", "tfrecord"),
+    "data.buckets": ("square", "orientation"),
     "model.aux_head": ("iou", "centerness", "none"),
     "model.backbone_style": ("model_garden", "torchvision", "msra"),
     "model.input_channels": ("rgb", "bgr"),
@@ -367,12 +483,23 @@ def validate(config):
         value = getattr(getattr(config, section), name)
         if value < 1:
             raise ConfigError(f"config key '{key}' is {value}; it must be at least 1")
+    _check_numbers(config)
+    for key in ("train.warmup_steps", "eval.tta_scales", "data.min_size", "data.max_size"):
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if any(v < (0 if key == "train.warmup_steps" else 1)
+               for v in (value if isinstance(value, tuple) else (value,))):
+            raise ConfigError(f"config key '{key}' is {value}; it must not be "
+                              f"{'negative' if key == 'train.warmup_steps' else 'below 1'}")
     size = config.data.image_size
     if len(size) != 2 or any(s <= 0 or s % 128 for s in size):
         raise ConfigError(f"config key 'data.image_size' is {size}; give [H, W], each a positive "
                           "multiple of 128 (the padded input bucket)")
     if len(config.data.min_size) not in (1, 2):
         raise ConfigError("config key 'data.min_size' takes one size S or a range [S_min, S_max]")
+    if config.model.bn_epsilon < 0:
+        raise ConfigError(f"config key 'model.bn_epsilon' is {config.model.bn_epsilon}; it must "
+                          "be >= 0 (the epsilon the backbone checkpoint was trained with)")
     if list(config.train.lr_steps) != sorted(config.train.lr_steps):
         raise ConfigError(f"config key 'train.lr_steps' must be increasing, got "
                           f"{config.train.lr_steps}")

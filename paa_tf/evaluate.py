@@ -302,7 +302,8 @@ def val_ground_truth(data_config, label_map):
 def make_predict_fn(config, model, params=None):
     """`predict_fn(batch) -> detections dict` (original pixels) for a `PAADetector`.
 
-    The network and the whole post-processing run in one `tf.function`; `params` defaults to
+    The network and the whole post-processing run in one `tf.function` per padded shape
+    (the square canvas, or each orientation bucket of `data.buckets`); `params` defaults to
     `PostprocessParams.from_config(config)`.
     """
     import tensorflow as tf
@@ -310,17 +311,29 @@ def make_predict_fn(config, model, params=None):
     from paa_tf import postprocess
 
     params = postprocess.PostprocessParams.from_config(config) if params is None else params
-    level_sizes = postprocess.level_sizes_from_ids(np.asarray(model.level_ids))
-    anchors = np.asarray(model.anchors, np.float32)
+    detectors = {}
 
-    @tf.function(reduce_retracing=True)
-    def detect(images, image_info):
-        outputs = model(images, training=False)
-        return postprocess.postprocess(outputs["cls_logits"], outputs["box_deltas"],
-                                       outputs.get("iou_logits"), anchors, image_info,
-                                       level_sizes=level_sizes, params=params)
+    def detector_for(height, width):
+        # One traced function per bucket shape (data.buckets), with that shape's anchors.
+        if (height, width) not in detectors:
+            anchors, level_ids = model.anchors_for(height, width)
+            level_sizes = postprocess.level_sizes_from_ids(level_ids)
 
-    return lambda batch: detect(batch["image"], batch["image_info"])
+            @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32),
+                                          tf.TensorSpec([None, 4, 2], tf.float32)])
+            def detect(images, image_info):
+                outputs = model(images, training=False)
+                return postprocess.postprocess(outputs["cls_logits"], outputs["box_deltas"],
+                                               outputs.get("iou_logits"), anchors, image_info,
+                                               level_sizes=level_sizes, params=params)
+            detectors[(height, width)] = detect
+        return detectors[(height, width)]
+
+    def predict_fn(batch):
+        height, width = (int(s) for s in np.shape(batch["image"])[1:3])
+        return detector_for(height, width)(batch["image"], batch["image_info"])
+
+    return predict_fn
 
 
 def tta_views(config, scales=None, flip=None):
@@ -346,7 +359,9 @@ def view_geometry(config, shorter_side):
     Up to the evaluation scale: `data.max_size` and `data.image_size`, so the evaluation
     scale itself is exactly the evaluation input. Above it, the longer-side limit grows in
     proportion (1333 at 800 -> 1667 at 1000) and the bucket grows to hold it (a multiple of
-    128), for which a copy of the network with its own anchors is built.
+    128); the network runs at any such size with that size's anchors (`anchors_for`).
+    With `data.buckets: orientation` each view runs on its orientation's bucket inside this
+    canvas (`buckets.orientation_shape`).
     """
     data = config.data
     eval_side = max(int(s) for s in data.min_size)
@@ -363,37 +378,36 @@ def make_tta_predict_fn(config, model, views, params=None):
 
     `batch["encoded"]` is tf.string [B] undecoded images (`paa_tf.export.encoded_eval_dataset`).
     Each view (shorter side, flipped) pre-processes them as the evaluation pipeline does at
-    that scale (`view_geometry`; a flipped view is mirrored after resizing, before padding),
+    that scale (`view_geometry`; a flipped view is mirrored after resizing, before padding;
+    with orientation buckets a batch of one orientation is padded to its bucket, a mixed one
+    to the canvas),
     runs the network and selects its pre-NMS candidates (`select_candidates`); the
     candidates of all views are mapped to the original image and merged before NMS and score
     voting (`paa_tf.postprocess.merge_tta`).
     """
-    import dataclasses
-
     import tensorflow as tf
 
-    from paa_tf import postprocess
-    from paa_tf.data import transforms
+    from paa_tf import postprocess, serving_preprocess
+    from paa_tf.data import buckets, transforms
 
     if not views:
         raise ValueError("make_tta_predict_fn: give at least one (shorter_side, flipped) view")
     params = postprocess.PostprocessParams.from_config(config) if params is None else params
     data = config.data
-    networks = {tuple(int(s) for s in data.image_size): model}
-    plan = []
-    for side, flipped in views:
-        max_size, bucket = view_geometry(config, int(side))
-        if bucket not in networks:
-            from paa_tf.modeling.detector import build_detector
+    bucketed = buckets.mode_of(data) == "orientation"
 
-            plain = dataclasses.replace(
-                config, model=dataclasses.replace(config.model, backbone_checkpoint=None))
-            networks[bucket] = build_detector(plain, image_size=bucket)
-            networks[bucket].set_weights(model.get_weights())
-        net = networks[bucket]
-        plan.append((int(side), bool(flipped), max_size, bucket, net,
-                     postprocess.level_sizes_from_ids(np.asarray(net.level_ids)),
-                     np.asarray(net.anchors, np.float32)))
+    def plan_for(portrait):
+        """Per view: (side, flipped, max_size, padded shape, level sizes, anchors); the
+        view's orientation bucket when `portrait` is a bool, its square canvas when None."""
+        plan = []
+        for side, flipped in views:
+            max_size, shape = view_geometry(config, int(side))
+            if portrait is not None:
+                shape = buckets.orientation_shape(int(side), max_size, shape, portrait)
+            anchors, level_ids = model.anchors_for(*shape)
+            plan.append((int(side), bool(flipped), max_size, shape,
+                         postprocess.level_sizes_from_ids(level_ids), anchors))
+        return plan
 
     def view_inputs(encoded, side, flipped, max_size, bucket):
         def one(item):
@@ -408,19 +422,39 @@ def make_tta_predict_fn(config, model, views, params=None):
             tf.TensorSpec([bucket[0], bucket[1], 3], tf.float32),
             tf.TensorSpec([4, 2], tf.float32)))
 
-    @tf.function(reduce_retracing=True)
-    def detect(encoded):
-        merged = []
-        for side, flipped, max_size, bucket, net, level_sizes, anchors in plan:
-            images, info = view_inputs(encoded, side, flipped, max_size, bucket)
-            outputs = net(images, training=False)
-            candidates = postprocess.select_candidates(
-                outputs["cls_logits"], outputs["box_deltas"], outputs.get("iou_logits"),
-                anchors, level_sizes, info, params)
-            merged.append({"candidates": candidates, "image_info": info, "flipped": flipped})
-        return postprocess.merge_tta(merged, params)
+    def make_detect(plan):
+        @tf.function(reduce_retracing=True)
+        def detect(encoded):
+            merged = []
+            for side, flipped, max_size, bucket, level_sizes, anchors in plan:
+                images, info = view_inputs(encoded, side, flipped, max_size, bucket)
+                outputs = model(images, training=False)
+                candidates = postprocess.select_candidates(
+                    outputs["cls_logits"], outputs["box_deltas"], outputs.get("iou_logits"),
+                    anchors, level_sizes, info, params)
+                merged.append({"candidates": candidates, "image_info": info,
+                               "flipped": flipped})
+            return postprocess.merge_tta(merged, params)
+        return detect
 
-    return lambda batch: detect(tf.convert_to_tensor(batch["encoded"], tf.string))
+    detectors = {}
+
+    def predict_fn(batch):
+        encoded = tf.convert_to_tensor(batch["encoded"], tf.string)
+        key = None  # the square canvas: data.buckets square, or a batch of both orientations
+        if bucketed:
+            if "original_size" in batch:
+                sizes = np.asarray(batch["original_size"]).reshape(-1, 2)
+            else:
+                sizes = tf.map_fn(serving_preprocess.encoded_image_size, encoded,
+                                  fn_output_signature=tf.TensorSpec([2], tf.int32)).numpy()
+            portrait = {bool(h > w) for h, w in sizes}
+            key = portrait.pop() if len(portrait) == 1 else None
+        if key not in detectors:
+            detectors[key] = make_detect(plan_for(key))
+        return detectors[key](encoded)
+
+    return predict_fn
 
 
 def evaluate_model(config, model, output_dir=None, max_batches=None, params=None,
@@ -448,4 +482,4 @@ def evaluate_model(config, model, output_dir=None, max_batches=None, params=None
         predict_fn = make_predict_fn(config, model, params)
     return evaluate_dataset(dataset, predict_fn, coco_gt, label_map=label_map,
                             output_dir=output_dir, max_batches=max_batches,
-                            plus_one=config.eval.plus_one, verbose=verbose)
+                            plus_one=config.model.plus_one, verbose=verbose)

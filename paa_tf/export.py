@@ -29,13 +29,15 @@ import dataclasses
 import os
 import re
 import shutil
+import sys
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from paa_tf import checkpoints, postprocess, serving_preprocess
 from paa_tf import config as config_lib
-from paa_tf import postprocess, serving_preprocess
+from paa_tf.data import buckets as buckets_lib
 from paa_tf.data import label_map as label_map_lib
 
 INPUT_NAME = "inputs"
@@ -61,9 +63,12 @@ class ExportedDetector(tf.Module):
       preprocess: `serving_preprocess.ServingPreprocess`.
       params: `postprocess.PostprocessParams`.
       label_map: `LabelMap` (contiguous index -> dataset category id).
+      shapes: orientation buckets [(H, W), ...] inside the canvas `preprocess.image_size`
+        (`data.buckets`); each batch runs on the smallest one holding all its resized
+        images, else on the canvas. Empty: always the canvas.
     """
 
-    def __init__(self, model, preprocess, params, label_map):
+    def __init__(self, model, preprocess, params, label_map, shapes=()):
         super().__init__(name="paa_exported_detector")
         num_classes = model.config.model.num_classes
         if label_map.num_classes != num_classes:
@@ -73,7 +78,10 @@ class ExportedDetector(tf.Module):
         self._holder = _Holder(model)
         self._preprocess = preprocess
         self._params = params
-        self._level_sizes = postprocess.level_sizes_from_ids(np.asarray(model.level_ids))
+        canvas = tuple(int(v) for v in preprocess.image_size)
+        self._shapes = [tuple(int(v) for v in shape) for shape in shapes
+                        if shape[0] <= canvas[0] and shape[1] <= canvas[1]
+                        and tuple(shape) != canvas] + [canvas]
         self.model_variables = list(model.variables)
         self.class_ids = tf.constant(label_map.ids, tf.float32)
 
@@ -108,13 +116,31 @@ class ExportedDetector(tf.Module):
                        empty)
 
     def _detect(self, images, image_info):
+        """Runs the batch on the smallest shape of `self._shapes` holding its resized images.
+
+        The pre-processing pads into the canvas; cropping that to a bucket removes padding
+        only (the bucket holds every image's content). A request mixing orientations runs on
+        the canvas. Each shape is its own static-shape copy of the network in the graph.
+        """
+        if len(self._shapes) == 1:
+            return self._detect_at(images, image_info, self._shapes[0])
+        scaled = tf.cast(tf.math.ceil(image_info[:, 1, :]), tf.int32)  # [B, 2] (h, w)
+        choice = buckets_lib.smallest_holding(self._shapes, scaled[:, 0], scaled[:, 1])
+        branches = [lambda shape=shape: self._detect_at(images[:, :shape[0], :shape[1]],
+                                                        image_info, shape)
+                    for shape in self._shapes]
+        return tf.switch_case(tf.maximum(choice, 0), branches)
+
+    def _detect_at(self, images, image_info, shape):
         model = self._holder.model
-        outputs = model(images, training=False)
+        anchors, level_ids = model.anchors_for(*shape)
+        outputs = model(tf.ensure_shape(images, [None, shape[0], shape[1], 3]), training=False)
         iou_logits = outputs.get("iou_logits")
         detections = postprocess.postprocess(
             tf.cast(outputs["cls_logits"], tf.float32), tf.cast(outputs["box_deltas"], tf.float32),
             None if iou_logits is None else tf.cast(iou_logits, tf.float32),
-            model.anchors, image_info, level_sizes=self._level_sizes, params=self._params)
+            anchors, image_info, level_sizes=postprocess.level_sizes_from_ids(level_ids),
+            params=self._params)
         return to_client_outputs(detections, image_info, self.class_ids)
 
 
@@ -145,7 +171,7 @@ def restore_model(config, checkpoint, image_size):
     """A `PAADetector` for the padded input `image_size` with `checkpoint`'s weights.
 
     The backbone's pretrained file is not read (the checkpoint holds every weight).
-    Raises ValueError when the checkpoint does not hold the model's variables.
+    Raises ValueError when the checkpoint is damaged or does not hold the model's variables.
     """
     from paa_tf.modeling.detector import build_detector
 
@@ -156,13 +182,37 @@ def restore_model(config, checkpoint, image_size):
         status = tf.train.Checkpoint(model=model).restore(checkpoint)
         status.expect_partial()  # optimizer slots and the step counter are not needed
         status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
+    # A damaged file surfaces as an IndexError, OpError, ValueError... depending on where the
+    # reader trips; a checkpoint of another model as an AssertionError.
+    except Exception as error:  # noqa: BLE001
         raise ValueError(f"checkpoint {checkpoint} does not match the model built from the "
                          f"config (backbone {config.model.backbone}, {config.model.num_classes} "
-                         f"classes): {str(error)[:300]}; export with the config.yaml of the run "
-                         "that wrote the checkpoint and the model code it was trained with") \
-            from None
+                         f"classes) or is damaged: {type(error).__name__}: {str(error)[:300]}. "
+                         "Use the config.yaml of the run that wrote the checkpoint and the "
+                         "model code it was trained with") from None
     return model
+
+
+def restore_newest_model(config, model_dir, image_size):
+    """(model, checkpoint path) from the newest readable checkpoint of `model_dir`.
+
+    Like a resumed training run: a checkpoint that cannot be restored is skipped with a
+    warning and the next older one is tried. Raises ValueError when none is left.
+    """
+    candidates = checkpoints.find_checkpoints(model_dir)
+    if not candidates:
+        raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
+    problems = []
+    for index, path in enumerate(candidates):
+        try:
+            return restore_model(config, path, image_size), path
+        except ValueError as error:
+            problems.append(str(error))
+            older = candidates[index + 1] if index + 1 < len(candidates) else "none left"
+            print(f"WARNING: checkpoint {path} cannot be restored; falling back to {older}",
+                  file=sys.stderr, flush=True)
+    raise ValueError(f"none of the checkpoints in {model_dir} can be restored; the newest: "
+                     f"{problems[0]}")
 
 
 def save_exported(module, export_dir, version, assets=(), overwrite=False):
@@ -226,8 +276,7 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
         raise ValueError(f"{label_map_path} has {label_map.num_classes} classes but the model "
                          f"predicts {config.model.num_classes} (model.num_classes in "
                          f"{config_path}); export the label map the model was trained with")
-    checkpoint = checkpoint or tf.train.latest_checkpoint(model_dir)
-    if not checkpoint:
+    if not checkpoint and not checkpoints.find_checkpoints(model_dir):  # before the slow part
         raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
     version = config.export.version if version is None else int(version)
     target = os.path.join(os.fspath(export_dir), str(version))
@@ -240,9 +289,13 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
         config, export=dataclasses.replace(config.export, score_voting=voting),
         eval=dataclasses.replace(config.eval, score_voting=voting))
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
-    model = restore_model(config, checkpoint, preprocess.image_size)
+    if checkpoint:
+        model = restore_model(config, checkpoint, preprocess.image_size)
+    else:
+        model, checkpoint = restore_newest_model(config, model_dir, preprocess.image_size)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
-    module = ExportedDetector(model, preprocess, params, label_map)
+    module = ExportedDetector(model, preprocess, params, label_map,
+                              shapes=buckets_lib.bucket_shapes(config.data, is_training=False))
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,
@@ -369,4 +422,11 @@ def encoded_eval_dataset(data_config, batch_size, images_dir=None, annotations=N
         "encoded": encoded, "source_id": i,
         "original_size": serving_preprocess.encoded_image_size(encoded)},
         num_parallel_calls=tf.data.AUTOTUNE)
-    return data.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE), report
+    if buckets_lib.mode_of(data_config) == "orientation":
+        # Batches of one orientation, so test-time views run on its bucket, not the canvas.
+        data = data.group_by_window(
+            lambda item: tf.cast(item["original_size"][0] > item["original_size"][1], tf.int64),
+            lambda _, window: window.batch(int(batch_size)), window_size=int(batch_size))
+    else:
+        data = data.batch(int(batch_size))
+    return data.prefetch(tf.data.AUTOTUNE), report

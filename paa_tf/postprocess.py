@@ -21,9 +21,11 @@ no coordinate offsets, dynamic batch) and lets voting read each detection's same
 candidate scores with one gather, so voting is a masked [B, D, N] weight matrix and one
 matrix product, without a loop over detections or classes.
 
-Conventions: TF's NMS op uses continuous IoU even when `plus_one` is set (KK's NMS uses +1
-IoU); voting, clipping and decoding follow `plus_one` exactly. Padded detections have box 0,
-score 0 and class -1.
+Conventions: `plus_one` (config `model.plus_one`, KK's "+1" pixels, width = x2 - x1 + 1)
+governs decoding, clipping, NMS and voting alike. TF's NMS op has continuous IoU only, so in
++1 mode the max corners go into it shifted by +1: its continuous IoU of the shifted boxes is
+the +1 IoU of the originals (see `nms_and_vote`). Padded detections have box 0, score 0 and
+class -1.
 """
 
 import dataclasses
@@ -42,8 +44,8 @@ _EVAL = EvalConfig()
 class PostprocessParams:
     """Settings of the post-processing; defaults are the project defaults (spec, first table).
 
-    `plus_one` governs voting IoU and clipping; `decode_plus_one`, `box_weights` and
-    `delta_clamp` must match how the model was trained (`model.*` in the config).
+    `plus_one`, `box_weights` and `delta_clamp` must match how the model was trained
+    (`model.*` in the config); `plus_one` governs decoding, clipping, NMS and voting.
     """
     # Defaults come from `EvalConfig`, the one place the project's defaults are written.
     score_threshold: float = _EVAL.score_threshold
@@ -55,8 +57,7 @@ class PostprocessParams:
     score_voting: bool = _EVAL.score_voting
     voting_sigma: float = _EVAL.voting_sigma
     voting_iou: float = _EVAL.voting_iou
-    plus_one: bool = _EVAL.plus_one
-    decode_plus_one: bool = False
+    plus_one: bool = False
     box_weights: Tuple[float, ...] = box_ops.BOX_WEIGHTS
     delta_clamp: str = "kk"
 
@@ -81,7 +82,7 @@ class PostprocessParams:
             if hasattr(eval_cfg, field.name):
                 values[field.name] = getattr(eval_cfg, field.name)
         if model_cfg is not None:
-            values["decode_plus_one"] = getattr(model_cfg, "plus_one", False)
+            values["plus_one"] = getattr(model_cfg, "plus_one", False)
             values["box_weights"] = tuple(getattr(model_cfg, "box_weights", box_ops.BOX_WEIGHTS))
             values["delta_clamp"] = getattr(model_cfg, "delta_clamp", "kk")
         values.update(overrides)
@@ -169,7 +170,7 @@ def select_candidates(cls_logits, box_deltas, iou_logits, anchors, level_sizes, 
         deltas = tf.gather(box_deltas, anchor_idx, batch_dims=1)
         level_boxes = box_ops.decode_boxes(
             deltas, tf.gather(anchors, anchor_idx), weights=params.box_weights,
-            clamp=params.delta_clamp, plus_one=params.decode_plus_one)
+            clamp=params.delta_clamp, plus_one=params.plus_one)
         rows_boxes.append(level_boxes)
         rows_scores.append(scores)
         start += size
@@ -244,14 +245,18 @@ def nms_and_vote(boxes, scores, params=PostprocessParams()):
     boxes = tf.cast(boxes, tf.float32)
     scores = tf.cast(scores, tf.float32)
     max_det = params.max_detections
+    # +1 IoU through the continuous-IoU op: with the max corners moved by +1, each side the op
+    # measures, (y2 + 1) - y1, is the +1 side y2 - y1 + 1, so areas, intersections and IoU are
+    # the +1 ones (up to float32 rounding of y2 + 1). The shift is undone on the kept boxes.
+    shift = tf.constant([0.0, 0.0, 1.0, 1.0] if params.plus_one else [0.0] * 4)
     nmsed = tf.image.combined_non_max_suppression(
-        boxes[:, :, None, :], scores, max_output_size_per_class=max_det,
+        (boxes + shift)[:, :, None, :], scores, max_output_size_per_class=max_det,
         max_total_size=max_det, iou_threshold=params.nms_iou, score_threshold=0.0,
         pad_per_class=False, clip_boxes=False)
     num = tf.cast(nmsed.valid_detections, tf.int32)
     valid = tf.range(max_det)[None, :] < num[:, None]
     classes = tf.where(valid, tf.cast(nmsed.nmsed_classes, tf.int32), -1)
-    det_boxes = nmsed.nmsed_boxes
+    det_boxes = nmsed.nmsed_boxes - shift
     if params.score_voting:
         det_boxes = score_voting(det_boxes, classes, boxes, scores, sigma=params.voting_sigma,
                                  iou_threshold=params.voting_iou, plus_one=params.plus_one)

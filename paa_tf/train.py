@@ -25,7 +25,19 @@ _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss (or weights: NonFiniteWeightsError)."""
+
+    exit_code = 3  # bin/paa_train's exit code for it (paa_tf/cli/errors.py)
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """An update left NaN or infinite weights although its loss was finite."""
+
+
+@tf.function
+def _finite_flags(variables):
+    """bool [len(variables)]: whether each variable holds only finite values (one call)."""
+    return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
 
 
 def build_strategy(name="auto"):
@@ -69,17 +81,15 @@ def progress_line(step, total, elapsed, steps_done, images_per_step, logs, lr):
     return " | ".join(parts)
 
 
-def _write_run_files(config, model_dir, label_map_path=None):
-    """Resolved config and label map beside the checkpoints (chief only)."""
+def _write_run_files(config, model_dir, label_map=None):
+    """Resolved config and label map beside the checkpoints (chief only, atomic writes)."""
+    from paa_tf.data import label_map as label_map_lib
+
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save_config(config, model_dir / "config.yaml")
-    if label_map_path is not None:
-        target = model_dir / "label_map.json"
-        content = pathlib.Path(label_map_path).read_text()
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(content)
-        tmp.replace(target)
+    if label_map is not None:
+        label_map_lib.write_label_map(label_map, model_dir / label_map_lib.LABEL_MAP_FILENAME)
 
 
 class Trainer:
@@ -105,24 +115,31 @@ class Trainer:
         if self.global_batch % replicas:
             raise ValueError(f"train.batch_size={self.global_batch} must be divisible by the "
                              f"{replicas} replicas in sync")
-        # A single replica's input iterator can be checkpointed (its position resumes
-        # exactly); a distributed one cannot, so a resumed multi-replica run reseeds its
-        # shuffling with the restored step instead of replaying the first batches.
-        self.exact_data_resume = (replicas == 1 and config.train.checkpoint_data
-                                  and not isinstance(strategy, _MULTI_WORKER))
+        # On one machine a single host pipeline feeds every local replica (one element = a
+        # batch per replica, handed out in the step): its iterator is a plain tf.data
+        # iterator, which is checkpointed, so a resume continues at the exact input position
+        # with one device or several mirrored replicas. A multi-worker distributed iterator
+        # cannot be checkpointed: there a resumed run reseeds its shuffling with the restored
+        # step instead of replaying the first batches (said in the log, docs/ROBUSTNESS.md).
+        self.multi_worker = isinstance(strategy, _MULTI_WORKER)
+        self.exact_data_resume = config.train.checkpoint_data and not self.multi_worker
+        # Same seed, same initial weights and input order: a run can be repeated, and compared
+        # across changes. Set before the input pipeline is built: its shuffles combine their
+        # own seeds with this global one, so their order must not depend on what ran earlier.
+        tf_keras.utils.set_random_seed(config.train.seed)
         resume_step = checkpoints.latest_step(self.model_dir)
-        label_map_path = None
+        label_map = None
         if dataset_fn is None:
             seed_offset = 0 if self.exact_data_resume else resume_step
-            dataset_fn, label_map_path = self._pipeline_fn(seed_offset)
+            dataset_fn, label_map = self._pipeline_fn(seed_offset)
         if self.chief:
-            _write_run_files(config, self.model_dir, label_map_path)
-        if replicas == 1 and not isinstance(strategy, _MULTI_WORKER):
-            self.dataset = dataset_fn(tf.distribute.InputContext())
-        else:
+            _write_run_files(config, self.model_dir, label_map)
+        if self.multi_worker:
             self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
-        # Same seed, same initial weights: a run can be repeated, and compared across changes.
-        tf_keras.utils.set_random_seed(config.train.seed)
+        else:
+            self.dataset = dataset_fn(tf.distribute.InputContext(1, 0, replicas))
+            if replicas > 1:  # consecutive per-replica batches, one for each replica
+                self.dataset = self.dataset.batch(replicas, drop_remainder=True)
         with strategy.scope():
             self.model = model if model is not None else self._build_model()
             self.schedule = schedules.from_config(config.train)
@@ -144,6 +161,7 @@ class Trainer:
         self.writer = (tf.summary.create_file_writer(str(self.model_dir / "train"))
                        if self.chief else tf.summary.create_noop_writer())
         self._step_fn = None
+        self._state_variables = None  # checked for NaN/inf before each save
 
     def _pipeline_fn(self, seed_offset=0):
         from paa_tf.data import pipeline
@@ -151,15 +169,15 @@ class Trainer:
         data_config = copy.deepcopy(self.config.data)
         data_config.seed += seed_offset
         per_replica = self.global_batch // self.strategy.num_replicas_in_sync
-        label_map_path = pipeline.label_map_file(data_config, self.model_dir)
+        label_map = pipeline.run_label_map(data_config)
 
         def dataset_fn(input_context):
             dataset, report = pipeline.build_dataset(
                 data_config, split="train", is_training=True, batch_size=per_replica,
-                input_context=input_context)
+                input_context=input_context, plus_one=self.config.model.plus_one)
             self.data_reports.append(report)
             return dataset
-        return dataset_fn, label_map_path
+        return dataset_fn, label_map
 
     def _build_model(self):
         from paa_tf.modeling import detector
@@ -176,10 +194,20 @@ class Trainer:
     def _train_step_fn(self):
         if self._step_fn is None:
             strategy, model = self.strategy, self.model
+            split = strategy.num_replicas_in_sync > 1 and not self.multi_worker
 
+            def replica_batch(batches):
+                return strategy.experimental_distribute_values_from_function(
+                    lambda context: tf.nest.map_structure(
+                        lambda t: t[context.replica_id_in_sync_group], batches))
+
+            # The batch is taken from the iterator outside the function: its static shape is
+            # then the batch's own bucket (data.buckets), and the step is traced once per
+            # bucket shape instead of once for the iterator's unknown [B, None, None, 3].
             @tf.function
-            def step_fn(iterator):
-                logs = strategy.run(model.train_step, args=(next(iterator),))
+            def step_fn(batch):
+                batch = replica_batch(batch) if split else batch
+                logs = strategy.run(model.train_step, args=(batch,))
                 return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                         for name, value in logs.items()}
             self._step_fn = step_fn
@@ -190,11 +218,19 @@ class Trainer:
         restored = self.keeper.restore_latest()
         if restored:
             print(f"Resumed from {restored} at step {self.step}", flush=True)
+            if not self.exact_data_resume:
+                why = ("train.checkpoint_data is false" if not self.config.train.checkpoint_data
+                       else "a multi-worker input iterator cannot be checkpointed")
+                print(f"NOTE: the input order is reseeded with the step, not restored ({why}): "
+                      "the resumed run sees other batches than an uninterrupted one would",
+                      flush=True)
         elif self.config.model.backbone_checkpoint:
             from paa_tf.modeling.weights import load_backbone_weights
 
             path = self.config.model.backbone_checkpoint
-            report = load_backbone_weights(self.model.backbone, path)
+            report = load_backbone_weights(
+                self.model.backbone, path,
+                allow_partial=self.config.model.backbone_checkpoint_partial)
             print(f"Backbone initialised from {path}: {report.summary()}", flush=True)
         return restored
 
@@ -213,7 +249,7 @@ class Trainer:
         logs = {}
         with self.writer.as_default():
             while self.step < total and (stop_after is None or self.step - start_step < stop_after):
-                raw = step_fn(self.iterator)
+                raw = step_fn(next(self.iterator))
                 step = self.step
                 # 'lr' from the model is a window mean; the exact LR is reported separately.
                 logs = {name: float(value) for name, value in raw.items() if name != "lr"}
@@ -240,11 +276,32 @@ class Trainer:
                           flush=True)
                     self.model.reset_metrics()
                 if step % cfg.checkpoint_every == 0 or step == total:
+                    self._check_finite_weights(step)
                     self.keeper.save()
                 if cfg.eval_every and (step % cfg.eval_every == 0) and step != total:
                     self.evaluate(step)
         self.writer.flush()
         return logs
+
+    def _check_finite_weights(self, step):
+        """Raises NonFiniteWeightsError unless every weight and optimizer slot is finite.
+
+        Run before each save, so a saved checkpoint is always a good one to resume from (a
+        finite loss does not prove it: an infinite LR gives a finite loss, then inf weights).
+        """
+        if self._state_variables is None:
+            self._state_variables = [
+                v for v in self.model.weights + self.optimizer.variables
+                if v.dtype.is_floating]
+        flags = _finite_flags(self._state_variables).numpy()
+        if not flags.all():
+            names = [v.name for v, ok in zip(self._state_variables, flags) if not ok]
+            raise NonFiniteWeightsError(
+                f"{len(names)} of {len(flags)} weight and optimizer variables are NaN or "
+                f"infinite after step {step} (e.g. {', '.join(names[:3])}) although the loss "
+                "was finite; this state was not saved and training stopped. The last good "
+                f"checkpoint is {self.keeper.latest or 'none (no checkpoint yet)'}: lower "
+                "train.base_lr or check the data, then run again to resume from it")
 
     def _current_lr(self, step):
         """LR the schedule gives update index `step` (0-based)."""

@@ -87,3 +87,56 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = config_lib.load_config(CONFIGS / "quickstart.yaml", "train.total_steps=7")
     path = config_lib.save_config(cfg, tmp_path / "model" / "config.yaml")
     assert config_lib.load_config(path) == cfg
+
+
+def test_plus_one_is_one_switch_and_the_removed_eval_key_must_agree(tmp_path):
+    cfg = config_lib.load_config(overrides="model.plus_one=true")
+    assert cfg.model.plus_one and not hasattr(cfg.eval, "plus_one")
+    assert "plus_one" not in config_lib.to_dict(cfg)["eval"]
+    # A run saved before the key was removed holds eval.plus_one: fine when it agrees ...
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  plus_one: true\neval:\n  plus_one: true\n")
+    assert config_lib.load_config(old).model.plus_one
+    # ... an error naming both keys when it does not.
+    old.write_text("model:\n  plus_one: true\neval:\n  plus_one: false\n")
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"old.yaml: config key 'eval.plus_one' was removed: "
+                             r"'model.plus_one' alone"):
+        config_lib.load_config(old)
+    with pytest.raises(config_lib.ConfigError, match="eval.plus_one.*model.plus_one"):
+        config_lib.load_config(overrides="eval.plus_one=true")
+    with pytest.raises(config_lib.ConfigError, match="eval.plus_one.*model.plus_one"):
+        config_lib.build_config([{"eval": {"plus_one": True}}])
+
+
+def test_exponent_numbers_load_from_files_and_overrides(tmp_path):
+    """YAML 1.1 reads 1e-3 as a string; the reference configs write learning rates so."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  base_lr: 1e-3\n  weight_decay: 1E-4\n  warmup_factor: 5.0e-1\n"
+                    "  momentum: 9e-1\n  total_steps: 2e3\n")
+    cfg = config_lib.load_config(path, "train.bias_weight_decay=2.5e-5,eval.voting_sigma=25e-3")
+    assert cfg.train.base_lr == 1e-3 and cfg.train.weight_decay == 1e-4
+    assert cfg.train.warmup_factor == 0.5 and cfg.train.momentum == 0.9
+    assert cfg.train.total_steps == 2000 and isinstance(cfg.train.total_steps, int)
+    assert cfg.train.bias_weight_decay == 2.5e-5 and cfg.eval.voting_sigma == 0.025
+    # Still strings where a string is expected, and still refused where a number is.
+    assert config_lib.load_config(None, "model.backbone=1e3x").model.backbone == "1e3x"
+    with pytest.raises(config_lib.ConfigError, match="'train.base_lr' expects a number"):
+        config_lib.load_config(None, "train.base_lr=1e-3x")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.base_lr=-0.01", "'train.base_lr' is -0.01; it must be greater than 0"),
+    ("train.base_lr=0", "'train.base_lr' is 0.0; it must be greater than 0"),
+    ("train.base_lr=.inf", "'train.base_lr' is inf; it must be a finite number"),
+    ("train.base_lr=.nan", "'train.base_lr' is nan; it must be a finite number"),
+    ("train.weight_decay=-1e-4", "'train.weight_decay' is -0.0001; it must be at least 0"),
+    ("train.momentum=1", "'train.momentum' is 1.0; it must be at least 0 and less than 1"),
+    ("loss.reg_weight=-.inf", "'loss.reg_weight' is -inf; it must be a finite number"),
+    ("data.pixel_std=[58,0,57]", r"'data.pixel_std' is \(58.0, 0.0, 57.0\); it must be greater"),
+    ("eval.nms_iou=1.5", "'eval.nms_iou' is 1.5; it must be greater than 0 and at most 1"),
+    ("train.warmup_steps=-1", "'train.warmup_steps' is -1; it must not be negative"),
+])
+def test_out_of_range_numbers_name_the_key(override, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load_config(CONFIGS / "quickstart.yaml", override)

@@ -272,8 +272,7 @@ def test_label_map_of_noncontiguous_coco_ids_round_trips(shared_data, tmp_path):
     assert entries[11] == {"index": 11, "id": 13, "name": "stop sign"}  # no id 12
     assert label_map_lib.load_label_map(path) == label_map
     assert label_map_lib.load_label_map(config.val_annotations) == label_map
-    copied = pipeline.label_map_file(config)
-    assert label_map_lib.load_label_map(copied) == label_map
+    assert pipeline.run_label_map(config) == label_map
 
 
 def test_label_map_file_errors_name_the_problem(tmp_path):
@@ -326,3 +325,32 @@ def test_iterator_checkpoint_resumes_exactly_and_stays_small(tmp_path):
             np.testing.assert_array_equal(batch[key].numpy(), again[key].numpy())
     size = sum(f.stat().st_size for f in (tmp_path / "ckpt").iterdir())
     assert size < 200_000  # positions only: no prefetched images (one batch is 393 KB)
+
+
+def test_plus_one_ground_truth_is_inclusive_like_the_authors_and_round_trips(tmp_path):
+    """model.plus_one: COCO [x, y, w, h] -> x2 = x + w - 1 before resizing (the authors'
+    xywh -> xyxy), flip x -> W - 1 - x, and back to COCO with w = x2 - x1 + 1."""
+    from paa_tf import evaluate, postprocess
+
+    config = make_coco(tmp_path, num_images=1)  # bbox [4, 6, 30, 20] in a 64x48 image
+    sy, sx = 64 / 48, 85 / 64  # scaled to 64x85 (see test_resize_rule_hand_computed)
+    want = {False: [6 * sy, 4 * sx, 26 * sy, 34 * sx],  # continuous: x + w
+            True: [6 * sy, 4 * sx, 25 * sy, 33 * sx]}  # inclusive: x + w - 1
+    for plus_one in (False, True):
+        dataset, _ = pipeline.build_dataset(config, "val", is_training=False, batch_size=1,
+                                            plus_one=plus_one)
+        batch = next(iter(dataset))
+        np.testing.assert_allclose(batch["gt_boxes"][0, 0].numpy(), want[plus_one], rtol=1e-6)
+        # A detection equal to the GT maps back to the annotation's own [x, y, w, h].
+        original = postprocess.map_to_original(batch["gt_boxes"][:, :1], batch["image_info"],
+                                               plus_one=plus_one)
+        detections = {"detection_boxes": original.numpy(), "detection_scores": [[0.9]],
+                      "detection_classes": [[0]], "num_detections": [1]}
+        records = evaluate.detections_to_coco(detections, [10], {0: 1}, plus_one=plus_one)
+        np.testing.assert_allclose(records[0]["bbox"], [4, 6, 30, 20], atol=1e-4)
+    train = dataclasses.replace(config, flip_prob=1.0)
+    flipped, _ = pipeline.build_dataset(train, "train", is_training=True, batch_size=1,
+                                        plus_one=True)
+    y1, x1, y2, x2 = want[True]
+    np.testing.assert_allclose(next(iter(flipped))["gt_boxes"][0, 0].numpy(),
+                               [y1, 85 - 1 - x2, y2, 85 - 1 - x1], rtol=1e-6)

@@ -244,7 +244,7 @@ def test_cli_reports_a_bad_checkpoint_naming_the_key(imported, tmp_path, capsys)
     weights[key] = weights[key][:, :, :1, :1].repeat(1, 1, 3, 3)
     bad = tmp_path / "bad.pth"
     torch.save(content, bad)
-    assert cli_import(["--checkpoint", bad, "--output", tmp_path / "run"]) == 1
+    assert cli_import(["--checkpoint", bad, "--output", tmp_path / "run"]) == 2  # bad input
     error = capsys.readouterr().err
     assert f"'{key.removeprefix('module.')}': shape [64, 64, 3, 3]" in error
     assert "nothing was loaded" in error

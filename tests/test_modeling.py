@@ -7,8 +7,15 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from paa_tf.config import build_config
-from paa_tf.modeling import FPN, PAAHead, build_backbone, build_detector, load_backbone_weights
+from paa_tf.config import ConfigError, build_config
+from paa_tf.modeling import (
+    FPN,
+    IncompleteBackboneCheckpoint,
+    PAAHead,
+    build_backbone,
+    build_detector,
+    load_backbone_weights,
+)
 from paa_tf.modeling.backbone import resnet_inner_model
 from paa_tf.modeling.group_norm import GroupNorm
 
@@ -228,7 +235,9 @@ def test_tf_checkpoint_loading_reports_loaded_missing_and_mismatched(tmp_path):
     path = tf.train.Checkpoint(backbone=other).write(str(tmp_path / "tiny-1"))
     tiny_target = build_backbone(build_config(overrides=TINY).model, (64, 64, 3))
     tiny_target.get_layer("stage1_conv").kernel.assign(tf.zeros([3, 3, 16, 16]))
-    report = load_backbone_weights(target, path)
+    with pytest.raises(IncompleteBackboneCheckpoint, match="backbone_checkpoint_partial"):
+        load_backbone_weights(target, path)
+    report = load_backbone_weights(target, path, allow_partial=True)
     assert len(report.loaded) + len(report.missing) + len(report.shape_mismatch) == len(
         target.weights)
     assert len(report.missing) + len(report.shape_mismatch) > 0
@@ -259,3 +268,142 @@ def test_build_detector_loads_the_configured_backbone_checkpoint(tmp_path):
     assert len(model.backbone_load_report.loaded) == len(source.weights)
     for a, b in zip(source.weights, model.backbone.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _numpy_frozen_bn(x, gamma, beta, mean, var, epsilon):
+    """Inference BatchNorm written out: (x - mean) / sqrt(var + eps) * gamma + beta."""
+    return (x - mean) / np.sqrt(var + epsilon) * gamma + beta
+
+
+@pytest.mark.parametrize("override, epsilon", [("", 1e-5), (",model.bn_epsilon=1e-3", 1e-3)])
+def test_frozen_bn_uses_the_checkpoint_epsilon(override, epsilon):
+    """Model Garden's ImageNet ResNets were trained with BN epsilon 1e-5 (its ResNet class
+    defaults to 1e-3); the frozen BN must reproduce the checkpoint's statistics with it."""
+    config = build_config(overrides="model.backbone=resnet18" + override)
+    assert config.model.bn_epsilon == epsilon
+    backbone = build_backbone(config.model, (32, 32, 3))
+    inner = resnet_inner_model(backbone)
+    norms = [layer for layer in backbone.submodules
+             if isinstance(layer, tf_keras.layers.BatchNormalization)]
+    assert len(norms) == 21  # ResNet-18: stem, 8 blocks x 2, a projection in each stage
+    assert all(layer.epsilon == epsilon for layer in norms)
+    stem_conv = next(layer for layer in inner.layers if isinstance(layer, tf_keras.layers.Conv2D))
+    stem_bn = next(layer for layer in inner.layers
+                   if isinstance(layer, tf_keras.layers.BatchNormalization))
+    rng = np.random.default_rng(0)
+    channels = stem_bn.gamma.shape[0]
+    gamma, beta = rng.uniform(0.5, 2.0, channels), rng.normal(0.0, 1.0, channels)
+    mean, var = rng.normal(0.0, 1.0, channels), rng.uniform(0.5, 2.0, channels)
+    var[3] = 2e-5  # a low-variance channel: 1/sqrt(var + 1e-5) and 1/sqrt(var + 1e-3) differ 5x
+    stem_bn.set_weights([w.astype(np.float32) for w in (gamma, beta, mean, var)])
+    probe = tf_keras.Model(inner.inputs, [stem_conv.output, stem_bn.output])
+    images = tf.random.stateless_normal([1, 32, 32, 3], seed=[5, 6])
+    conv_out, bn_out = (t.numpy().astype(np.float64) for t in probe(images, training=True))
+    want = _numpy_frozen_bn(conv_out, gamma, beta, mean, var, epsilon)
+    np.testing.assert_allclose(bn_out, want, rtol=1e-4, atol=1e-4)
+    other = _numpy_frozen_bn(conv_out, gamma, beta, mean, var, 1e-3 if epsilon == 1e-5 else 1e-5)
+    # The other epsilon misses the low-variance channel by far more than the tolerance.
+    assert np.abs(other[..., 3] - want[..., 3]).max() > 1.0
+    assert np.abs(bn_out[..., 3] - other[..., 3]).max() > 1.0
+
+
+def test_bn_epsilon_must_not_be_negative():
+    with pytest.raises(ConfigError, match="model.bn_epsilon"):
+        build_config(overrides="model.backbone=resnet18,model.bn_epsilon=-1e-5")
+
+
+def _rewrite_checkpoint(source_prefix, target_prefix, drop=(), extra=None):
+    """Copy a TF checkpoint's variables to a new one, dropping keys or adding {key: array}.
+
+    Written with the raw save op, so any set of keys (a partial backbone) can be made.
+    """
+    reader = tf.train.load_checkpoint(source_prefix)
+    tensors = {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+               if key.endswith("/.ATTRIBUTES/VARIABLE_VALUE") and key not in drop}
+    tensors.update(extra or {})
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(prefix=target_prefix, tensor_names=names,
+                      shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(tensors[n]) for n in names])
+    return target_prefix
+
+
+def _tiny_checkpoint(tmp_path):
+    """A tiny backbone with random weights, saved below model/backbone/ beside a classifier."""
+    model_config = build_config(overrides=TINY).model
+    source = build_backbone(model_config, (64, 64, 3))
+    for variable in source.weights:
+        variable.assign(tf.random.stateless_uniform(variable.shape, seed=[1, len(variable.name)],
+                                                    minval=0.5, maxval=1.5))
+    classifier = tf.Variable(tf.ones([128, 10]))
+    path = tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=source, classifier=classifier)
+                               ).write(str(tmp_path / "full-1"))
+    return model_config, source, path
+
+
+def test_full_backbone_checkpoint_loads_every_variable_exactly(tmp_path):
+    model_config, source, path = _tiny_checkpoint(tmp_path)
+    target = build_backbone(model_config, (64, 64, 3))
+    report = load_backbone_weights(target, path)
+    assert report.complete and report.prefix == "model/backbone/"
+    assert len(report.loaded) == len(target.weights)
+    for a, b in zip(source.weights, target.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _kernel_key(layer_index):
+    return f"model/backbone/layer_with_weights-{layer_index}/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+@pytest.mark.parametrize("case", ["missing", "shape", "unused"])
+def test_partial_backbone_checkpoint_is_refused_with_the_variables_named(tmp_path, case):
+    model_config, source, path = _tiny_checkpoint(tmp_path)
+    if case == "missing":  # the first conv and a BN moving variance absent
+        drop = {_kernel_key(0), "model/backbone/layer_with_weights-1/moving_variance/"
+                ".ATTRIBUTES/VARIABLE_VALUE"}
+        partial = _rewrite_checkpoint(path, str(tmp_path / "partial"), drop=drop)
+        names = ["layer_with_weights-0/kernel (stage1_down/kernel)",
+                 "layer_with_weights-1/moving_variance (stage1_down_bn/moving_variance)"]
+        count = "2 backbone variables missing"
+    elif case == "shape":  # the first conv with another number of filters
+        partial = _rewrite_checkpoint(path, str(tmp_path / "partial"), drop={_kernel_key(0)},
+                                      extra={_kernel_key(0): np.ones([3, 3, 3, 8], np.float32)})
+        names = ["layer_with_weights-0/kernel (stage1_down/kernel)", "[3, 3, 3, 16]",
+                 "[3, 3, 3, 8]"]
+        count = "1 variables with another shape"
+    else:  # a backbone layer this architecture does not have
+        partial = _rewrite_checkpoint(path, str(tmp_path / "partial"),
+                                      extra={_kernel_key(99): np.ones([3], np.float32)})
+        names = [_kernel_key(99)[:-len("/.ATTRIBUTES/VARIABLE_VALUE")]]
+        count = "1 unused file entries below the backbone"
+    target = build_backbone(model_config, (64, 64, 3))
+    before = [v.numpy() for v in target.weights]
+    with pytest.raises(IncompleteBackboneCheckpoint) as error:
+        load_backbone_weights(target, partial)
+    message = str(error.value)
+    assert count in message and all(name in message for name in names), message
+    assert "model.backbone_checkpoint_partial=true" in message
+    # Refused before anything is assigned.
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, target.weights))
+    # The explicit flag loads what matches and reports the rest.
+    report = load_backbone_weights(target, partial, allow_partial=True)
+    assert not report.complete
+    skipped = {"missing": {"stage1_down/kernel", "stage1_down_bn/moving_variance"},
+               "shape": {"stage1_down/kernel"}, "unused": set()}[case]
+    assert len(report.loaded) == len(target.weights) - len(skipped)
+    for variable, loaded, initial in zip(target.weights, source.weights, before):
+        want = initial if variable.name.split(":")[0] in skipped else loaded.numpy()
+        np.testing.assert_array_equal(variable.numpy(), want)
+
+
+def test_training_refuses_a_partial_backbone_checkpoint_unless_allowed(tmp_path):
+    model_config, _, path = _tiny_checkpoint(tmp_path)
+    partial = _rewrite_checkpoint(path, str(tmp_path / "partial"), drop={_kernel_key(0)})
+    config = build_config(overrides=TINY)
+    config.model.backbone_checkpoint = partial
+    with pytest.raises(IncompleteBackboneCheckpoint, match="stage1_down/kernel"):
+        build_detector(config, image_size=(128, 128))
+    config.model.backbone_checkpoint_partial = True
+    model = build_detector(config, image_size=(128, 128))
+    assert model.backbone_load_report.missing == [
+        "layer_with_weights-0/kernel (stage1_down/kernel)"]

@@ -270,7 +270,7 @@ def test_params_from_config():
                                             "model.plus_one=true", "model.delta_clamp=mm"])
     params = pp.PostprocessParams.from_config(cfg)
     assert params.candidate_rule == "mm" and params.voting_sigma == 0.0025
-    assert params.decode_plus_one and params.delta_clamp == "mm" and not params.plus_one
+    assert params.plus_one and params.delta_clamp == "mm"
     with pytest.raises(ValueError, match="candidate_rule"):
         pp.PostprocessParams(candidate_rule="xx")
 
@@ -361,3 +361,68 @@ def test_accepts_half_precision_logits_and_rank3_iou_logits():
     assert got["detection_boxes"].dtype == tf.float32
     np.testing.assert_allclose(got["detection_scores"], want["detection_scores"], atol=2e-3)
     np.testing.assert_allclose(got["detection_boxes"], want["detection_boxes"], atol=1e-2)
+
+
+def _np_greedy_nms(boxes, scores, threshold, plus_one):
+    """Greedy NMS written out (the authors' kernel: suppress when IoU > threshold).
+
+    boxes [N, 4] yxyx, scores [N] distinct; returns the kept indices by descending score.
+    """
+    kept = []
+    for i in np.argsort(-scores):
+        if all(_np_iou(boxes[i], boxes[k], plus_one) <= threshold for k in kept):
+            kept.append(int(i))
+    return kept
+
+
+def _random_small_boxes(rng, count):
+    """Boxes 3-8 px wide in clusters around 8 centres: many pairs overlap near IoU 0.6, where
+    the +1 in each side decides."""
+    centre = rng.uniform(0, 60, (8, 2))[rng.integers(0, 8, count)] + rng.normal(0, 0.8,
+                                                                                (count, 2))
+    size = rng.uniform(3, 8, (count, 2))
+    return np.concatenate([centre - size / 2, centre + size / 2], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plus_one_nms_equals_a_greedy_plus_one_iou_oracle(seed):
+    rng = np.random.default_rng(seed)
+    count, classes = 80, 2
+    boxes = _random_small_boxes(rng, count)
+    label = rng.integers(0, classes, count)
+    score = (rng.permutation(count) + 1.0) / (count + 1.0)  # distinct: no tie to break
+    scores = np.zeros((1, count, classes), np.float32)
+    scores[0, np.arange(count), label] = score
+    straddling = sum(_np_iou(boxes[i], boxes[j], False) <= 0.6 < _np_iou(boxes[i], boxes[j], True)
+                     for i in range(count) for j in range(i) if label[i] == label[j])
+    assert straddling > 5  # same-class pairs: continuous IoU <= 0.6 < +1 IoU
+    kept_sets = {}
+    for plus_one in (False, True):
+        out = pp.nms_and_vote(boxes[None], scores, _params(
+            plus_one=plus_one, score_voting=False, max_detections=count, nms_iou=0.6))
+        num = int(out["num_detections"][0])
+        want = sorted((k for c in range(classes) for k in np.flatnonzero(label == c)[
+            _np_greedy_nms(boxes[label == c], score[label == c], 0.6, plus_one)]),
+            key=lambda k: -score[k])
+        assert num == len(want)
+        np.testing.assert_allclose(out["detection_scores"][0, :num], score[want], rtol=1e-6)
+        np.testing.assert_array_equal(out["detection_classes"][0, :num], label[want])
+        # The kept boxes come back unshifted (float32 rounding of the +1 shift aside).
+        np.testing.assert_allclose(out["detection_boxes"][0, :num], boxes[want], atol=1e-5)
+        kept_sets[plus_one] = set(want)
+    # Small boxes: the two conventions keep different sets, so the oracle check has teeth.
+    assert kept_sets[True] != kept_sets[False]
+
+
+def test_plus_one_nms_suppresses_a_pair_whose_continuous_iou_is_below_the_threshold():
+    # x1 y1 x2 y2: continuous IoU 4*2.8 / (16 + 16 - 11.2) = 0.538 <= 0.6, both kept;
+    # +1 IoU 5*3.8 / (25 + 25 - 19) = 0.613 > 0.6, the lower score suppressed.
+    boxes = _yxyx([[0, 0, 4, 4], [1.2, 0, 5.2, 4]])[None]
+    assert _np_iou(boxes[0, 0], boxes[0, 1], False) == pytest.approx(11.2 / 20.8)
+    assert _np_iou(boxes[0, 0], boxes[0, 1], True) == pytest.approx(19.0 / 31.0)
+    scores = np.array([[[0.9], [0.8]]], np.float32)
+    continuous = pp.nms_and_vote(boxes, scores, _params(score_voting=False))
+    plus_one = pp.nms_and_vote(boxes, scores, _params(score_voting=False, plus_one=True))
+    assert int(continuous["num_detections"][0]) == 2
+    assert int(plus_one["num_detections"][0]) == 1
+    np.testing.assert_allclose(plus_one["detection_boxes"][0, 0], boxes[0, 0], atol=1e-6)

@@ -126,3 +126,41 @@ def test_backbone_checkpoint_loads_on_a_fresh_start_only(tmp_path, capsys):
     assert resumed.restore_or_initialise().endswith("ckpt-2")
     out = capsys.readouterr().out
     assert "Resumed from" in out and "Backbone initialised" not in out
+
+
+def test_training_refuses_a_partial_backbone_checkpoint_unless_allowed(tmp_path):
+    # A checkpoint with only the tiny backbone's first conv kernel, at its object path.
+    first_conv = tf.train.Checkpoint(kernel=tf.Variable(tf.ones([3, 3, 3, 16])))
+    path = tf.train.Checkpoint(backbone=tf.train.Checkpoint(
+        **{"layer_with_weights-0": first_conv})).write(str(tmp_path / "partial" / "ckpt-1"))
+    trainer = make_trainer(tmp_path / "run", f"model.backbone_checkpoint={path}")
+    with pytest.raises(ValueError, match=r"backbone variables missing from the file: "
+                                         r"layer_with_weights-1/gamma \(stage1_down_bn/gamma\)"):
+        trainer.restore_or_initialise()
+    trainer = make_trainer(tmp_path / "run", f"model.backbone_checkpoint={path},"
+                                             "model.backbone_checkpoint_partial=true")
+    assert trainer.restore_or_initialise() is None
+    np.testing.assert_array_equal(trainer.model.backbone.weights[0].numpy(), 1.0)
+
+
+def test_training_pipeline_gives_plus_one_ground_truth_with_model_plus_one(tmp_path):
+    """The trainer's own input pipeline follows the one switch model.plus_one."""
+    from paa_tf.data import pipeline
+    from tests.test_data_bad_input import make_coco
+
+    data = make_coco(tmp_path / "coco", num_images=1)  # bbox [4, 6, 30, 20] in a 64x48 image
+    overrides = (f"data.train_images={data.train_images},"
+                 f"data.train_annotations={data.train_annotations},data.format=coco,"
+                 "data.flip_prob=0.0,data.min_size=[96],data.label_map=,model.num_classes=2")
+    expected = {}
+    for plus_one in (False, True):
+        config = train_utils.tiny_config(overrides + f",model.plus_one={str(plus_one).lower()}")
+        trainer = train_lib.Trainer(config, tmp_path / f"run{plus_one}",
+                                    tf.distribute.OneDeviceStrategy("/cpu:0"))
+        boxes = next(trainer.iterator)["gt_boxes"].numpy()[:, 0]
+        dataset, _ = pipeline.build_dataset(config.data, "train", batch_size=1,
+                                            plus_one=plus_one)
+        expected[plus_one] = next(iter(dataset))["gt_boxes"].numpy()[0, 0]
+        np.testing.assert_allclose(boxes, np.stack([expected[plus_one]] * 2), rtol=1e-6)
+    # Scaled 2x (48 -> 96): the inclusive max corner is one original pixel (2 px) less.
+    np.testing.assert_allclose(expected[False] - expected[True], [0, 0, 2, 2], atol=1e-5)

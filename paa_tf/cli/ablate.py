@@ -22,6 +22,7 @@ import time
 from absl import app, flags
 
 from paa_tf import ablation
+from paa_tf.cli import errors
 
 CONFIG = "configs/quickstart.yaml"
 
@@ -96,16 +97,10 @@ def _train_and_evaluate(training, overrides, seed, evaluations):
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    try:
-        seeds = [int(s) for s in FLAGS.seeds]
-        rows = ablation.select_rows(FLAGS.rows)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    seeds = [int(s) for s in FLAGS.seeds]
+    rows = ablation.select_rows(FLAGS.rows)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    try:
-        _run_all(seeds, rows)
-    except ValueError as error:  # a run of another budget in --output_dir
-        raise app.UsageError(str(error)) from None
+    _run_all(seeds, rows)  # ValueError: a run of another budget in --output_dir
     return 0
 
 
@@ -144,7 +139,7 @@ def define_flags():
 
 def main():
     define_flags()
-    app.run(_main)
+    errors.run(_main, "paa_ablate")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import sys
 from absl import app, flags
 
 from paa_tf import evaluate
+from paa_tf.cli import errors
 from paa_tf.config import SCORES
 
 FLAGS = flags.FLAGS
@@ -150,15 +151,16 @@ def restore_detector(config, model_dir, checkpoint=None):
     """
     if not _module_available(MODELING_MODULE):
         raise app.UsageError(CHECKPOINT_UNAVAILABLE)
-    import tensorflow as tf
+    from paa_tf import checkpoints, export
 
-    from paa_tf import export
-
-    path = checkpoint or (tf.train.latest_checkpoint(model_dir) if model_dir else None)
-    if not path:
+    image_size = tuple(config.data.image_size)
+    if checkpoint:
+        model, path = export.restore_model(config, checkpoint, image_size), checkpoint
+    elif model_dir and checkpoints.find_checkpoints(model_dir):
+        model, path = export.restore_newest_model(config, model_dir, image_size)
+    else:
         raise app.UsageError(f"no checkpoint found in --model_dir={model_dir!r}; train first "
                              "or give --checkpoint=PATH (the prefix, e.g. run/ckpt-2000)")
-    model = export.restore_model(config, path, tuple(config.data.image_size))
     print(f"restored {path}", flush=True)
     return model
 
@@ -196,7 +198,8 @@ def _run_model(output_dir):
         coco_gt = evaluate.val_ground_truth(config.data, predict_fn.label_map)
         return evaluate.evaluate_dataset(dataset, predict_fn, coco_gt,
                                          label_map=predict_fn.label_map, output_dir=output_dir,
-                                         max_batches=FLAGS.max_batches)
+                                         max_batches=FLAGS.max_batches,
+                                         plus_one=config.model.plus_one)
     model = restore_detector(config, FLAGS.model_dir, FLAGS.checkpoint)
     return evaluate.evaluate_model(config, model, output_dir=output_dir,
                                    max_batches=FLAGS.max_batches)
@@ -233,7 +236,7 @@ def _run(argv):
 def main(argv=None):
     """Entry point: parses ``argv`` (default ``sys.argv``) and evaluates."""
     define_flags()
-    app.run(_run, argv=sys.argv if argv is None else argv)
+    errors.run(_run, "paa_eval", argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import time
 
 from absl import app, flags
 
+from paa_tf.cli import errors
+
 FLAGS = flags.FLAGS
 _FLAG_NAMES = ("model_dir", "checkpoint", "export_dir", "version", "score_voting", "overwrite",
                "params_override")
@@ -67,13 +69,10 @@ def _run(argv):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
     start = time.time()
-    try:
-        path = export.export_from_model_dir(
-            FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
-            version=FLAGS.version, score_voting=FLAGS.score_voting, overwrite=FLAGS.overwrite,
-            config_overrides=FLAGS.params_override)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    path = export.export_from_model_dir(
+        FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
+        version=FLAGS.version, score_voting=FLAGS.score_voting, overwrite=FLAGS.overwrite,
+        config_overrides=FLAGS.params_override)
     print(f"Exported SavedModel to {path} ({time.time() - start:.0f} s)")
     print("  signatures: serving_default (inputs: tf.string [batch] JPEG/PNG bytes), "
           "image_tensor (inputs: uint8 [batch, height, width, 3])")
@@ -86,7 +85,7 @@ def _run(argv):
 def main(argv=None):
     """Entry point: parses ``argv`` (default ``sys.argv``) and exports."""
     define_flags()
-    app.run(_run, argv=sys.argv if argv is None else argv)
+    errors.run(_run, "paa_export", argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import time
 
 from absl import app, flags
 
+from paa_tf.cli import errors
+
 FLAGS = flags.FLAGS
 _FLAG_NAMES = ("checkpoint", "output", "source", "config", "params_override", "overwrite")
 
@@ -58,17 +60,12 @@ def _run(argv):
     for name in ("checkpoint", "output"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    from paa_tf.config import ConfigError
     from paa_tf.convert import run_folder
 
     start = time.time()
-    try:
-        report = run_folder.import_checkpoint(
-            FLAGS.checkpoint, FLAGS.output, source=FLAGS.source, config_path=FLAGS.config,
-            overrides=FLAGS.params_override, overwrite=FLAGS.overwrite)
-    except (ValueError, ConfigError) as error:
-        print(f"paa_import: {error}", file=sys.stderr)
-        return 1
+    report = run_folder.import_checkpoint(
+        FLAGS.checkpoint, FLAGS.output, source=FLAGS.source, config_path=FLAGS.config,
+        overrides=FLAGS.params_override, overwrite=FLAGS.overwrite)
     print(f"Imported {report['layout']} ResNet-{report['depth']} checkpoint "
           f"{FLAGS.checkpoint} -> {report['checkpoint']} ({report['loaded']} arrays, "
           f"{time.time() - start:.0f} s)")
@@ -88,7 +85,7 @@ def _run(argv):
 def main(argv=None):
     """Entry point: parses ``argv`` (default ``sys.argv``) and imports."""
     define_flags()
-    app.run(_run, argv=sys.argv if argv is None else argv)
+    errors.run(_run, "paa_import", argv)
 
 
 if __name__ == "__main__":

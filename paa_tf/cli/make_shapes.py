@@ -14,6 +14,7 @@ import time
 
 from absl import app, flags
 
+from paa_tf.cli import errors
 from paa_tf.data import synthetic
 
 FLAGS = flags.FLAGS
@@ -72,7 +73,7 @@ def _run(argv):
 def main(argv=None):
     """Entry point: parses ``argv`` (default ``sys.argv``) and writes the dataset."""
     define_flags()
-    app.run(_run, argv=sys.argv if argv is None else argv)
+    errors.run(_run, "paa_make_shapes", argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import time
 
 from absl import app, flags
 
+from paa_tf.cli import errors
+
 FLAGS = flags.FLAGS
 _FLAG_NAMES = ("format", "annotations", "images", "voc_root", "voc_split", "output_prefix",
                "num_shards", "label_map", "skip_bad_records", "verify_images", "box_tolerance",
@@ -106,16 +108,12 @@ def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; all options are --flags.")
     start = time.time()
-    try:
-        paths, report = convert(
-            FLAGS.format, FLAGS.output_prefix, FLAGS.num_shards, annotations=FLAGS.annotations,
-            images=FLAGS.images, voc_root=FLAGS.voc_root, voc_split=FLAGS.voc_split,
-            label_map=FLAGS.label_map, skip_bad_records=FLAGS.skip_bad_records,
-            verify_images=FLAGS.verify_images, box_tolerance=FLAGS.box_tolerance,
-            voc_keep_difficult=FLAGS.voc_keep_difficult)
-    except ValueError as error:
-        print(f"paa_make_tfrecord: error: {error}", file=sys.stderr)
-        return 1
+    paths, report = convert(
+        FLAGS.format, FLAGS.output_prefix, FLAGS.num_shards, annotations=FLAGS.annotations,
+        images=FLAGS.images, voc_root=FLAGS.voc_root, voc_split=FLAGS.voc_split,
+        label_map=FLAGS.label_map, skip_bad_records=FLAGS.skip_bad_records,
+        verify_images=FLAGS.verify_images, box_tolerance=FLAGS.box_tolerance,
+        voc_keep_difficult=FLAGS.voc_keep_difficult)
     print(report.summary().replace("documented filters (spec §6)", "counted"))
     print(f"wrote {report.num_images} images ({report.num_boxes} boxes, crowd/difficult "
           f"included) into {len(paths)} shards {paths[0]} ... in {time.time() - start:.1f} s; "
@@ -125,4 +123,4 @@ def _run(argv):
 
 def main():
     define_flags()
-    app.run(_run)
+    errors.run(_run, "paa_make_tfrecord")

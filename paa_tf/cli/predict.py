@@ -31,6 +31,8 @@ import sys
 
 from absl import app, flags
 
+from paa_tf.cli import errors
+
 FLAGS = flags.FLAGS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 _FLAG_NAMES = ("model_dir", "checkpoint", "images", "output_dir", "score_threshold", "format",
@@ -139,12 +141,14 @@ class Predictor:
         self.config = config_lib.load_config(config_path)
         self.label_map = label_map_lib.load_label_map(
             os.path.join(model_dir, label_map_lib.LABEL_MAP_FILENAME))
-        self.checkpoint = checkpoint or tf.train.latest_checkpoint(model_dir)
-        if not self.checkpoint:
-            raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
         data = self.config.data
         self.image_size = tuple(int(s) for s in data.image_size)
-        self.model = export.restore_model(self.config, self.checkpoint, self.image_size)
+        if checkpoint:
+            self.checkpoint = checkpoint
+            self.model = export.restore_model(self.config, checkpoint, self.image_size)
+        else:  # the newest readable one, as training resumes
+            self.model, self.checkpoint = export.restore_newest_model(
+                self.config, model_dir, self.image_size)
         self._detect = evaluate.make_predict_fn(self.config, self.model)
         shorter = max(int(s) for s in data.min_size)
 
@@ -236,7 +240,7 @@ def run_prediction(model_dir, image_paths, output_dir, checkpoint=None, score_th
     os.makedirs(output_dir, exist_ok=True)
     pictures = picture_names(files, output_dir, picture_format)
     label_map = predictor.label_map
-    plus_one = bool(predictor.config.eval.plus_one)
+    plus_one = bool(predictor.config.model.plus_one)
     entries, skipped = [], []
     for start in range(0, len(files), batch_size):
         chunk, images = [], []
@@ -278,15 +282,11 @@ def _run(argv):
         raise app.UsageError("give the images: --images FILE_OR_FOLDER [more paths ...]")
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required (detections.json and pictures go there)")
-    try:
-        result = run_prediction(
-            FLAGS.model_dir, paths, FLAGS.output_dir, checkpoint=FLAGS.checkpoint,
-            score_threshold=FLAGS.score_threshold, picture_format=FLAGS.format,
-            batch_size=FLAGS.batch_size, skip_bad_images=FLAGS.skip_bad_images,
-            min_picture_side=FLAGS.min_picture_side)
-    except ValueError as error:
-        print(f"paa_predict: error: {error}", file=sys.stderr)
-        return 1
+    result = run_prediction(
+        FLAGS.model_dir, paths, FLAGS.output_dir, checkpoint=FLAGS.checkpoint,
+        score_threshold=FLAGS.score_threshold, picture_format=FLAGS.format,
+        batch_size=FLAGS.batch_size, skip_bad_images=FLAGS.skip_bad_images,
+        min_picture_side=FLAGS.min_picture_side)
     count = sum(len(e["detections"]) for e in result["images"])
     print(f"{len(result['images'])} images, {count} detections with score >= "
           f"{FLAGS.score_threshold}; {len(result['skipped'])} skipped")
@@ -297,7 +297,7 @@ def _run(argv):
 def main(argv=None):
     """Entry point: parses ``argv`` (default ``sys.argv``) and predicts."""
     define_flags()
-    app.run(_run, argv=sys.argv if argv is None else argv)
+    errors.run(_run, "paa_predict", argv)
 
 
 if __name__ == "__main__":

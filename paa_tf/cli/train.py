@@ -11,11 +11,11 @@ For several machines, start it on each with TF_CONFIG set and --strategy multi_w
 """
 
 import os
-import sys
 
 from absl import app, flags
 
 import paa_tf  # noqa: F401  (keeps Keras 3 out before TensorFlow loads)
+from paa_tf.cli import errors
 
 flags.DEFINE_string("config", None, "Experiment YAML file (see configs/). When --model_dir "
                     "already holds a config.yaml from an earlier run and --config is not "
@@ -49,11 +49,7 @@ def _main(argv):
         if not os.path.isfile(saved):
             raise app.UsageError("give --config (no config.yaml in --model_dir to resume from)")
         config_path = saved
-    try:
-        config = config_lib.load_config(config_path, FLAGS.override)
-    except config_lib.ConfigError as error:
-        print(f"paa_train: {error}", file=sys.stderr)
-        return 2
+    config = config_lib.load_config(config_path, FLAGS.override)
     if FLAGS.mixed_precision is not None:
         config.train.mixed_precision = FLAGS.mixed_precision
     if config.train.mixed_precision:
@@ -64,11 +60,7 @@ def _main(argv):
           f"{type(strategy).__name__}; global batch {config.train.batch_size}", flush=True)
     trainer = train_lib.Trainer(config, FLAGS.model_dir, strategy)
     trainer.restore_or_initialise()
-    try:
-        trainer.train(stop_after=FLAGS.stop_after)
-    except train_lib.NonFiniteLossError as error:
-        print(f"paa_train: {error}", file=sys.stderr, flush=True)
-        return 3
+    trainer.train(stop_after=FLAGS.stop_after)  # NonFiniteLossError: exit code 3
     print(f"paa_train: finished at step {trainer.step}; checkpoint {trainer.keeper.latest}",
           flush=True)
     for report in trainer.data_reports:  # skipped records are listed again at the end
@@ -77,7 +69,7 @@ def _main(argv):
 
 
 def main():
-    app.run(_main)
+    errors.run(_main, "paa_train")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import sys
 
 from absl import app, flags
 
+from paa_tf.cli import errors
+
 FLAGS = flags.FLAGS
 _FLAG_NAMES = ("model_dir", "checkpoint", "image", "data_index", "split", "gt_index", "output",
                "positives_plot", "dpi")
@@ -136,7 +138,8 @@ def assignment_picture(model_dir, output, checkpoint=None, image=None, data_inde
     network_input, info = transforms.preprocess(
         pixels, shorter_side=max(int(s) for s in data.min_size), max_size=data.max_size,
         image_size=image_size, pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)
-    gt_boxes = transforms.scale_boxes(tf.constant(record.boxes, tf.float32), info).numpy()
+    gt_boxes = transforms.scale_boxes(tf.constant(record.boxes, tf.float32), info,
+                                      config.model.plus_one).numpy()
     if gt_index is None:
         areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
         gt_index = int(np.argmax(areas))
@@ -159,25 +162,21 @@ def _run(argv):
         raise app.UsageError("--model_dir and --output are required")
     from paa_tf import visualize
 
-    try:
-        if FLAGS.positives_plot:
-            figure, scalars = visualize.positives_per_gt_plot(FLAGS.model_dir)
-            visualize.save_figure(figure, FLAGS.output, dpi=FLAGS.dpi)
-            steps, values = scalars.get("pos_per_gt", ([], []))
-            if len(steps):
-                print(f"pos_per_gt: {len(steps)} points, steps {steps[0]}..{steps[-1]}, "
-                      f"last {values[-1]:.3f}")
-        else:
-            view = assignment_picture(
-                FLAGS.model_dir, FLAGS.output, checkpoint=FLAGS.checkpoint, image=FLAGS.image,
-                data_index=FLAGS.data_index, split=FLAGS.split, gt_index=FLAGS.gt_index,
-                dpi=FLAGS.dpi)
-            print(f"{len(view.costs)} candidates: {int(view.positive.sum())} positive, "
-                  f"{int(view.negative.sum())} negative, {int(view.ignored.sum())} ignored; "
-                  f"separation at cost {view.separation:.4f}")
-    except ValueError as error:
-        print(f"paa_visualize: error: {error}", file=sys.stderr)
-        return 1
+    if FLAGS.positives_plot:
+        figure, scalars = visualize.positives_per_gt_plot(FLAGS.model_dir)
+        visualize.save_figure(figure, FLAGS.output, dpi=FLAGS.dpi)
+        steps, values = scalars.get("pos_per_gt", ([], []))
+        if len(steps):
+            print(f"pos_per_gt: {len(steps)} points, steps {steps[0]}..{steps[-1]}, "
+                  f"last {values[-1]:.3f}")
+    else:
+        view = assignment_picture(
+            FLAGS.model_dir, FLAGS.output, checkpoint=FLAGS.checkpoint, image=FLAGS.image,
+            data_index=FLAGS.data_index, split=FLAGS.split, gt_index=FLAGS.gt_index,
+            dpi=FLAGS.dpi)
+        print(f"{len(view.costs)} candidates: {int(view.positive.sum())} positive, "
+              f"{int(view.negative.sum())} negative, {int(view.ignored.sum())} ignored; "
+              f"separation at cost {view.separation:.4f}")
     print(f"wrote {FLAGS.output}")
     return 0
 
@@ -185,7 +184,7 @@ def _run(argv):
 def main(argv=None):
     """Entry point: parses ``argv`` (default ``sys.argv``) and draws."""
     define_flags()
-    app.run(_run, argv=sys.argv if argv is None else argv)
+    errors.run(_run, "paa_visualize", argv)
 
 
 if __name__ == "__main__":

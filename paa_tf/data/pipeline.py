@@ -10,10 +10,15 @@ checkpointable), so the load-time decode is the default.
 
 Graph (per image): read/parse bytes -> decode (JPEG/PNG/...) -> resize (shorter side S, longer
 <= L, fits the bucket) and normalise (mean/std, RGB 0-255) -> flip (training) -> pad to the
-static bucket [H, W] -> GT padded to `max_instances` with -1. Batched elements:
+static bucket [H, W] -> GT padded to `max_instances` with -1. With `data.buckets: square` the
+bucket is the canvas `data.image_size`; with `orientation` it is the image's orientation
+bucket (`paa_tf.data.buckets`), and each batch holds images of one bucket (training groups
+row indices before reading; evaluation groups decoded images and keeps partial batches), so
+H and W are static per batch but not in the dataset's element_spec. Batched elements:
 
   image       float32 [B, H, W, 3]
-  gt_boxes    float32 [B, M, 4]  yxyx pixels of the resized input (-1 rows pad)
+  gt_boxes    float32 [B, M, 4]  yxyx pixels of the resized input (-1 rows pad); continuous,
+                                  or the authors' inclusive "+1" boxes with `plus_one`
   gt_classes  int32   [B, M]     contiguous 0..C-1 (-1 pads); crowd boxes never included
   image_info  float32 [B, 4, 2]  [[orig_h, orig_w], [scaled_h, scaled_w], [scale_y, scale_x],
                                   [offset_y, offset_x]]; original box = (box - offset) / scale
@@ -26,12 +31,11 @@ the results file, must not depend on which decode finished first.
 """
 
 import dataclasses
-import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from paa_tf.data import buckets as buckets_lib
 from paa_tf.data import coco as coco_lib
 from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import records as records_lib
@@ -74,19 +78,13 @@ def dataset_label_map(config):
     raise ValueError(f"data.format is {config.format!r}; choose 'coco', 'voc' or 'tfrecord'")
 
 
-def label_map_file(config, model_dir=None):
-    """Path of a label map JSON file for the data (to copy beside a trained model).
-
-    `data.label_map` when set; otherwise the label map derived from the source is written to
-    a fresh temporary file (each worker its own, so nothing is written into `model_dir`).
+def run_label_map(config):
+    """The LabelMap a trained model is saved with (`label_map.json` beside its checkpoints):
+    `data.label_map` when set (validated here, early), else the one derived from the source.
     """
-    del model_dir  # the trainer copies the file there (chief only)
     if config.label_map:
-        label_map_lib.load_label_map(config.label_map)  # validates it early
-        return config.label_map
-    folder = tempfile.mkdtemp(prefix="paa_label_map_")
-    return label_map_lib.write_label_map(dataset_label_map(config),
-                                         os.path.join(folder, label_map_lib.LABEL_MAP_FILENAME))
+        return label_map_lib.load_label_map(config.label_map)
+    return dataset_label_map(config)
 
 
 def load_records(config, split="train", is_training=True, skip_bad_records=None):
@@ -144,11 +142,14 @@ class _Table:
     boxes: np.ndarray
     classes: np.ndarray
     paths: np.ndarray
+    portrait: np.ndarray  # int32 [N], 1 where the record's height > width (bucket choice)
 
     @classmethod
     def of(cls, records):
         lengths = [len(r.boxes) for r in records]
-        return cls(source_ids=np.array([r.image_id for r in records], np.int64),
+        return cls(portrait=np.array([int(r.height or 0) > int(r.width or 0) for r in records],
+                                     np.int32),
+                   source_ids=np.array([r.image_id for r in records], np.int64),
                    splits=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                    boxes=np.concatenate([r.boxes.reshape(-1, 4) for r in records]).astype(
                        np.float32).reshape(-1, 4),
@@ -156,30 +157,54 @@ class _Table:
                    paths=np.array([r.path or "" for r in records], object))
 
 
-def _example_fn(config, table, is_training, seed):
-    """(counter, row, encoded bytes) -> element dict (unbatched)."""
-    image_size = image_size_of(config)
-    sizes = tuple(int(s) for s in config.min_size)
+def _shorter_side(seed, counter, sizes, is_training):
+    """The shorter side S of element `counter`: drawn from `sizes` (training), else its max.
+
+    Stateless on (seed, counter), so the bucket grouping and the resize draw the same S.
+    """
     min_s, max_s = min(sizes), max(sizes)
+    if is_training and max_s > min_s:
+        key = tf.stack([tf.cast(seed, tf.int64), tf.cast(counter, tf.int64)])
+        return tf.random.stateless_uniform([], key, min_s, max_s + 1, dtype=tf.int32)
+    return tf.constant(max_s, tf.int32)  # evaluation uses the largest training scale (KK)
+
+
+def _bucket_fn(config, table, is_training, seed):
+    """(counter, row) -> int32 index of the element's bucket in `buckets.bucket_shapes`."""
+    sizes = tuple(int(s) for s in config.min_size)
+    _, lookup = buckets_lib.bucket_lookup(config, is_training)
+    lookup, portrait = tf.constant(lookup), tf.constant(table.portrait)
+    return lambda counter, row: lookup[
+        portrait[row], _shorter_side(seed, counter, sizes, is_training) - min(sizes)]
+
+
+def _example_fn(config, table, is_training, seed, plus_one):
+    """(counter, row, encoded bytes) -> element dict (unbatched), padded to its bucket;
+    `plus_one` as in `build_dataset`."""
+    shapes, _ = buckets_lib.bucket_lookup(config, is_training)
+    bucket_of = _bucket_fn(config, table, is_training, seed)
+    sizes = tuple(int(s) for s in config.min_size)
     splits, boxes_flat = tf.constant(table.splits), tf.constant(table.boxes)
     classes_flat, source_ids = tf.constant(table.classes), tf.constant(table.source_ids)
+    shape_table = tf.constant(shapes, tf.int32)
 
     def fn(counter, row, encoded):
         image = transforms.decode_image(encoded)
         start, end = splits[row], splits[row + 1]
         boxes, classes = boxes_flat[start:end], classes_flat[start:end]
         key = tf.stack([tf.cast(seed, tf.int64), counter])
-        if is_training and max_s > min_s:
-            shorter = tf.random.stateless_uniform([], key, min_s, max_s + 1, dtype=tf.int32)
-        else:
-            shorter = max_s  # evaluation uses the largest training scale (KK: 800 for 640-800)
+        shorter = _shorter_side(seed, counter, sizes, is_training)
+        # One bucket: its static Python shape; several: the element's own, chosen at run time.
+        image_size = shapes[0] if len(shapes) == 1 else tf.unstack(
+            shape_table[bucket_of(counter, row)])
         image, image_info = transforms.resize_image(image, shorter, config.max_size, image_size,
                                                     config.pixel_mean, config.pixel_std)
-        boxes = transforms.scale_boxes(boxes, image_info)
+        boxes = transforms.scale_boxes(boxes, image_info, plus_one)
         if is_training and config.flip_prob > 0:
             flip = tf.random.stateless_uniform([], key + [0, 1 << 40]) < config.flip_prob
-            image, boxes = tf.cond(flip, lambda: transforms.flip_left_right(image, boxes),
-                                   lambda: (image, boxes))
+            image, boxes = tf.cond(
+                flip, lambda: transforms.flip_left_right(image, boxes, plus_one),
+                lambda: (image, boxes))
         image = transforms.pad_image(image, image_size)
         boxes, classes = transforms.pad_instances(boxes, classes, config.max_instances)
         return {"image": image, "gt_boxes": boxes, "gt_classes": classes,
@@ -188,8 +213,8 @@ def _example_fn(config, table, is_training, seed):
     return fn
 
 
-def _file_rows(table, is_training, repeat, seed, pipelines):
-    """Dataset of (row, encoded bytes) reading image files."""
+def _file_rows(table, is_training, repeat, seed, pipelines, read=True):
+    """Dataset of (row, encoded bytes) reading image files; of rows alone without `read`."""
     paths = tf.constant(table.paths.astype(str))
     rows = tf.data.Dataset.range(len(table.source_ids))
     if pipelines[0] > 1:
@@ -198,6 +223,8 @@ def _file_rows(table, is_training, repeat, seed, pipelines):
         rows = rows.shuffle(len(table.source_ids), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         rows = rows.repeat()
+    if not read:
+        return rows
     return rows.map(lambda row: (row, tf.io.read_file(paths[row])))
 
 
@@ -237,8 +264,67 @@ def _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines
     return data.map(lambda row, s: (row, tf.io.parse_single_example(s, spec)["image/encoded"]))
 
 
+def _group_by_bucket(data, batch_size):
+    """Batches of `batch_size` elements padded to one bucket (the last of each may be short).
+
+    For finite passes (evaluation): grouping by the padded shape keeps every image and flushes
+    the partial batches at the end. Never checkpointed, so GroupByWindow is fine here.
+    """
+    def key(element):
+        shape = tf.shape(element["image"], out_type=tf.int64)
+        return shape[0] * 100003 + shape[1]
+
+    return data.group_by_window(key, lambda _, window: window.batch(batch_size),
+                                window_size=batch_size)
+
+
+def _bucketed_training(config, table, records, layout, batch_size, input_context, parallel,
+                       plus_one):
+    """Repeated training batches of one bucket each, split between the input pipelines.
+
+    Every pipeline walks the same shuffled row stream (base seed), groups the rows into
+    global batches of one bucket (`buckets.group_into_batches`, before any file is read), and
+    decodes only its own share of each global batch. So the replicas of one step all get
+    per-replica batches of the same shape, and a step's global batch is one partition of the
+    stream whatever the number of pipelines. TFRecord pipelines each read every record's
+    bytes (decoding, the costly part, is still split).
+    """
+    pipelines, pipeline_id, replicas = 1, 0, 1
+    if input_context is not None:
+        pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+        replicas = input_context.num_replicas_in_sync
+    global_batch = batch_size * replicas
+    share = global_batch // pipelines
+    seed = int(config.seed) * 1009  # one stream for all pipelines
+    if layout is None:
+        paths = tf.constant(table.paths.astype(str))
+        rows = _file_rows(table, True, True, seed, (1, 0), read=False)
+        rows = rows.map(lambda row: (row, paths[row]))
+    else:
+        rows = _tfrecord_rows(records, layout, config, True, True, seed, (1, 0))
+    bucket_of = _bucket_fn(config, table, True, seed)
+    rows = rows.scan(tf.constant(0, tf.int64),  # the counter as in build_dataset (not enumerate)
+                     lambda count, pair: (count + 1, (count, pair[0], pair[1])))
+    grouped = buckets_lib.group_into_batches(
+        rows, lambda i, row, payload: bucket_of(i, row),
+        len(buckets_lib.bucket_shapes(config, True)), global_batch)
+    lo = pipeline_id * share
+    mine = grouped.map(lambda i, row, payload: (i[lo:lo + share], row[lo:lo + share],
+                                                payload[lo:lo + share])).unbatch()
+    example = _example_fn(config, table, True, seed, plus_one)
+    if layout is None:
+        def element(i, row, path):
+            return example(i, row, tf.io.read_file(path))
+    else:
+        element = example
+    # In order, always: a reordered element could land in a batch of another bucket's shape.
+    data = mine.map(element, num_parallel_calls=parallel, deterministic=True)
+    return data.batch(batch_size, drop_remainder=True)
+
+
 def build_dataset(data_config, split="train", is_training=True, batch_size=1,
-                  input_context=None, skip_bad_records=None, repeat=None):
+                  input_context=None, skip_bad_records=None, repeat=None, plus_one=False):
     """The batched input pipeline of `split`; returns (tf.data.Dataset, BadRecordReport).
 
     `batch_size` is the batch of the returned dataset: under a `tf.distribute` strategy that
@@ -249,6 +335,8 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     full batches (static batch size); evaluation keeps images without boxes and the last
     partial batch. The
     report lists skipped records by id and the counts of the documented filters.
+    `plus_one` (`model.plus_one`) gives `gt_boxes` in the authors' "+1" pixels (see
+    `transforms.scale_boxes`); records and evaluation ground truth stay continuous.
     """
     config = data_config
     records, report, layout = load_records(config, split, is_training, skip_bad_records)
@@ -260,20 +348,40 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
         replica = input_context.input_pipeline_id
     seed = int(config.seed) * 1009 + replica
     table = _Table.of(records)
+    parallel = tf.data.AUTOTUNE if config.num_parallel_calls < 0 else config.num_parallel_calls
+    several = len(buckets_lib.bucket_shapes(config, is_training)) > 1
+    if several and is_training and repeat:
+        return _finish(_bucketed_training(config, table, records, layout, int(batch_size),
+                                          input_context, parallel, bool(plus_one)),
+                       bool(config.deterministic)), report
     if layout is None:
         data = _file_rows(table, is_training, repeat, seed, pipelines)
     else:
         data = _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines)
-    parallel = tf.data.AUTOTUNE if config.num_parallel_calls < 0 else config.num_parallel_calls
     ordered = bool(config.deterministic) or not is_training
-    example = _example_fn(config, table, is_training, seed)
-    data = data.enumerate().map(lambda i, pair: example(i, pair[0], pair[1]),
-                                num_parallel_calls=parallel, deterministic=ordered)
-    data = data.batch(int(batch_size), drop_remainder=bool(is_training and repeat))
+    example = _example_fn(config, table, is_training, seed, bool(plus_one))
+    # Each element gets its index in the stream (the key of its random draws) from a scan,
+    # not from `enumerate()`: enumerate is a zip with a range, and TF 2.20's zip re-saves
+    # the symbolic state of a shuffle holding its whole input wrongly once that state has
+    # been restored, so the second resume of a run failed at its first batch ("Expected 1
+    # components but got 0" in IteratorGetNext; docs/ROBUSTNESS.md). A scan keeps the
+    # counter in its own saved state.
+    data = data.scan(tf.constant(0, tf.int64),
+                     lambda count, pair: (count + 1, (count, pair[0], pair[1])))
+    data = data.map(example, num_parallel_calls=parallel, deterministic=ordered)
+    if several:
+        data = _group_by_bucket(data, int(batch_size))
+    else:
+        data = data.batch(int(batch_size), drop_remainder=bool(is_training and repeat))
+    return _finish(data, ordered), report
+
+
+def _finish(data, ordered):
+    """Prefetching and the options every pipeline of `build_dataset` shares."""
     data = data.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = ordered
     # A checkpointed iterator then stores positions, not the prefetched image batches
     # (256x256 batch 8: 39 KB instead of 9.5 MB; 1408x1408 batches are 48 MB each).
     options.experimental_symbolic_checkpoint = True
-    return data.with_options(options), report
+    return data.with_options(options)

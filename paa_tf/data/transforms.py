@@ -40,8 +40,8 @@ def resize_scale(height, width, shorter_side, max_size, image_size):
     return tf.reduce_min(tf.stack([
         shorter_side / tf.minimum(height, width),
         float(max_size) / tf.maximum(height, width),
-        float(image_size[0]) / height,
-        float(image_size[1]) / width]))
+        tf.cast(image_size[0], tf.float32) / height,
+        tf.cast(image_size[1], tf.float32) / width]))
 
 
 def resize_image(image, shorter_side, max_size, image_size, pixel_mean=None, pixel_std=None):
@@ -78,8 +78,16 @@ def resize_image(image, shorter_side, max_size, image_size, pixel_mean=None, pix
     return resized, image_info
 
 
-def scale_boxes(boxes, image_info):
-    """Original-pixel boxes [N, 4] yxyx -> input pixels: box * scale + offset."""
+def scale_boxes(boxes, image_info, plus_one=False):
+    """Original-pixel boxes [N, 4] yxyx -> input pixels: box * scale + offset.
+
+    With `plus_one` (`model.plus_one`, the authors' "+1" pixels) the records' continuous
+    boxes become inclusive ones first, in original pixels as the authors do before resizing:
+    COCO `[x, y, w, h]` is `x1 = x, x2 = x + w - 1` (VOC's 1-based `xmin..xmax` becomes
+    `xmin - 1 .. xmax - 1`), so the max corner moves by -1.
+    """
+    if plus_one:
+        boxes = boxes - tf.constant([0.0, 0.0, 1.0, 1.0], boxes.dtype)
     scale = tf.tile(image_info[2], [2])
     offset = tf.tile(image_info[3], [2])
     return boxes * scale + offset
@@ -97,9 +105,12 @@ def boxes_to_original(boxes, image_info):
     return (boxes - offset) / scale
 
 
-def flip_left_right(image, boxes):
-    """Mirror `image` [h, w, C] and its `boxes` [N, 4] yxyx (pixels of this image)."""
-    width = tf.cast(tf.shape(image)[1], boxes.dtype)
+def flip_left_right(image, boxes, plus_one=False):
+    """Mirror `image` [h, w, C] and its `boxes` [N, 4] yxyx (pixels of this image).
+
+    Continuous x maps to w - x; with `plus_one` an inclusive pixel index x maps to w - 1 - x.
+    """
+    width = tf.cast(tf.shape(image)[1], boxes.dtype) - (1.0 if plus_one else 0.0)
     flipped = tf.stack([boxes[:, 0], width - boxes[:, 3], boxes[:, 2], width - boxes[:, 1]],
                        axis=-1)
     return tf.reverse(image, axis=[1]), flipped
@@ -115,11 +126,12 @@ def normalize(image, pixel_mean, pixel_std):
 def pad_image(image, image_size):
     """Zero-pad `image` [h, w, 3] (h <= H, w <= W) bottom/right to `image_size` = (H, W).
 
-    Zero is the mean colour of a normalised image. Output has the static shape [H, W, 3].
+    Zero is the mean colour of a normalised image. Output has the static shape [H, W, 3]
+    when H and W are Python ints (a bucket chosen per image passes them as tensors).
     """
     shape = tf.shape(image)
     image = tf.pad(image, [[0, image_size[0] - shape[0]], [0, image_size[1] - shape[1]], [0, 0]])
-    image.set_shape([image_size[0], image_size[1], 3])
+    image.set_shape([tf.get_static_value(image_size[0]), tf.get_static_value(image_size[1]), 3])
     return image
 
 

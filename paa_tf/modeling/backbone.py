@@ -84,7 +84,7 @@ def _resnet_stage_of_layers(model: tf_keras.Model) -> list[tuple[tf_keras.layers
 
 
 def build_resnet_backbone(depth: int, input_shape=(None, None, 3), freeze_at: int = 2,
-                          frozen_bn: bool = True) -> tf_keras.Model:
+                          frozen_bn: bool = True, bn_epsilon: float = 1e-5) -> tf_keras.Model:
     """Model Garden ResNet with frozen BN and a frozen stem/first stages.
 
     Args:
@@ -92,6 +92,11 @@ def build_resnet_backbone(depth: int, input_shape=(None, None, 3), freeze_at: in
       input_shape: (H, W, 3); H and W may be None.
       freeze_at: 0 freezes nothing, 1 the stem, k >= 2 the stem and stages res2..res{k}.
       frozen_bn: True makes every BatchNormalization a fixed affine map (inference mode).
+      bn_epsilon: epsilon of every BatchNormalization, (x - mean) / sqrt(var + eps) * gamma +
+        beta. It must be the one the checkpoint was trained with: with frozen statistics a
+        wrong value rescales every low-variance channel of all BN layers. Model Garden's
+        ImageNet ResNets (experiment ``resnet_imagenet``) use 1e-5, not the 1e-3 default of
+        its ResNet class.
     Returns:
       tf_keras.Model: image float32 [B, H, W, 3] -> {3: C3, 4: C4, 5: C5}.
     """
@@ -101,7 +106,7 @@ def build_resnet_backbone(depth: int, input_shape=(None, None, 3), freeze_at: in
         raise ValueError(f"model.freeze_at must be in 0..5, got {freeze_at}")
     resnet_model = resnet.ResNet(
         depth, input_specs=tf_keras.layers.InputSpec(shape=[None, *input_shape]),
-        bn_trainable=not frozen_bn)
+        bn_trainable=not frozen_bn, norm_epsilon=bn_epsilon)
     for layer, stage in _resnet_stage_of_layers(resnet_model):
         if stage <= freeze_at:
             layer.trainable = False
@@ -137,7 +142,8 @@ def build_backbone(model_config, input_shape=(None, None, 3)) -> tf_keras.Model:
         return build_resnet_backbone(
             RESNET_DEPTHS[name], input_shape,
             freeze_at=getattr(model_config, "freeze_at", 2),
-            frozen_bn=getattr(model_config, "frozen_bn", True))
+            frozen_bn=getattr(model_config, "frozen_bn", True),
+            bn_epsilon=getattr(model_config, "bn_epsilon", 1e-5))
     raise ValueError(
         f"model.backbone = {name!r} is not supported; choose one of {', '.join(BACKBONES)}")
 

@@ -42,6 +42,8 @@ def _default_assign(*args, **kwargs):
 
 
 class _MetricHolder:
+    """A plain object, so Keras does not track what it holds (metrics, an anchor cache)."""
+
     def __init__(self, trackers):
         self.trackers = trackers
 
@@ -49,8 +51,9 @@ class _MetricHolder:
 class PAADetector(tf_keras.Model):
     """The PAA detector.
 
-    Input: image float32 [B, H, W, 3] (normalised by the data pipeline; H, W the static padded
-    size the anchors were made for). ``call`` returns the head outputs, flattened over levels
+    Input: image float32 [B, H, W, 3] (normalised by the data pipeline; H, W a static padded
+    size, multiples of 2**max_level: the build size or any orientation bucket; see
+    ``anchors_for``). ``call`` returns the head outputs, flattened over levels
     (P3 first, row-major): ``cls_logits`` [B, A, C], ``box_deltas`` [B, A, 4] (dy, dx, dh, dw)
     and, unless ``model.aux_head == 'none'``, ``iou_logits`` [B, A], in the compute dtype.
 
@@ -65,9 +68,10 @@ class PAADetector(tf_keras.Model):
         self.backbone = backbone
         self.fpn = fpn
         self.head = head
-        self.anchors = tf.constant(anchors, tf.float32)  # [A, 4] yxyx
+        self.anchors = tf.constant(anchors, tf.float32)  # [A, 4] yxyx, of the build size
         # The assignment needs the level of each anchor as static NumPy (it slices per level).
         self.level_ids = np.asarray(level_ids, np.int32)  # [A]
+        self._anchor_cache = _MetricHolder({})  # {(H, W): (anchors, level_ids)}, untracked
         self._assign_fn = assign_fn or _default_assign
         model_cfg = config.model
         self.num_levels = model_cfg.max_level - model_cfg.min_level + 1
@@ -98,9 +102,31 @@ class PAADetector(tf_keras.Model):
         pyramid = self.fpn(features, training=training)
         return self.head(pyramid, training=training)
 
-    def decode(self, box_deltas):
+    def anchors_for(self, height, width):
+        """(anchors float32 NumPy [A, 4] yxyx, level_ids int32 NumPy [A]) of an input size.
+
+        An anchor's position depends only on its level and cell, so the anchors of a smaller
+        bucket are exactly the anchors of the larger canvas that lie in its top-left corner
+        (per level); the canvas's extra anchors cover padding only.
+        """
+        if height is None or width is None:
+            raise ValueError("PAADetector needs a static input height and width to make its "
+                             "anchors; batch images of one bucket (paa_tf.data.buckets) and "
+                             "call the step on each batch, not on an iterator of mixed shapes")
+        key = (int(height), int(width))
+        cache = self._anchor_cache.trackers
+        if key not in cache:
+            cfg = self.config.model
+            cache[key] = generate_anchors(
+                key[0], key[1], cfg.min_level, cfg.max_level,
+                octave_base_scale=cfg.octave_base_scale,
+                center_offset=cfg.anchor_center_offset, plus_one=cfg.plus_one)
+        return cache[key]
+
+    def decode(self, box_deltas, anchors=None):
         """Decoded boxes float32 [B, A, 4] yxyx pixels from deltas [B, A, 4]."""
-        return decode_boxes(tf.cast(box_deltas, tf.float32), self.anchors,
+        return decode_boxes(tf.cast(box_deltas, tf.float32),
+                            self.anchors if anchors is None else anchors,
                             weights=self.box_weights, clamp=self.delta_clamp,
                             plus_one=self.plus_one)
 
@@ -113,20 +139,22 @@ class PAADetector(tf_keras.Model):
           (dict of losses from ``paa_tf.losses.paa_losses``, ``AssignResult``).
         """
         outputs = self(data["image"], training=training)
+        anchors, level_ids = self.anchors_for(*data["image"].shape[1:3])
+        anchors = tf.constant(anchors, tf.float32)
         # Losses and assignment in float32, whatever the compute dtype of the network.
         cls_logits = tf.cast(outputs["cls_logits"], tf.float32)
         aux_logits = outputs.get("iou_logits")
         if aux_logits is not None:
             aux_logits = tf.cast(aux_logits, tf.float32)
-        pred_boxes = self.decode(outputs["box_deltas"])
+        pred_boxes = self.decode(outputs["box_deltas"], anchors)
         # Procedure 1, lines 1-17: the assignment sees detached predictions only.
         assignment = self._assign_fn(
-            self.config.assign, self.anchors, self.level_ids, self.num_levels,
+            self.config.assign, anchors, level_ids, self.num_levels,
             data["gt_boxes"], data["gt_classes"], tf.stop_gradient(cls_logits),
             tf.stop_gradient(pred_boxes), plus_one=self.plus_one)
         losses = paa_losses.paa_losses(
             cls_logits, pred_boxes, aux_logits, assignment.labels, assignment.matched_boxes,
-            assignment.positive_mask, self.anchors, self.config.loss, aux_head=self.aux_head,
+            assignment.positive_mask, anchors, self.config.loss, aux_head=self.aux_head,
             plus_one=self.plus_one)
         return losses, assignment
 
@@ -219,7 +247,8 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
     if image_size is None:
         image_size = tuple(config.data.image_size)
     height, width = (int(s) for s in image_size)
-    backbone = build_backbone(model_cfg, (height, width, 3))
+    # Any spatial size: the same weights run on the square canvas and on every bucket.
+    backbone = build_backbone(model_cfg, (None, None, 3))
     fpn = FPN(channels=model_cfg.fpn_channels, min_level=model_cfg.min_level,
               max_level=model_cfg.max_level, p7_from_relu=model_cfg.p7_from_relu,
               kernel_init=getattr(model_cfg, "fpn_init", "lecun_uniform"), name="fpn")
@@ -245,6 +274,8 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
     if checkpoint:
         from paa_tf.modeling.weights import load_backbone_weights
 
-        model.backbone_load_report = load_backbone_weights(backbone, checkpoint)
+        model.backbone_load_report = load_backbone_weights(
+            backbone, checkpoint,
+            allow_partial=getattr(model_cfg, "backbone_checkpoint_partial", False))
         LOGGER.info("%s", model.backbone_load_report.summary())
     return model

@@ -7,9 +7,16 @@ Supported files (nothing is ever downloaded):
   Variables are matched by their object path below the backbone (``layer_with_weights-3/
   kernel``), whatever the root above it is (``backbone/``, ``model/backbone/``, ...): the
   prefix that matches most variables wins. Each variable is reported as loaded, missing from the
-  checkpoint, or present with another shape (kept at its initial value).
+  checkpoint, or present with another shape; checkpoint entries below that prefix that nothing
+  used are reported too (optimizer slots aside).
 * a Keras weights file (``.h5``, or ``.keras``) written from the same backbone architecture;
   Keras loads it by topology, all or nothing.
+
+A checkpoint that leaves any backbone variable unloaded, gives one another shape, or holds
+unused backbone entries is refused (``IncompleteBackboneCheckpoint``, nothing is assigned):
+a wrong or partly matching file would otherwise train from a partly random backbone.
+``allow_partial=True`` (config ``model.backbone_checkpoint_partial``) loads what matches and
+returns the report instead.
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ import tensorflow as tf
 import tf_keras
 
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+_SLOT_MARK = "/.OPTIMIZER_SLOT/"  # optimizer slots stored beside their variable
+_SHOWN = 5  # variables named in the refusal message
+
+
+class IncompleteBackboneCheckpoint(ValueError):
+    """A backbone checkpoint that does not initialise exactly the backbone's variables."""
 
 
 @dataclasses.dataclass
@@ -30,10 +43,33 @@ class LoadReport:
 
     path: str
     loaded: list = dataclasses.field(default_factory=list)  # object paths
-    missing: list = dataclasses.field(default_factory=list)  # ours, absent from the file
+    missing: list = dataclasses.field(default_factory=list)  # 'path (Keras name)', not in file
     shape_mismatch: list = dataclasses.field(default_factory=list)  # (path, ours, file's)
     unused: list = dataclasses.field(default_factory=list)  # file keys nothing matched
     prefix: str = ""
+
+    @property
+    def complete(self) -> bool:
+        """Every backbone variable loaded and every backbone entry of the file used."""
+        return not (self.missing or self.shape_mismatch or self.unused)
+
+    def refusal(self) -> str:
+        """Why the load is refused: the first few names of each kind, their counts, the fix."""
+        lines = [f"model.backbone_checkpoint {self.path} does not fit the backbone "
+                 f"({len(self.loaded)} variables would load"
+                 + (f", matched below '{self.prefix}'" if self.prefix else "") + "):"]
+        for title, items in (("backbone variables missing from the file", self.missing),
+                             ("variables with another shape (ours, file's)",
+                              self.shape_mismatch),
+                             ("unused file entries below the backbone", self.unused)):
+            if items:
+                shown = ", ".join(str(item) for item in items[:_SHOWN])
+                more = f", ... ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+                lines.append(f"  {len(items)} {title}: {shown}{more}")
+        lines.append("Give a checkpoint of the same architecture as model.backbone (e.g. Model "
+                     "Garden's ImageNet ResNet of that depth), or set "
+                     "model.backbone_checkpoint_partial=true to load only what matches.")
+        return "\n".join(lines)
 
     def summary(self, max_items: int = 10) -> str:
         lines = [f"backbone weights from {self.path}: {len(self.loaded)} variables loaded, "
@@ -98,7 +134,7 @@ def _best_prefix(file_keys, our_paths) -> str:
     return counts.most_common(1)[0][0] if counts else ""
 
 
-def _load_tf_checkpoint(roots, path: str) -> LoadReport:
+def _load_tf_checkpoint(roots, path: str, allow_partial: bool) -> LoadReport:
     prefix_path = _resolve_checkpoint(path)
     reader = tf.train.load_checkpoint(prefix_path)
     shapes = reader.get_variable_to_shape_map()
@@ -113,30 +149,44 @@ def _load_tf_checkpoint(roots, path: str) -> LoadReport:
             best = (matched, ours, prefix)
     _, ours, prefix = best
     report = LoadReport(path=prefix_path, prefix=prefix)
-    used = set()
+    used, to_assign = set(), []
     for obj_path, variable in ours.items():
         key = prefix + obj_path
+        label = f"{obj_path} ({variable.name.split(':')[0]})"  # object path (Keras name)
         if key not in shapes and key + _VALUE_SUFFIX not in shapes:
-            report.missing.append(obj_path)
+            report.missing.append(label)
             continue
         full_key = key + _VALUE_SUFFIX if key + _VALUE_SUFFIX in shapes else key
         used.add(key)
         file_shape = list(shapes[full_key])
         if file_shape != variable.shape.as_list():
-            report.shape_mismatch.append((obj_path, variable.shape.as_list(), file_shape))
+            report.shape_mismatch.append((label, variable.shape.as_list(), file_shape))
             continue
-        variable.assign(tf.cast(reader.get_tensor(full_key), variable.dtype))
+        to_assign.append((variable, full_key))
         report.loaded.append(obj_path)
-    report.unused = sorted(k for k in file_keys if k not in used and
-                           not k.endswith("save_counter") and not k.startswith("optimizer"))
+    # Entries outside the prefix (a classifier, the FPN and head of a detection run, the
+    # optimizer) are not backbone weights; those below it that nothing used are.
+    report.unused = sorted(k for k in file_keys if k not in used and k.startswith(prefix)
+                           and _SLOT_MARK not in k and not k.endswith("save_counter")
+                           and not k.startswith("optimizer"))
+    if not report.complete and not allow_partial:
+        raise IncompleteBackboneCheckpoint(report.refusal())
+    for variable, full_key in to_assign:
+        variable.assign(tf.cast(reader.get_tensor(full_key), variable.dtype))
     return report
 
 
-def load_backbone_weights(backbone: tf_keras.Model, path: str) -> LoadReport:
+def load_backbone_weights(backbone: tf_keras.Model, path: str,
+                          allow_partial: bool = False) -> LoadReport:
     """Initialises ``backbone`` (built) from the local file ``path``; see the module docstring.
 
+    Args:
+      allow_partial: load what matches even when the file does not cover the backbone
+        exactly (``model.backbone_checkpoint_partial``); the report lists the rest.
     Returns:
-      LoadReport. Raises ValueError when the file does not exist or a Keras file does not fit.
+      LoadReport. Raises ValueError when the file does not exist or a Keras file does not fit,
+      and ``IncompleteBackboneCheckpoint`` (nothing assigned) when a TensorFlow checkpoint
+      does not cover the backbone exactly and ``allow_partial`` is False.
     """
     from paa_tf.modeling.backbone import resnet_inner_model
 
@@ -157,4 +207,4 @@ def load_backbone_weights(backbone: tf_keras.Model, path: str) -> LoadReport:
     inner = resnet_inner_model(backbone)
     if inner is not None:
         roots.insert(0, inner)
-    return _load_tf_checkpoint(roots, path)
+    return _load_tf_checkpoint(roots, path, allow_partial)

@@ -3,6 +3,9 @@ before TensorFlow initialises, so these runs cannot share the pytest process).
 
     python distributed_worker.py mirrored OUT.json     # single device vs 2-replica Mirrored
     python distributed_worker.py multiworker OUT.json  # one worker of a TF_CONFIG cluster
+    python distributed_worker.py bucketed_mirrored OUT.json DIR     # Trainer, bucketed data
+    python distributed_worker.py bucketed_multiworker OUT.json DIR  # the same, one worker
+    python distributed_worker.py mirrored_resume OUT.json  # 2-replica run resumed 3 times
 
 Writes a JSON report to OUT.json.
 """
@@ -106,6 +109,98 @@ def run_multiworker(out_path):
         json.dump(report, f)
 
 
+def run_bucketed(strategy, out_path, folder):
+    """The Trainer on the orientation-bucketed pipeline of a tiny mixed COCO folder."""
+    import pathlib
+
+    from tests.test_buckets import bucketed_trainer, make_mixed_coco
+
+    data = make_mixed_coco(pathlib.Path(folder) / "data")
+    trainer = bucketed_trainer(pathlib.Path(folder) / "run", data,
+                               "train.total_steps=3,train.checkpoint_every=3",
+                               strategy=strategy)
+    # Every step: the replicas' batches have one shape (the bucket of the global batch).
+    shapes = []
+    probe = iter(strategy.distribute_datasets_from_function(trainer_dataset_fn(data)))
+    for _ in range(4):
+        images = strategy.experimental_local_results(next(probe)["image"])
+        shapes.append([list(image.shape) for image in images])
+    logs = trainer.train()
+    checksum = float(sum(np.sum(np.abs(w)) for w in trainer.model.get_weights()))
+    report = {"replicas": strategy.num_replicas_in_sync, "steps": trainer.step,
+              "logs": logs, "shapes": shapes, "weight_checksum": checksum,
+              "traces": trainer._step_fn.experimental_get_tracing_count()}
+    with open(out_path, "w") as f:
+        json.dump(report, f)
+
+
+def run_mirrored_resume(out_path):
+    """A 2-replica run of 3 steps on the real input pipeline, straight through and as three
+    runs of one step each (each resumed from the previous one's checkpoint)."""
+    import pathlib
+    import tempfile
+
+    from paa_tf import train as train_lib
+    from tests import train_utils
+    from tests.test_data_bad_input import coco_config, make_coco
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    root = pathlib.Path(tempfile.mkdtemp(dir=os.path.dirname(out_path)))
+    make_coco(root / "data", num_images=5)
+    data = coco_config(root / "data")
+    config = train_utils.tiny_config(
+        f"data.train_images={data.train_images},data.train_annotations="
+        f"{data.train_annotations},data.min_size=[96,128],data.deterministic=true,"
+        "model.num_classes=2,train.checkpoint_every=1")
+
+    def trainer(model_dir):
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        return train_lib.Trainer(config, root / model_dir, strategy)
+
+    whole = trainer("whole")
+    whole.train(total_steps=3)
+    restored = []
+    for _ in range(3):
+        part = trainer("parts")
+        restored.append(part.restore_or_initialise())
+        part.train(total_steps=3, stop_after=1)
+    differences = [float(np.max(np.abs(a.numpy() - b.numpy())))
+                   for a, b in zip(whole.model.weights, part.model.weights)]
+    scale = max(float(np.max(np.abs(a.numpy()))) for a in whole.model.weights)
+    report = {"replicas": part.strategy.num_replicas_in_sync, "steps": part.step,
+              "restored": [os.path.basename(r) if r else None for r in restored],
+              "max_weight_difference": max(differences), "max_weight": scale,
+              "exact_data_resume": part.exact_data_resume}
+    with open(out_path, "w") as f:
+        json.dump(report, f)
+
+
+def trainer_dataset_fn(data):
+    from paa_tf.data import pipeline
+
+    def dataset_fn(context):
+        per_replica = context.get_per_replica_batch_size(2)
+        return pipeline.build_dataset(data, "train", True, batch_size=per_replica,
+                                      input_context=context)[0]
+    return dataset_fn
+
+
+def run_bucketed_mirrored(out_path, folder):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    run_bucketed(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), out_path, folder)
+
+
+def run_bucketed_multiworker(out_path, folder):
+    run_bucketed(tf.distribute.MultiWorkerMirroredStrategy(), out_path, folder)
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
-    {"mirrored": run_mirrored, "multiworker": run_multiworker}[mode](out)
+    {"mirrored": run_mirrored, "multiworker": run_multiworker,
+     "bucketed_mirrored": run_bucketed_mirrored,
+     "mirrored_resume": run_mirrored_resume,
+     "bucketed_multiworker": run_bucketed_multiworker}[mode](out, *sys.argv[3:])

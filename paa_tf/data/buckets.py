@@ -1,0 +1,148 @@
+"""Static-shape orientation buckets: pad each image to the bucket of its orientation.
+
+With `data.buckets: square` every image is padded into the one canvas `data.image_size`
+(e.g. 1408x1408 for 800/1333). With `data.buckets: orientation` a landscape image
+(height <= width) is padded into `[H_s, W_L]` and a portrait one into `[W_L, H_s]`, where,
+for each training scale S (shorter side) and the longer-side limit L (`data.max_size`):
+
+  H_s = the smallest multiple of STRIDE >= min(S, L)     (shorter side of the bucket)
+  W_L = the smallest multiple of STRIDE >= L             (longer side of the bucket)
+
+clipped to the square canvas, which therefore holds every bucket. 800/1333 gives 896x1408
+and 1408x896 (1.26 Mpx each instead of 1.98). A multi-scale range (`min_size: [640, 800]`)
+gets one landscape and one portrait bucket per distinct H_s (640, 768, 896). Evaluation and
+export use the buckets of the evaluation scale (the largest S).
+
+An image's resize scale never depends on its bucket (the bucket always holds the S/L-resized
+image), so the content and the boxes are the same in every bucket; only the zero padding
+differs. STRIDE is 128, the stride of P7, the coarsest level; a bucket that is a multiple of
+it gives every level an integral feature map, so anchors and head outputs line up.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+STRIDE = 128
+MODES = ("square", "orientation")
+
+
+def round_up(value, stride=STRIDE):
+    """The smallest multiple of `stride` >= `value` (Python int)."""
+    return -(-int(value) // stride) * stride
+
+
+def mode_of(data_config):
+    """`data.buckets` ('square' when the config predates the field)."""
+    mode = getattr(data_config, "buckets", "square") or "square"
+    if mode not in MODES:
+        raise ValueError(f"data.buckets is {mode!r}; choose one of {MODES}")
+    return mode
+
+
+def _canvas(data_config):
+    from paa_tf.data.pipeline import image_size_of
+
+    return image_size_of(data_config)
+
+
+def scale_sides(data_config, is_training):
+    """Shorter sides S this split resizes to: the range of `min_size` (training) or its max."""
+    sizes = [int(s) for s in data_config.min_size]
+    if is_training:
+        return list(range(min(sizes), max(sizes) + 1))
+    return [max(sizes)]
+
+
+def orientation_shape(shorter_side, max_size, canvas, portrait):
+    """The bucket (H, W) of one scale: (round_up(min(S, L)), round_up(L)), transposed for a
+    portrait image, clipped to `canvas` (H, W)."""
+    side, longer = round_up(min(shorter_side, max_size)), round_up(max_size)
+    shape = (longer, side) if portrait else (side, longer)
+    return (min(shape[0], canvas[0]), min(shape[1], canvas[1]))
+
+
+def bucket_shapes(data_config, is_training):
+    """The padded shapes [(H, W), ...] of a split, landscape then portrait per scale group.
+
+    'square': [data.image_size]. 'orientation': see the module docstring. Duplicates (a
+    square bucket when S and L round to the same side) are listed once.
+    """
+    canvas = _canvas(data_config)
+    if mode_of(data_config) == "square":
+        return [canvas]
+    shapes = []
+    for side in sorted({round_up(min(s, data_config.max_size))
+                        for s in scale_sides(data_config, is_training)}):
+        for portrait in (False, True):
+            shape = orientation_shape(side, data_config.max_size, canvas, portrait)
+            if shape not in shapes:
+                shapes.append(shape)
+    return shapes
+
+
+def bucket_lookup(data_config, is_training):
+    """(shapes, index table): `table[portrait, S - S_min]` is the bucket index of an image.
+
+    `portrait` is 1 for height > width; S the image's drawn shorter side. int32 NumPy
+    [2, S_max - S_min + 1]; every image maps into the square canvas's single bucket in
+    'square' mode.
+    """
+    shapes = bucket_shapes(data_config, is_training)
+    sides = scale_sides(data_config, is_training)
+    table = np.zeros([2, len(sides)], np.int32)
+    if len(shapes) > 1:
+        canvas = _canvas(data_config)
+        for column, s in enumerate(sides):
+            for portrait in (0, 1):
+                table[portrait, column] = shapes.index(
+                    orientation_shape(s, data_config.max_size, canvas, portrait))
+    return shapes, table
+
+
+def smallest_holding(shapes, heights, widths):
+    """Index of the smallest-area bucket of `shapes` holding every (height, width); TF ints.
+
+    `heights`, `widths`: int32 [B] sizes of resized images. Returns an int32 scalar; -1 when
+    no bucket holds them all (the caller falls back to the square canvas).
+    """
+    order = sorted(range(len(shapes)), key=lambda i: (shapes[i][0] * shapes[i][1], i))
+    choice = tf.constant(-1, tf.int32)
+    for index in reversed(order):  # the smallest fitting bucket is assigned last
+        fits = tf.logical_and(tf.reduce_all(heights <= shapes[index][0]),
+                              tf.reduce_all(widths <= shapes[index][1]))
+        choice = tf.where(fits, tf.constant(index, tf.int32), choice)
+    return choice
+
+
+def group_into_batches(dataset, key_fn, num_buckets, batch_size):
+    """Full batches of `batch_size` consecutive elements of one bucket, in order of filling.
+
+    Like `tf.data.Dataset.group_by_window` with `window_size=batch_size`, but written as a
+    `scan` over fixed-size buffers, because TF 2.20's GroupByWindow cannot be saved in a
+    symbolic checkpoint (the pipeline's exact-resume mode) and a scan can: the state is the
+    per-bucket buffers (small: row indices and counters, or encoded bytes for TFRecords).
+    Elements still buffered when a finite input ends are dropped (training repeats forever).
+
+    Args:
+      dataset: elements that are tuples of scalar tensors.
+      key_fn: element -> int32 bucket index in [0, num_buckets).
+    Returns:
+      dataset of tuples of [batch_size] tensors (one per element component).
+    """
+    specs = dataset.element_spec
+    initial = tuple(tf.zeros([num_buckets, batch_size], spec.dtype) for spec in specs)
+    initial = (initial, tf.zeros([num_buckets], tf.int32))
+
+    def step(state, element):
+        buffers, counts = state
+        key = tf.cast(key_fn(*element), tf.int32)
+        slot = [[key, counts[key]]]
+        buffers = tuple(tf.tensor_scatter_nd_update(b, slot, [tf.cast(v, b.dtype)])
+                        for b, v in zip(buffers, element))
+        counts = tf.tensor_scatter_nd_add(counts, [[key]], [1])
+        full = tf.equal(counts[key], batch_size)
+        counts = tf.where(full, tf.tensor_scatter_nd_update(counts, [[key]], [0]), counts)
+        return (buffers, counts), (full, tuple(b[key] for b in buffers))
+
+    grouped = dataset.scan(initial, step).filter(lambda full, batch: full)
+    return grouped.map(lambda full, batch: batch)
