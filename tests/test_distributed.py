@@ -60,8 +60,9 @@ def test_one_mirrored_step_on_two_replicas_equals_the_single_device_step(tmp_pat
     assert report["max_abs_gradient_difference"] < 1e-5 * report["max_abs_gradient"]
 
 
-@pytest.mark.slow  # ~30-50 s
-def test_two_process_multi_worker_training_completes(tmp_path):
+def _run_two_workers(tmp_path, mode, per_worker_args=lambda index: []):
+    """Runs the worker helper in `mode` as two MultiWorkerMirroredStrategy processes on
+    loopback ports; returns their two JSON reports (worker 0 first)."""
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes = []
@@ -69,7 +70,7 @@ def test_two_process_multi_worker_training_completes(tmp_path):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         out = tmp_path / f"worker{index}.json"
         processes.append((subprocess.Popen(
-            [sys.executable, str(WORKER), "multiworker", str(out)],
+            [sys.executable, str(WORKER), mode, str(out), *per_worker_args(index)],
             env=_environment(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True), out))
     reports = []
@@ -82,6 +83,12 @@ def test_two_process_multi_worker_training_completes(tmp_path):
         for process, _ in processes:
             if process.poll() is None:
                 process.kill()
+    return reports
+
+
+@pytest.mark.slow  # ~30-50 s
+def test_two_process_multi_worker_training_completes(tmp_path):
+    reports = _run_two_workers(tmp_path, "multiworker")
     for report in reports:
         assert report["replicas"] == 2
         assert report["steps"] == 3
@@ -117,27 +124,8 @@ def test_mirrored_trainer_on_orientation_buckets(tmp_path):
 def test_multi_worker_trainer_on_orientation_buckets(tmp_path):
     """Two MultiWorkerMirroredStrategy workers, each its own input pipeline: each global
     batch is one bucket split between them, so training stays synchronous."""
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        out = tmp_path / f"worker{index}.json"
-        processes.append((subprocess.Popen(
-            [sys.executable, str(WORKER), "bucketed_multiworker", str(out),
-             str(tmp_path / f"w{index}")],
-            env=_environment(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True), out))
-    reports = []
-    try:
-        for process, out in processes:
-            stdout, _ = process.communicate(timeout=TIMEOUT_S)
-            assert process.returncode == 0, _failure(process, stdout)
-            reports.append(json.loads(out.read_text()))
-    finally:
-        for process, _ in processes:
-            if process.poll() is None:
-                process.kill()
+    reports = _run_two_workers(tmp_path, "bucketed_multiworker",
+                               lambda index: [str(tmp_path / f"w{index}")])
     for report in reports:
         assert report["replicas"] == 2 and report["steps"] == 3
     # Step by step the two workers' batches have the same bucket shape.
