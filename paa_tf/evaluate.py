@@ -37,7 +37,7 @@ def load_coco(annotations, quiet=True):
     path = os.fspath(annotations)
     if not os.path.isfile(path):
         raise ValueError(f"COCO annotations file not found: {path!r}; pass the instances JSON, "
-                         "e.g. ../shared/data/coco_mini/annotations/instances_val2017.json")
+                         "e.g. data/coco/annotations/instances_val2017.json")
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         return COCO(path)
 
