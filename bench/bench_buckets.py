@@ -252,11 +252,13 @@ def padding_positives(data_root, count):
     dataset, _ = pipeline.build_dataset(config.data, "train", True, batch_size=1)
     canvas = tuple(config.data.image_size)
     anchors, levels = generate_anchors(*canvas, 3, 7)
-    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    # The cell's top-left corner: a bucket holds every cell that starts inside it (P6/P7
+    # have ceil sizes, so a cell may start inside and end in the padding).
+    starts = (anchors[:, :2] + anchors[:, 2:]) / 2 - 2.0 ** (levels[:, None] + 3) / 2
     totals = {"gts": 0, "positives": 0, "outside": 0, "gts_with_outside": 0}
     for batch in dataset.take(count):
         height, width = batch["image"].shape[1:3]
-        outside = (centres[:, 0] >= height) | (centres[:, 1] >= width)
+        outside = (starts[:, 0] >= height) | (starts[:, 1] >= width)
         result = assign(config.assign, tf.constant(anchors), levels, 5, batch["gt_boxes"],
                         batch["gt_classes"], tf.zeros([1, len(anchors), 80]),
                         tf.constant(anchors)[None])

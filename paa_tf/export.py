@@ -7,7 +7,9 @@ version layout, with two signatures, both with the input named `inputs`:
   serving_default  inputs: tf.string [batch] encoded JPEG or PNG images, any sizes
   image_tensor     inputs: uint8 [batch, height, width, 3] RGB images of one size
 
-Both run the evaluation pre-processing (`paa_tf.serving_preprocess`), the network and the
+Both run, for each image of the request on its own, the evaluation pre-processing
+(`paa_tf.serving_preprocess`: with `data.buckets: orientation` zero-padded to the image's own
+multiples of 32, with `square` to the canvas `data.image_size`), the network and the
 post-processing (`paa_tf.postprocess`: candidates, class-aware NMS, score voting unless
 turned off at export) with the config's thresholds, and return, as clients of the TF Object
 Detection API expect:
