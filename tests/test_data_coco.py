@@ -219,7 +219,7 @@ def test_flip_mirrors_image_and_boxes_exactly(tmp_path):
                                rtol=1e-6)
 
 
-def test_spec6_filters_crowd_tiny_and_empty_images(tmp_path):
+def test_data_filters_crowd_tiny_and_empty_images(tmp_path):
     annotations = [
         {"id": 1, "image_id": 10, "category_id": 1, "bbox": [4, 6, 30, 20], "iscrowd": 0},
         {"id": 2, "image_id": 10, "category_id": 7, "bbox": [5, 5, 20, 20], "iscrowd": 1},

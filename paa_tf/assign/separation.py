@@ -1,4 +1,5 @@
-"""Separation schemes: which of a GT's candidates become positive (spec §3 Step E).
+"""Separation schemes: which of a GT's candidates become positive (paper Fig. 3; docs/PAA.md,
+Step E).
 
 Every function works on candidate lists sorted by ascending cost, one GT per row
 (`[G, N]`, padded entries masked out), with the fitted GMM of `paa_tf.ops.gmm`.
