@@ -6,8 +6,8 @@ another file with `base: other.yaml` (a path relative to the file), then
 override any subset of fields. Unknown keys and values of the wrong type are
 errors that name the key and, for a misspelling, the nearest valid key.
 
-Defaults are the project defaults of the spec's first table (authors' code,
-"KK"), for the R50 1x COCO schedule.
+Defaults follow the authors' code ("KK", docs/CONVENTIONS.md) for the R50 1x COCO
+schedule; what each switch value means: docs/CONVENTIONS.md, "Presets and switches".
 """
 
 import dataclasses

@@ -9,8 +9,8 @@ Problems are collected in a `BadRecordReport`. Without `skip_bad_records` the fi
 finds problems raises `BadRecordError` (listing them); with it, the bad images are skipped,
 counted, and listed by id in the report.
 
-Documented filters (spec §6), applied by `filter_boxes`, are not errors: they are counted in
-`BadRecordReport.filtered`.
+Documented filters (docs/CONVENTIONS.md, "Data filters"), applied by `filter_boxes`, are not
+errors: they are counted in `BadRecordReport.filtered`.
   - crowd boxes (COCO `iscrowd`, VOC `difficult`) are kept out of the training targets;
   - boxes crossing the image border by at most `box_tolerance` px are clipped to the image;
   - boxes of width or height <= 1 px after clipping are removed;
@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 LOGGER = logging.getLogger("paa_tf.data")
-MIN_BOX_SIZE = 1.0  # boxes with width or height <= this (px) are removed (spec §6)
+MIN_BOX_SIZE = 1.0  # boxes with width or height <= this (px) are removed (docs/CONVENTIONS.md)
 _MAX_LISTED = 20  # problems spelled out in an error message
 
 
@@ -90,7 +90,7 @@ class BadRecordReport:
                  f"{self.num_skipped} bad records skipped"]
         if self.filtered:
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.filtered.items()))
-            lines.append(f"  documented filters (spec §6): {counts}")
+            lines.append(f"  documented filters (docs/CONVENTIONS.md): {counts}")
         for image_id, name, reason in self.entries[:max_listed]:
             lines.append(f"  skipped image id {image_id} ({name}): {reason}")
         if len(self.entries) > max_listed:
@@ -162,7 +162,7 @@ def box_problems(record, box_tolerance):
 
 
 def filter_boxes(record, report, drop_crowd=True):
-    """Clip to the image and apply the spec §6 box filters; returns boxes, classes (kept).
+    """Clip to the image and apply the box filters (docs/CONVENTIONS.md); boxes, classes kept.
 
     Returns (boxes float32 [K, 4] yxyx original pixels, classes int32 [K]); counts what it
     removed in `report.filtered`. Assumes `box_problems` found nothing.
