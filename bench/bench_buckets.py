@@ -362,45 +362,62 @@ def peak_mib():
 
 
 def child(args):
-    """Hidden child mode: peak RSS of one (case, mode), as a JSON line."""
-    case, mode = args.child.split(":")
+    """Hidden child mode: `train:MODE` or `serve:MODE:FOLDER` prints the peak RSS of one case
+    as a JSON line; `export:MODE:FOLDER` only writes the SavedModel for a later serve child."""
+    case, mode, *folder = args.child.split(":")
     report = {}
-    with tempfile.TemporaryDirectory() as root:
-        if case == "train":
+    if case == "export":
+        export_model(args.data, mode, folder[0])
+        return
+    if case == "train":
+        with tempfile.TemporaryDirectory() as root:
             batches = train_batches(args.data, args.train_images)[mode]
             trainer = build_trainer(args.data, mode, batches[0], root)
             report["build"] = peak_mib()
             report["s"] = [train_call(trainer, b) for b in batches]
-        else:
-            serving = export_model(args.data, mode, root)
-            jpegs = val_jpegs(args.data, args.serve_images)
-            serve_call(serving, jpegs[0][0])  # warm-up: loads the graph's kernels
-            report["build"] = peak_mib()
-            report["s"] = [serve_call(serving, jpeg) for jpeg, _ in jpegs]
+    else:
+        import tensorflow as tf
+
+        jpegs = val_jpegs(args.data, args.serve_images)
+        serving = tf.saved_model.load(os.path.join(folder[0], mode, "1")).signatures[
+            "serving_default"]
+        report["build"] = peak_mib()
+        report["s"] = [serve_call(serving, jpeg) for jpeg, _ in jpegs]
     report["peak"] = peak_mib()
     print("MEMORY " + json.dumps(report), flush=True)
 
 
+def run_child(args, spec):
+    """(exit code, stderr, last MEMORY report or None) of `--child spec`."""
+    command = [sys.executable, os.path.abspath(__file__), "--child", spec, "--data", args.data,
+               "--train-images", str(args.train_images), "--serve-images", str(args.serve_images)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [x for x in result.stdout.splitlines() if x.startswith("MEMORY ")]
+    return result.returncode, result.stderr, json.loads(lines[-1][7:]) if lines else None
+
+
 def bench_memory(args):
     print(machine_facts())
-    print("peak RSS (ru_maxrss, MiB) of a fresh process per case: after building (trainer, or "
-          "export + reload + one warm-up request), and after the calls (training: the first "
-          "compiles each bucket)")
-    for case in args.cases:
-        for mode in MODES:
-            command = [sys.executable, os.path.abspath(__file__), "--child", f"{case}:{mode}",
-                       "--data", args.data, "--train-images", str(args.train_images),
-                       "--serve-images", str(args.serve_images)]
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            lines = [x for x in result.stdout.splitlines() if x.startswith("MEMORY ")]
-            if result.returncode or not lines:
-                print(f"  {case} {mode} FAILED (exit {result.returncode}):\n"
-                      f"{result.stderr[-2000:]}")
-                continue
-            r = json.loads(lines[-1][len("MEMORY "):])
-            print(f"  {case:5s} {mode:11s} build {r['build']:7.0f} | peak {r['peak']:7.0f} | "
-                  f"calls add {r['peak'] - r['build']:6.0f} | {len(r['s'])} calls, median "
-                  f"{sorted(r['s'])[len(r['s']) // 2]:.2f} s")
+    print("peak RSS (ru_maxrss, MiB) of a fresh process per case: after building (training: "
+          "the trainer; serving: the SavedModel loaded, exported beforehand by another "
+          "process), and after the calls (training: the first compiles each bucket; serving: "
+          "every request, the first included)")
+    with tempfile.TemporaryDirectory() as folder:
+        for case in args.cases:
+            for mode in MODES:
+                if case == "serve":
+                    code, err, _ = run_child(args, f"export:{mode}:{folder}")
+                    if code:
+                        print(f"  export {mode} FAILED (exit {code}):\n{err[-2000:]}")
+                        continue
+                spec = f"{case}:{mode}" + (f":{folder}" if case == "serve" else "")
+                code, err, r = run_child(args, spec)
+                if code or r is None:
+                    print(f"  {case} {mode} FAILED (exit {code}):\n{err[-2000:]}")
+                    continue
+                print(f"  {case:5s} {mode:11s} build {r['build']:7.0f} | peak {r['peak']:7.0f} | "
+                      f"calls add {r['peak'] - r['build']:6.0f} | {len(r['s'])} calls, median "
+                      f"{sorted(r['s'])[len(r['s']) // 2]:.2f} s", flush=True)
 
 
 def main():
