@@ -7,7 +7,7 @@ zero padding to the smallest multiples of 32 holding the resized image, the mode
 NumPy anchors for that static shape and `postprocess`. An image's detections must be the
 oracle's whether the image is sent alone, inside a `serving_default` request with images of
 other sizes and orientations, or through `image_tensor`, and in a fresh process. Detections
-are paired by box IoU (same class), never by score rank.
+are paired within classes by their scores and boxes, never by score rank.
 """
 
 import subprocess
@@ -22,7 +22,7 @@ from paa_tf import postprocess
 from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import transforms
 from paa_tf.modeling.detector import build_detector
-from tests.test_export import LABEL_MAP, REPO, _call, _cli, _jpeg, _random_image
+from tests.test_export import LABEL_MAP, REPO, _call, _cli, _jpeg, _random_image, pair_detections
 
 pytestmark = pytest.mark.slow  # one export and a fresh process: ~1 min
 
@@ -82,20 +82,10 @@ def _oracle(config, model, image, shape=None):
             "num_detections": det["num_detections"].astype(np.float32)}, shape
 
 
-def _iou(a, b):
-    """IoU matrix [N, M] of yxyx boxes (continuous areas)."""
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
-
-
 def _max_difference(actual, expected, index=0, expected_index=0):
     """Largest |score| and |box| difference of image `index` of `actual` against image
-    `expected_index` of `expected`, each detection paired with the same-class detection of
-    highest IoU (>= 0.9; NMS leaves no two same-class boxes that close). inf when the counts
-    differ or a detection has no partner."""
+    `expected_index` of `expected`, detections paired within classes
+    (`tests.test_export.pair_detections`), never by rank. inf when the counts differ."""
     count = int(expected["num_detections"][expected_index])
     assert count > 0, "the oracle found nothing: a vacuous test"
     assert count < len(expected["detection_scores"][expected_index]), \
@@ -105,10 +95,8 @@ def _max_difference(actual, expected, index=0, expected_index=0):
     got = {k: np.asarray(actual[k])[index][:count] for k in
            ("detection_boxes", "detection_scores", "detection_classes")}
     want = {k: np.asarray(expected[k])[expected_index][:count] for k in got}
-    iou = _iou(want["detection_boxes"], got["detection_boxes"])
-    iou = np.where(want["detection_classes"][:, None] == got["detection_classes"][None], iou, 0)
-    partner = np.argmax(iou, axis=1)
-    if np.any(iou[np.arange(count), partner] < 0.9) or len(set(partner)) != count:
+    partner = pair_detections(want, got)
+    if np.any(got["detection_classes"][partner] != want["detection_classes"]):
         return np.inf
     return max(np.abs(want["detection_scores"] - got["detection_scores"][partner]).max(),
                np.abs(want["detection_boxes"] - got["detection_boxes"][partner]).max())

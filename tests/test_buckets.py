@@ -221,7 +221,7 @@ def test_a_skipped_corrupt_image_leaves_the_bucketed_batches_full(tmp_path):
     dataset, report = pipeline.build_dataset(config, "train", True, batch_size=2,
                                              skip_bad_records=True)
     batches = numpy_batches(dataset, 6)
-    assert all(b["image"].shape == (2, 128, 224, 3) for b in batches)
+    assert all(b["image"].shape == (2, 64, 224, 3) for b in batches)  # S = 64, L = 200
     assert {int(i) for b in batches for i in b["source_id"]} == {10, 12}
     assert report.skipped_ids == [11] and report.num_skipped == 1
 
