@@ -32,7 +32,7 @@ The script prints how many candidates pass the score threshold in each model.
 Why the NMS version matters: Model Garden's default NMS (v2) runs, for each class, a padded NMS
 over its top 5,000 boxes in tiles of 512 that stops early only once that class holds 100 kept
 boxes; boxes under the threshold are zeroed, not skipped. With the raised prior every class
-fills 100 at once; with few boxes above the threshold (`--prior 0.01` here, and a trained
+fills its 100 early; with few boxes above the threshold (`--prior 0.01` here, and a trained
 model on a real photo, where nearly every class has no object) every class scans all its
 tiles, which is slow. The `batched` version drops boxes under the threshold first.
 
