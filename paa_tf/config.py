@@ -78,6 +78,12 @@ class DataConfig:
     box_tolerance: float = 2.0  # px a box may cross the image border (clipped); more is bad
     voc_keep_difficult: bool = False  # train on VOC 'difficult' objects instead of as crowd
 
+    @property
+    def eval_shorter_side(self):
+        """The evaluation scale: the largest training shorter side of `min_size` (as the
+        authors evaluate). Evaluation, prediction and the export all resize to it."""
+        return max(int(s) for s in self.min_size)
+
 
 @dataclasses.dataclass
 class ModelConfig:

@@ -61,7 +61,7 @@ class ServingPreprocess:
             raise ValueError(f"config key 'export.max_pixels' is {max_pixels}; give the largest "
                              "height x width a request image may have (default "
                              f"{DEFAULT_MAX_PIXELS})")
-        return cls(shorter_side=max(int(s) for s in data.min_size),
+        return cls(shorter_side=data.eval_shorter_side,
                    max_size=int(data.max_size), image_size=image_size,
                    pixel_mean=tuple(float(v) for v in data.pixel_mean),
                    pixel_std=tuple(float(v) for v in data.pixel_std), max_pixels=max_pixels)

@@ -124,17 +124,17 @@ class AssignmentView:
 
     @property
     def positive(self):
-        from paa_tf.assign.labels import CANDIDATE_POSITIVE
+        from paa_tf.assign.labels import CANDIDATE_POSITIVE  # TensorFlow, not at import
         return self.decisions == CANDIDATE_POSITIVE
 
     @property
     def negative(self):
-        from paa_tf.assign.labels import CANDIDATE_NEGATIVE
+        from paa_tf.assign.labels import CANDIDATE_NEGATIVE  # TensorFlow, not at import
         return self.decisions == CANDIDATE_NEGATIVE
 
     @property
     def ignored(self):
-        from paa_tf.assign.labels import CANDIDATE_IGNORE
+        from paa_tf.assign.labels import CANDIDATE_IGNORE  # TensorFlow, not at import
         return self.decisions == CANDIDATE_IGNORE
 
     def density(self, x, component):
@@ -161,6 +161,7 @@ def assignment_data(model, image, gt_boxes, gt_classes, gt_index, assign_config=
     Returns:
       `AssignmentView`.
     """
+    # Drawing pictures needs no TensorFlow; running the model here does.
     import tensorflow as tf
 
     from paa_tf.assign import paa_candidates_and_gmm
@@ -316,7 +317,7 @@ def read_scalars(log_dir, tags: Sequence[str] = SCALAR_TAGS) -> Dict[str, Tuple]
     Reads both `tf.summary.scalar` (TF2, tensor values) and TF1 `simple_value` summaries.
     Raises ValueError when there is no event file or none of `tags` was written.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # reading event files only: drawing pictures needs no TensorFlow
 
     files = sorted(glob.glob(os.path.join(os.fspath(log_dir), "events.out.tfevents.*")),
                    key=os.path.getmtime)

@@ -11,7 +11,7 @@ Writes ``<export_dir>/<version>/`` in TensorFlow Serving's layout with the signa
 ``serving_default`` (tf.string encoded JPEG/PNG images) and ``image_tensor`` (uint8 images),
 both taking the input ``inputs`` and returning ``detection_boxes`` (normalised yxyx),
 ``detection_scores``, ``detection_classes`` (dataset ids) and ``num_detections``. See
-docs/SERVING.md for serving it.
+README.md, "Export and serve with TensorFlow Serving", for serving it.
 """
 
 import sys

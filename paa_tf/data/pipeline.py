@@ -44,23 +44,6 @@ from paa_tf.data import transforms
 from paa_tf.data import voc as voc_lib
 from paa_tf.data.label_map import load_label_map  # noqa: F401  (public API of this module)
 
-_DEFAULTS = {"verify_images": "decode", "box_tolerance": 2.0, "voc_keep_difficult": False}
-
-
-def _get(config, name):
-    return getattr(config, name, _DEFAULTS.get(name))
-
-
-def image_size_of(config):
-    """The padded bucket (H, W): `data.image_size`, or max_size rounded up to 128 (square)."""
-    size = tuple(int(s) for s in (_get(config, "image_size") or ()))
-    if not size:
-        side = -(-int(config.max_size) // 128) * 128
-        size = (side, side)
-    if len(size) != 2 or any(s <= 0 or s % 128 for s in size):
-        raise ValueError(f"data.image_size is {size}; give [H, W], positive multiples of 128")
-    return size
-
 
 def dataset_label_map(config):
     """The LabelMap of the data: `data.label_map` when set, else derived from the source."""
@@ -97,7 +80,7 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
     skip = config.skip_bad_records if skip_bad_records is None else bool(skip_bad_records)
     report = records_lib.BadRecordReport(split=split)
     label_map = label_map_lib.load_label_map(config.label_map) if config.label_map else None
-    level = _get(config, "verify_images")
+    level = config.verify_images
     layout = None
     if config.format == "coco":
         annotations = config.train_annotations if split == "train" else config.val_annotations
@@ -109,7 +92,7 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
         voc_split = config.voc_train_split if split == "train" else config.voc_val_split
         records, label_map = voc_lib.read_voc(
             config.voc_root, voc_split, report, skip_bad_records=skip, label_map=label_map,
-            keep_difficult=_get(config, "voc_keep_difficult"))
+            keep_difficult=config.voc_keep_difficult)
         records = records_lib.verify_images(records, report, level=level, skip_bad_records=skip)
     elif config.format == "tfrecord":
         files = tfrecord_lib.find_shards(
@@ -123,7 +106,7 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
     report.id_to_name = {r.image_id: r.name for r in records}
     records = records_lib.finalize(
         records, report, is_training=is_training, max_instances=config.max_instances,
-        box_tolerance=float(_get(config, "box_tolerance")), skip_bad_records=skip)
+        box_tolerance=float(config.box_tolerance), skip_bad_records=skip)
     if not records:
         raise ValueError(f"data '{split}' has no usable images after validation and filtering:"
                          f"\n{report.summary()}")

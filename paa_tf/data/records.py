@@ -21,10 +21,13 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
+from PIL import Image
 
 LOGGER = logging.getLogger("paa_tf.data")
 MIN_BOX_SIZE = 1.0  # boxes with width or height <= this (px) are removed (spec §6)
@@ -290,9 +293,6 @@ def image_problem(source, expected_hw=None, level="header"):
     """
     if level == "none":
         return None, expected_hw
-    import io
-
-    from PIL import Image
     try:
         if isinstance(source, (bytes, bytearray)):
             data = bytes(source)
@@ -354,6 +354,7 @@ def image_problem(source, expected_hw=None, level="header"):
 def _graph_decode():
     """`transforms.decode_image` as one compiled function (op by op, the EXIF parser's loop
     made the check 30x slower than the decode)."""
+    # TensorFlow only for 'decode' checks: reading records stays light without them.
     import tensorflow as tf
 
     from paa_tf.data import transforms
@@ -370,7 +371,7 @@ def _tensorflow_decode_problem(data, path):
     there without making the checkpointed iterator log a warning per element, so it is
     found here, before training.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # only for 'decode' checks: reading records stays light without
 
     if data is None:
         with open(path, "rb") as f:
@@ -391,8 +392,6 @@ def verify_images(records, report, *, level, skip_bad_records, workers=8):
     """
     if level not in LEVELS:
         raise ValueError(f"data.verify_images is {level!r}; choose one of {', '.join(LEVELS)}")
-    from concurrent.futures import ThreadPoolExecutor
-
     def check(record):
         return image_problem(record.path, (record.height, record.width), level)
 

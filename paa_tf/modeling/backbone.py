@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import tf_keras
 
+from paa_tf.modeling.resnet_torch import build_torch_resnet
+
 RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101,
                  "resnet152": 152}
 BACKBONES = ("tiny",) + tuple(RESNET_DEPTHS)
@@ -100,6 +102,7 @@ def build_resnet_backbone(depth: int, input_shape=(None, None, 3), freeze_at: in
     Returns:
       tf_keras.Model: image float32 [B, H, W, 3] -> {3: C3, 4: C4, 5: C5}.
     """
+    # Model Garden's vision package takes seconds to import: only for its own ResNet.
     from official.vision.modeling.backbones import resnet
 
     if not 0 <= freeze_at <= 5:
@@ -127,8 +130,6 @@ def build_backbone(model_config, input_shape=(None, None, 3)) -> tf_keras.Model:
                                    frozen_bn=getattr(model_config, "frozen_bn", True))
     style = getattr(model_config, "backbone_style", "model_garden")
     if name in RESNET_DEPTHS and style != "model_garden":
-        from paa_tf.modeling.resnet_torch import build_torch_resnet
-
         return build_torch_resnet(
             RESNET_DEPTHS[name], style, input_shape,
             freeze_at=getattr(model_config, "freeze_at", 2),

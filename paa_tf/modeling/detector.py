@@ -19,9 +19,11 @@ import tensorflow as tf
 import tf_keras
 
 from paa_tf import losses as paa_losses
+from paa_tf.assign import assign
 from paa_tf.modeling.backbone import build_backbone
 from paa_tf.modeling.fpn import FPN
 from paa_tf.modeling.head import PAAHead
+from paa_tf.modeling.weights import load_backbone_weights
 from paa_tf.ops.anchors import generate_anchors
 from paa_tf.ops.boxes import decode_boxes
 
@@ -33,12 +35,6 @@ BIAS_NAMES = ("bias", "beta")
 def is_bias(variable) -> bool:
     """True for conv biases and normalisation offsets (GroupNorm/BatchNorm 'beta')."""
     return variable.name.split("/")[-1].split(":")[0] in BIAS_NAMES
-
-
-def _default_assign(*args, **kwargs):
-    from paa_tf.assign import assign
-
-    return assign(*args, **kwargs)
 
 
 class _MetricHolder:
@@ -72,7 +68,7 @@ class PAADetector(tf_keras.Model):
         # The assignment needs the level of each anchor as static NumPy (it slices per level).
         self.level_ids = np.asarray(level_ids, np.int32)  # [A]
         self._anchor_cache = _MetricHolder({})  # {(H, W): (anchors, level_ids)}, untracked
-        self._assign_fn = assign_fn or _default_assign
+        self._assign_fn = assign_fn or assign
         model_cfg = config.model
         self.num_levels = model_cfg.max_level - model_cfg.min_level + 1
         self.aux_head = getattr(model_cfg, "aux_head", "iou")
@@ -272,8 +268,6 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
             f"{2 ** model_cfg.max_level}")
     checkpoint = getattr(model_cfg, "backbone_checkpoint", None)
     if checkpoint:
-        from paa_tf.modeling.weights import load_backbone_weights
-
         model.backbone_load_report = load_backbone_weights(
             backbone, checkpoint,
             allow_partial=getattr(model_cfg, "backbone_checkpoint_partial", False))
