@@ -249,7 +249,7 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
       export_dir: TF Serving model base path; the version folder is created under it.
       checkpoint: checkpoint prefix; default the latest in `model_dir`.
       version: integer version; default `export.version` of the config.
-      score_voting: bool; default `export.score_voting` of the config.
+      score_voting: bool; default `eval.score_voting` of the config.
       overwrite: replace an existing version folder.
       config_overrides: dotted overrides applied to the run's config (e.g.
         'eval.max_detections=300').
@@ -273,11 +273,10 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     if os.path.exists(target) and not overwrite:  # before the slow part
         raise ValueError(f"{target} exists; pass --overwrite to replace it or --version with a "
                          "new number (TF Serving serves the highest version)")
-    voting = config.export.score_voting if score_voting is None else bool(score_voting)
+    voting = config.eval.score_voting if score_voting is None else bool(score_voting)
     # The exported config records what the graph does.
-    config = dataclasses.replace(
-        config, export=dataclasses.replace(config.export, score_voting=voting),
-        eval=dataclasses.replace(config.eval, score_voting=voting))
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
+                                                                  score_voting=voting))
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
     if checkpoint:
         model = restore_model(config, checkpoint, preprocess.image_size)

@@ -49,14 +49,14 @@ class ServingPreprocess:
         bucket `data.image_size` by a square one of that side (a multiple of 128)."""
         data = config.data
         image_size = tuple(int(s) for s in data.image_size)
-        side = int(getattr(config.export, "max_image_size", 0) or 0)
+        side = int(config.export.max_image_size)
         if side:
             if side % 128:
                 raise ValueError(f"config key 'export.max_image_size' is {side}; give a "
                                  "multiple of 128 (the padded bucket side), or 0 to use "
                                  "data.image_size")
             image_size = (side, side)
-        max_pixels = int(getattr(config.export, "max_pixels", DEFAULT_MAX_PIXELS))
+        max_pixels = int(config.export.max_pixels)
         if max_pixels < 1:
             raise ValueError(f"config key 'export.max_pixels' is {max_pixels}; give the largest "
                              "height x width a request image may have (default "

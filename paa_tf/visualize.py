@@ -178,7 +178,7 @@ def assignment_data(model, image, gt_boxes, gt_classes, gt_index, assign_config=
     config = assign_config if assign_config is not None else model.config.assign
     _, diag = paa_candidates_and_gmm(config, model.anchors, model.level_ids, model.num_levels,
                                      gt_boxes[None], gt_classes[None], cls_logits, pred_boxes,
-                                     plus_one=model.plus_one)
+                                     plus_one=model.plus_one, loss_config=model.config.loss)
     mask = diag.candidate_mask.numpy()[0, gt_index]
     index = diag.candidate_anchors.numpy()[0, gt_index][mask].astype(np.int64)
     costs = diag.candidate_costs.numpy()[0, gt_index][mask].astype(np.float64)

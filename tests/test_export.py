@@ -450,7 +450,7 @@ def test_cli_export_without_voting_as_a_new_version(run, images, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert _cli(args + ["--version=2", "--score_voting=false"]) in (0, None)
     assert sorted(os.listdir(run["export_dir"])) == ["1", "2"]  # no staging folder left
-    assert export_reader.exported_config(run["export_dir"]).export.score_voting is False
+    assert export_reader.exported_config(run["export_dir"]).eval.score_voting is False
     predict_fn = export_reader.load_exported(run["export_dir"])  # the highest version: 2
     out = predict_fn({"encoded": images["encoded"]})
     expected = _python_path(run["config"], run["model"], images["decoded"], score_voting=False)

@@ -20,7 +20,6 @@ Writes ``results.json`` (COCO results) and ``metrics.json`` (the 12 COCO numbers
 per-category AP) into ``--output_dir`` (default ``<model_dir>/eval``, or ``./paa_eval_output``).
 """
 
-import importlib.util
 import os
 import sys
 
@@ -34,9 +33,6 @@ FLAGS = flags.FLAGS
 _FLAG_NAMES = ("annotations", "results_file", "gt_as_detections", "output_dir", "model_dir",
                "checkpoint", "config", "data", "score_voting", "score", "batch_size", "saved_model",
                "max_batches", "tta_scales", "tta_flip")
-
-MODELING_MODULE = "paa_tf.modeling.detector"
-CHECKPOINT_UNAVAILABLE = "evaluating a checkpoint needs paa_tf.modeling (not available)"
 
 
 def define_flags(flag_values=FLAGS):
@@ -136,21 +132,12 @@ def evaluate_results(annotations, results, output_dir):
     return coco_scoring.coco_evaluate(annotations, results, output_dir=output_dir)
 
 
-def _module_available(name):
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
 def restore_detector(config, model_dir, checkpoint=None):
     """A `PAADetector` built from `config` with the weights of `checkpoint`.
 
     `checkpoint` defaults to the newest in `model_dir` (the trainer's `tf.train.Checkpoint`
     with a `model` entry; the optimizer state is not needed and is left unrestored).
     """
-    if not _module_available(MODELING_MODULE):
-        raise app.UsageError(CHECKPOINT_UNAVAILABLE)
     from paa_tf import checkpoints, export
 
     image_size = tuple(config.data.image_size)

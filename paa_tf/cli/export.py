@@ -47,7 +47,7 @@ def define_flags(flag_values=FLAGS):
             lower_bound=0, flag_values=flag_values),
         "score_voting": lambda: flags.DEFINE_bool(
             "score_voting", None, "Score voting in the exported graph (default: "
-            "export.score_voting of the config, true).", flag_values=flag_values),
+            "eval.score_voting of the config, true).", flag_values=flag_values),
         "overwrite": lambda: flags.DEFINE_bool(
             "overwrite", False, "Replace an existing version folder.", flag_values=flag_values),
         "params_override": lambda: flags.DEFINE_string(

@@ -22,8 +22,10 @@ it gives every level an integral feature map, so anchors and head outputs line u
 import numpy as np
 import tensorflow as tf
 
+from paa_tf import config as config_lib
+
 STRIDE = 128
-MODES = ("square", "orientation")
+MODES = config_lib.choices("data.buckets")
 
 
 def round_up(value, stride=STRIDE):
@@ -32,7 +34,7 @@ def round_up(value, stride=STRIDE):
 
 
 def mode_of(data_config):
-    """`data.buckets` ('square' when the config predates the field)."""
+    """`data.buckets`, checked (a `DataConfig` built in code skips `config.validate`)."""
     mode = data_config.buckets
     if mode not in MODES:
         raise ValueError(f"data.buckets is {mode!r}; choose one of {MODES}")

@@ -29,6 +29,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from paa_tf import config as config_lib
+
 LOGGER = logging.getLogger("paa_tf.data")
 MIN_BOX_SIZE = 1.0  # boxes with width or height <= this (px) are removed (spec §6)
 _MAX_LISTED = 20  # problems spelled out in an error message
@@ -88,12 +90,14 @@ class BadRecordReport:
     def skipped_ids(self):
         return sorted({e[0] for e in self.entries if e[0] is not None})
 
-    def summary(self, max_listed=_MAX_LISTED):
+    def summary(self, max_listed=_MAX_LISTED, filtered_title="loading rules"):
+        """Printable report; `filtered_title` names the counts of `filtered` (e.g. 'counted'
+        where the records are kept, as in a TFRecord conversion)."""
         lines = [f"data '{self.split}': {self.num_images} images, {self.num_boxes} boxes; "
                  f"{self.num_skipped} bad records skipped"]
         if self.filtered:
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.filtered.items()))
-            lines.append(f"  documented filters (spec §6): {counts}")
+            lines.append(f"  {filtered_title}: {counts}")
         for image_id, name, reason in self.entries[:max_listed]:
             lines.append(f"  skipped image id {image_id} ({name}): {reason}")
         if len(self.entries) > max_listed:
@@ -262,7 +266,7 @@ def to_coco_dict(records, label_map, raw=True):
 # --- image files ------------------------------------------------------------------------
 
 _PNG_END = b"IEND\xaeB`\x82"
-LEVELS = ("none", "header", "decode", "full")  # image checks, each doing more than the last
+LEVELS = config_lib.choices("data.verify_images")  # image checks, each doing more than the last
 _EXIF_ORIENTATION = 0x0112
 
 
