@@ -6,8 +6,9 @@ augmentation calls `candidates`, its pre-NMS half. Both take a pre-processed bat
 static padded size (H, W) and use that size's anchors (`PAADetector.anchors_for`), so the
 square canvas and every orientation bucket (`paa_tf.data.buckets`) run the same code.
 
-Pre-processing settings (the evaluation scale, the longer-side limit, the padded size, the
-normalisation) come from `paa_tf.serving_preprocess.ServingPreprocess.from_config`.
+The batch arrives pre-processed at the evaluation scale (`data.eval_shorter_side`), by the
+evaluation input pipeline (`paa_tf.data.pipeline`) or the export's `paa_tf.serving_preprocess`,
+both through `paa_tf.data.transforms`.
 """
 
 import numpy as np
