@@ -140,25 +140,30 @@ class _Table:
                    paths=np.array([r.path or "" for r in records], object))
 
 
-def _shorter_side(seed, counter, sizes, is_training):
-    """The shorter side S of element `counter`: drawn from `sizes` (training), else its max.
+def _shorter_side(seed, counter, config, is_training):
+    """The shorter side S of element `counter`: drawn from `config.min_size` (training), else
+    the evaluation scale `config.eval_shorter_side`.
 
     Stateless on (seed, counter), so the bucket grouping and the resize draw the same S.
     """
+    if not is_training:
+        return tf.constant(config.eval_shorter_side, tf.int32)
+    sizes = tuple(int(s) for s in config.min_size)
     min_s, max_s = min(sizes), max(sizes)
-    if is_training and max_s > min_s:
+    if max_s > min_s:
         key = tf.stack([tf.cast(seed, tf.int64), tf.cast(counter, tf.int64)])
         return tf.random.stateless_uniform([], key, min_s, max_s + 1, dtype=tf.int32)
-    return tf.constant(max_s, tf.int32)  # evaluation uses the largest training scale (KK)
+    return tf.constant(max_s, tf.int32)
 
 
 def _bucket_fn(config, table, is_training, seed):
     """(counter, row) -> int32 index of the element's bucket in `buckets.bucket_shapes`."""
-    sizes = tuple(int(s) for s in config.min_size)
+    # The table's columns are this split's scales (`buckets.scale_sides`), smallest first.
+    first = min(buckets_lib.scale_sides(config, is_training))
     _, lookup = buckets_lib.bucket_lookup(config, is_training)
     lookup, portrait = tf.constant(lookup), tf.constant(table.portrait)
     return lambda counter, row: lookup[
-        portrait[row], _shorter_side(seed, counter, sizes, is_training) - min(sizes)]
+        portrait[row], _shorter_side(seed, counter, config, is_training) - first]
 
 
 def _example_fn(config, table, is_training, seed, plus_one):
@@ -166,7 +171,6 @@ def _example_fn(config, table, is_training, seed, plus_one):
     `plus_one` as in `build_dataset`."""
     shapes, _ = buckets_lib.bucket_lookup(config, is_training)
     bucket_of = _bucket_fn(config, table, is_training, seed)
-    sizes = tuple(int(s) for s in config.min_size)
     splits, boxes_flat = tf.constant(table.splits), tf.constant(table.boxes)
     classes_flat, source_ids = tf.constant(table.classes), tf.constant(table.source_ids)
     shape_table = tf.constant(shapes, tf.int32)
@@ -176,7 +180,7 @@ def _example_fn(config, table, is_training, seed, plus_one):
         start, end = splits[row], splits[row + 1]
         boxes, classes = boxes_flat[start:end], classes_flat[start:end]
         key = tf.stack([tf.cast(seed, tf.int64), counter])
-        shorter = _shorter_side(seed, counter, sizes, is_training)
+        shorter = _shorter_side(seed, counter, config, is_training)
         # One bucket: its static Python shape; several: the element's own, chosen at run time.
         image_size = shapes[0] if len(shapes) == 1 else tf.unstack(
             shape_table[bucket_of(counter, row)])
