@@ -69,7 +69,7 @@ def detections_to_coco(detections, image_ids, label_map, plus_one=False):
         `num_detections` [B].
       image_ids: [B] original image ids.
       label_map: {contiguous index -> dataset category id} (or a `LabelMap`).
-      plus_one: KK's "+1" convention, width = xmax - xmin + 1 (spec §5 step 9).
+      plus_one: KK's "+1" convention, width = xmax - xmin + 1 (docs/CONVENTIONS.md, "Pixels").
     Returns:
       list of {"image_id", "category_id", "bbox": [x, y, w, h], "score"}.
     """

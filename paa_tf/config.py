@@ -6,8 +6,8 @@ another file with `base: other.yaml` (a path relative to the file), then
 override any subset of fields. Unknown keys and values of the wrong type are
 errors that name the key and, for a misspelling, the nearest valid key.
 
-Defaults are the project defaults of the spec's first table (authors' code,
-"KK"), for the R50 1x COCO schedule.
+Defaults follow the authors' code ("KK", docs/CONVENTIONS.md) for the R50 1x COCO
+schedule; what each switch value means: docs/CONVENTIONS.md, "Presets and switches".
 """
 
 import dataclasses
@@ -442,8 +442,7 @@ _INTERVALS = {
     "model.box_weights": "(0, inf)",
     "assign.candidate_iou": "[0, 1]", "assign.score_lambda": "[0, inf)",
     "assign.fsr_threshold": "[0, 1]", "assign.iou_positive": "[0, 1]",
-    "assign.iou_negative": "[0, 1]", "assign.focal_alpha": "[0, 1]",
-    "assign.focal_gamma": "[0, inf)",
+    "assign.iou_negative": "[0, 1]",
     "loss.focal_alpha": "[0, 1]", "loss.focal_gamma": "[0, inf)", "loss.reg_weight": "[0, inf)",
     "loss.iou_weight": "[0, inf)",
     "train.base_lr": "(0, inf)", "train.momentum": "[0, 1)", "train.weight_decay": "[0, inf)",

@@ -1,4 +1,4 @@
-"""PAA training losses (spec §4, paper Eq. 8), float32 throughout.
+"""PAA training losses (paper Eq. 8; docs/PAA.md, "Losses"), float32 throughout.
 
     L = L_cls + L_reg + L_aux
     L_cls = sum_{anchors, classes} FL(z, t) / N_pos                   focal, alpha .25, gamma 2

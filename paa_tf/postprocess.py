@@ -1,4 +1,5 @@
-"""Inference post-processing of PAA: candidates, class-aware NMS, score voting (spec §5).
+"""Inference post-processing of PAA: candidates, class-aware NMS, score voting (paper Sec.
+3.2-3.3; docs/PAA.md, "Inference").
 
 Pure TensorFlow, batched, static or dynamic batch size, so the same functions run eagerly,
 inside `tf.function` and inside an exported SavedModel.
@@ -42,7 +43,7 @@ _EVAL = EvalConfig()
 
 @dataclasses.dataclass(frozen=True)
 class PostprocessParams:
-    """Settings of the post-processing; defaults are the project defaults (spec, first table).
+    """Settings of the post-processing; defaults are KK's (docs/CONVENTIONS.md).
 
     `plus_one`, `box_weights` and `delta_clamp` must match how the model was trained
     (`model.*` in the config); `plus_one` governs decoding, clipping, NMS and voting.
@@ -119,7 +120,7 @@ def _scores(probs, quality, score):
 
 def select_candidates(cls_logits, box_deltas, iou_logits, anchors, level_sizes, image_info,
                       params=PostprocessParams()):
-    """Pre-NMS candidates of a batch (spec §5 steps 1-5).
+    """Pre-NMS candidates of a batch (docs/PAA.md, "Inference", steps 1-5).
 
     Args:
       cls_logits: float [B, A, C] class logits, anchors flattened P3 first.
@@ -232,7 +233,8 @@ def score_voting(det_boxes, det_classes, cand_boxes, cand_scores, sigma=0.025,
 
 
 def nms_and_vote(boxes, scores, params=PostprocessParams()):
-    """Class-aware NMS, top-`max_detections`, optional score voting (spec §5 steps 6-8).
+    """Class-aware NMS, top-`max_detections`, optional score voting (paper Eq. 9-10;
+    docs/PAA.md, "Inference", steps 6-8).
 
     Args:
       boxes: float32 [B, N, 4] yxyx candidates; `scores`: float32 [B, N, C], 0 = absent.
@@ -301,7 +303,7 @@ def _finish(detections, image_info, params, already_original=False):
 
 def postprocess(cls_logits, box_deltas, iou_logits, anchors, image_info, level_sizes=None,
                 level_ids=None, params=PostprocessParams()):
-    """Raw head outputs -> final detections in original-image pixels (spec §5).
+    """Raw head outputs -> final detections in original-image pixels (docs/PAA.md, "Inference").
 
     Args: as `select_candidates`; give `level_sizes` or `level_ids` [A].
     Returns:

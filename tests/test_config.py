@@ -17,7 +17,7 @@ def test_shipped_configs_load(name):
     assert cfg.model.num_classes > 0
 
 
-def test_r50_1x_follows_spec_schedule():
+def test_r50_1x_follows_the_authors_schedule():
     cfg = config_lib.load_config(CONFIGS / "paa_r50_fpn_1x_coco.yaml")
     assert (cfg.train.total_steps, cfg.train.lr_steps) == (90000, (60000, 80000))
     assert cfg.train.batch_size == 16 and cfg.train.base_lr == 0.01

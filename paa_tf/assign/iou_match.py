@@ -1,4 +1,4 @@
-"""IoU pre-assignment of anchors to ground truths (spec §3 Step A, §11.5).
+"""IoU pre-assignment of anchors to ground truths (docs/PAA.md, Step A).
 
 Every anchor goes to its best GT by IoU when that IoU reaches a threshold;
 a low-quality rescue then gives each GT's best anchors (ties included) a GT
@@ -12,8 +12,8 @@ rescued anchor goes to:
   anchors that were already matched to another GT.
 
 GTs whose best IoU is 0 (zero-area or out-of-image boxes) do not rescue: with
-both references such a GT would claim every anchor with IoU 0. The spec asks the
-data pipeline to drop them; this guard only keeps a bad box from flooding an image.
+both references such a GT would claim every anchor with IoU 0. The data pipeline drops
+them (docs/CONVENTIONS.md, "Data filters"); this guard only keeps a bad box from flooding an image.
 """
 
 import tensorflow as tf

@@ -1,4 +1,4 @@
-"""Probabilistic anchor assignment (paper §3.1, Procedure 1; spec §3).
+"""Probabilistic anchor assignment (paper Sec. 3.1, Procedure 1; docs/PAA.md, Steps A-F).
 
 Per batch, with the network outputs detached:
   A. IoU pre-assignment (`iou_match`): each anchor to at most one GT.
@@ -53,7 +53,7 @@ def level_bounds(level_ids, num_levels):
 
 def anchor_costs(cls_logits, pred_boxes, gt_boxes, gt_classes, matched_gt, score_lambda=1.0,
                  alpha=0.25, gamma=2.0):
-    """Cost of each IoU-matched anchor for its GT (spec Step B; paper Eq. 3).
+    """Cost of each IoU-matched anchor for its GT (paper Eq. 3; docs/PAA.md, Step B).
 
     cost = Σ_c FL(z_c, onehot(class of GT)) + λ·(1 − GIoU(pred, GT)).
 

@@ -1,4 +1,5 @@
-"""Separation schemes: which of a GT's candidates become positive (spec §3 Step E).
+"""Separation schemes: which of a GT's candidates become positive (paper Fig. 3; docs/PAA.md,
+Step E).
 
 Every function works on candidate lists sorted by ascending cost, one GT per row
 (`[G, N]`, padded entries masked out), with the fitted GMM of `paa_tf.ops.gmm`.
@@ -19,7 +20,8 @@ Schemes (`assign.separation`):
   positions j_b..n-1, the candidates in between ignored. Positives win where the
   ranges overlap. Without component-1 members the non-positives are negative.
 * 'b_orig' (authors' first release, the index bug of kkhoot/PAA issue #8): as 'b'
-  but the negatives are the *last j_b + 1* positions instead of j_b..n-1 (T6).
+  but the negatives are the *last j_b + 1* positions instead of j_b..n-1 (reference
+  vector T6, docs/CONVENTIONS.md).
 * 'd' (paper Fig. 3d, our reading): positives = F (the posterior-crossing boundary
   of (a)), negatives = component-1 members at positions >= j_b (the negative mode,
   as in (b)), the component-1 members between the two boundaries ignored. The paper

@@ -2,11 +2,11 @@
 
 Load time (Python): the reader builds the record list, every image is checked (header, end
 marker and, by default, a TensorFlow decode: see `records.image_problem`), boxes are validated
-and filtered (spec §6, see `records`), and bad records raise a `BadRecordError` or, with
-`skip_bad_records`, are skipped and listed in the returned `BadRecordReport`. Nothing bad
-reaches TensorFlow's pipeline: a decode failure inside `tf.data` would stop the iterator without
-naming the record (and cannot be caught per element there while the iterator stays
-checkpointable), so the load-time decode is the default.
+and filtered (docs/CONVENTIONS.md, "Data filters"; see `records`), and bad records raise a
+`BadRecordError` or, with `skip_bad_records`, are skipped and listed in the returned
+`BadRecordReport`. Nothing bad reaches TensorFlow's pipeline: a decode failure inside
+`tf.data` would stop the iterator without naming the record (and cannot be caught per
+element there while the iterator stays checkpointable), so the load-time decode is the default.
 
 Graph (per image): read/parse bytes -> decode (JPEG/PNG/...) -> resize (shorter side S, longer
 <= L, fits the bucket) and normalise (mean/std, RGB 0-255) -> flip (training) -> pad to the

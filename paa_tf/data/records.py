@@ -9,8 +9,8 @@ Problems are collected in a `BadRecordReport`. Without `skip_bad_records` the fi
 finds problems raises `BadRecordError` (listing them); with it, the bad images are skipped,
 counted, and listed by id in the report.
 
-Documented filters (spec §6), applied by `filter_boxes`, are not errors: they are counted in
-`BadRecordReport.filtered`.
+Documented filters (docs/CONVENTIONS.md, "Data filters"), applied by `filter_boxes`, are not
+errors: they are counted in `BadRecordReport.filtered`.
   - crowd boxes (COCO `iscrowd`, VOC `difficult`) are kept out of the training targets;
   - boxes crossing the image border by at most `box_tolerance` px are clipped to the image;
   - boxes of width or height <= 1 px after clipping are removed;
@@ -32,7 +32,7 @@ from PIL import Image
 from paa_tf import config as config_lib
 
 LOGGER = logging.getLogger("paa_tf.data")
-MIN_BOX_SIZE = 1.0  # boxes with width or height <= this (px) are removed (spec §6)
+MIN_BOX_SIZE = 1.0  # boxes with width or height <= this (px) are removed (docs/CONVENTIONS.md)
 _MAX_LISTED = 20  # problems spelled out in an error message
 
 
@@ -90,7 +90,8 @@ class BadRecordReport:
     def skipped_ids(self):
         return sorted({e[0] for e in self.entries if e[0] is not None})
 
-    def summary(self, max_listed=_MAX_LISTED, filtered_title="loading rules"):
+    def summary(self, max_listed=_MAX_LISTED,
+                filtered_title="documented filters (docs/CONVENTIONS.md)"):
         """Printable report; `filtered_title` names the counts of `filtered` (e.g. 'counted'
         where the records are kept, as in a TFRecord conversion)."""
         lines = [f"data '{self.split}': {self.num_images} images, {self.num_boxes} boxes; "
@@ -169,7 +170,7 @@ def box_problems(record, box_tolerance):
 
 
 def filter_boxes(record, report, drop_crowd=True):
-    """Clip to the image and apply the spec §6 box filters; returns boxes, classes (kept).
+    """Clip to the image and apply the box filters (docs/CONVENTIONS.md); boxes, classes kept.
 
     Returns (boxes float32 [K, 4] yxyx original pixels, classes int32 [K]); counts what it
     removed in `report.filtered`. Assumes `box_problems` found nothing.

@@ -3,11 +3,11 @@
 Two families:
 
 * ``resnet18`` .. ``resnet152``: Model Garden's ``official.vision`` ResNet. Frozen BatchNorm
-  (spec §1.1: fixed affine and statistics) is Keras BatchNormalization with ``trainable=False``,
+  (fixed affine and statistics, as in KK) is Keras BatchNormalization with ``trainable=False``,
   which in tf_keras also forces inference mode, so the moving statistics are used and never
   updated. ``freeze_at`` freezes the stem (1) and the stages res2..res{freeze_at}.
 * ``tiny``: a plain conv net (16-128 channels) for CPU runs and tests. Stride-2 convs use an
-  explicit one-pixel zero padding and 'valid' convolution, like PyTorch (spec §1.2).
+  explicit one-pixel zero padding and 'valid' convolution, like PyTorch (see fpn.py).
 
 ``build_backbone`` returns a functional ``tf_keras.Model`` mapping an image
 ``float32 [B, H, W, 3]`` to ``{3: C3, 4: C4, 5: C5}`` (strides 8, 16, 32).

@@ -189,7 +189,7 @@ class PAADetector(tf_keras.Model):
             self.trackers[name].update_state(losses[key])
         valid = tf.cast(gt_classes >= 0, tf.float32)
         per_gt = tf.cast(assignment.num_positives_per_gt, tf.float32)
-        # Fig. 4b of the paper: positives per GT; also how many GTs got none (spec Step E).
+        # Fig. 4b of the paper: positives per GT; also how many GTs got none (docs/PAA.md, Step E).
         self.trackers["pos_per_gt"].update_state(per_gt, sample_weight=valid)
         self.trackers["gt_without_pos"].update_state(
             tf.cast(per_gt == 0, tf.float32), sample_weight=valid)
