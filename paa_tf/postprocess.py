@@ -35,7 +35,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from paa_tf.config import SCORES, EvalConfig
+from paa_tf.config import SCORES, EvalConfig, ExperimentConfig, choices
 from paa_tf.ops import boxes as box_ops
 
 _EVAL = EvalConfig()
@@ -63,7 +63,7 @@ class PostprocessParams:
     delta_clamp: str = "kk"
 
     def __post_init__(self):
-        if self.candidate_rule not in ("kk", "mm"):
+        if self.candidate_rule not in choices("eval.candidate_rule"):
             raise ValueError(f"postprocess: candidate_rule must be 'kk' or 'mm' "
                              f"(config key eval.candidate_rule), got {self.candidate_rule!r}")
         if self.score not in SCORES:
@@ -76,16 +76,15 @@ class PostprocessParams:
     @classmethod
     def from_config(cls, config, **overrides):
         """Params from an `ExperimentConfig` (eval + model sections) or an `EvalConfig`."""
-        eval_cfg = getattr(config, "eval", config)
-        model_cfg = getattr(config, "model", None)
-        values = {}
-        for field in dataclasses.fields(cls):
-            if hasattr(eval_cfg, field.name):
-                values[field.name] = getattr(eval_cfg, field.name)
-        if model_cfg is not None:
-            values["plus_one"] = getattr(model_cfg, "plus_one", False)
-            values["box_weights"] = tuple(getattr(model_cfg, "box_weights", box_ops.BOX_WEIGHTS))
-            values["delta_clamp"] = getattr(model_cfg, "delta_clamp", "kk")
+        whole = isinstance(config, ExperimentConfig)
+        eval_cfg = config.eval if whole else config
+        names = {field.name for field in dataclasses.fields(eval_cfg)}
+        values = {field.name: getattr(eval_cfg, field.name)
+                  for field in dataclasses.fields(cls) if field.name in names}
+        if whole:
+            values["plus_one"] = config.model.plus_one
+            values["box_weights"] = tuple(config.model.box_weights)
+            values["delta_clamp"] = config.model.delta_clamp
         values.update(overrides)
         return cls(**values)
 
