@@ -35,10 +35,10 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from paa_tf.config import SCORES, EvalConfig, ExperimentConfig, choices
+from paa_tf.config import SCORES, EvalConfig, ExperimentConfig, ModelConfig, choices
 from paa_tf.ops import boxes as box_ops
 
-_EVAL = EvalConfig()
+_EVAL, _MODEL = EvalConfig(), ModelConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class PostprocessParams:
     `plus_one`, `box_weights` and `delta_clamp` must match how the model was trained
     (`model.*` in the config); `plus_one` governs decoding, clipping, NMS and voting.
     """
-    # Defaults come from `EvalConfig`, the one place the project's defaults are written.
+    # Defaults come from `EvalConfig` and `ModelConfig`, where the project's defaults are.
     score_threshold: float = _EVAL.score_threshold
     pre_nms_topk: int = _EVAL.pre_nms_topk
     candidate_rule: str = _EVAL.candidate_rule  # 'kk' | 'mm'
@@ -58,9 +58,9 @@ class PostprocessParams:
     score_voting: bool = _EVAL.score_voting
     voting_sigma: float = _EVAL.voting_sigma
     voting_iou: float = _EVAL.voting_iou
-    plus_one: bool = False
-    box_weights: Tuple[float, ...] = box_ops.BOX_WEIGHTS
-    delta_clamp: str = "kk"
+    plus_one: bool = _MODEL.plus_one
+    box_weights: Tuple[float, ...] = _MODEL.box_weights
+    delta_clamp: str = _MODEL.delta_clamp
 
     def __post_init__(self):
         if self.candidate_rule not in choices("eval.candidate_rule"):

@@ -21,11 +21,12 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from paa_tf.config import ExportConfig
 from paa_tf.data import exif, transforms
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-DEFAULT_MAX_PIXELS = 40_000_000  # a 40 Mpx photo decodes to 120 MB of uint8 RGB
+DEFAULT_MAX_PIXELS = ExportConfig().max_pixels  # 40 Mpx: a photo decodes to 120 MB of RGB
 
 
 @dataclasses.dataclass(frozen=True)
