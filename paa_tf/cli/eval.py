@@ -20,13 +20,12 @@ Writes ``results.json`` (COCO results) and ``metrics.json`` (the 12 COCO numbers
 per-category AP) into ``--output_dir`` (default ``<model_dir>/eval``, or ``./paa_eval_output``).
 """
 
-import importlib.util
 import os
 import sys
 
 from absl import app, flags
 
-from paa_tf import evaluate
+from paa_tf import coco_scoring
 from paa_tf.cli import errors
 from paa_tf.config import SCORES
 
@@ -34,9 +33,6 @@ FLAGS = flags.FLAGS
 _FLAG_NAMES = ("annotations", "results_file", "gt_as_detections", "output_dir", "model_dir",
                "checkpoint", "config", "data", "score_voting", "score", "batch_size", "saved_model",
                "max_batches", "tta_scales", "tta_flip")
-
-MODELING_MODULE = "paa_tf.modeling.detector"
-CHECKPOINT_UNAVAILABLE = "evaluating a checkpoint needs paa_tf.modeling (not available)"
 
 
 def define_flags(flag_values=FLAGS):
@@ -133,14 +129,7 @@ def _load_config():
 
 def evaluate_results(annotations, results, output_dir):
     """Score COCO results records (the path shared by --results_file and --gt_as_detections)."""
-    return evaluate.coco_evaluate(annotations, results, output_dir=output_dir)
-
-
-def _module_available(name):
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
+    return coco_scoring.coco_evaluate(annotations, results, output_dir=output_dir)
 
 
 def restore_detector(config, model_dir, checkpoint=None):
@@ -149,8 +138,6 @@ def restore_detector(config, model_dir, checkpoint=None):
     `checkpoint` defaults to the newest in `model_dir` (the trainer's `tf.train.Checkpoint`
     with a `model` entry; the optimizer state is not needed and is left unrestored).
     """
-    if not _module_available(MODELING_MODULE):
-        raise app.UsageError(CHECKPOINT_UNAVAILABLE)
     from paa_tf import checkpoints, export
 
     image_size = tuple(config.data.image_size)
@@ -167,9 +154,11 @@ def restore_detector(config, model_dir, checkpoint=None):
 
 def _run_model(output_dir):
     """Evaluate a checkpoint or an exported SavedModel on the val split."""
+    # Running a model needs TensorFlow; scoring a results file (above) does not.
+    from paa_tf import evaluate, export_reader
+
     if FLAGS.saved_model and not (FLAGS.config or FLAGS.model_dir):
-        from paa_tf import export
-        config = export.exported_config(FLAGS.saved_model)
+        config = export_reader.exported_config(FLAGS.saved_model)
         config = _apply_flag_overrides(config)
     else:
         config = _load_config()
@@ -186,20 +175,14 @@ def _run_model(output_dir):
         raise app.UsageError("give --data (image folder) and --annotations (instances JSON), "
                              "or set data.val_images / data.val_annotations in the config")
     if FLAGS.saved_model:
-        from paa_tf import export
         if FLAGS.tta_scales or FLAGS.tta_flip:
             raise app.UsageError("--tta_scales/--tta_flip need a checkpoint (--model_dir): an "
                                  "exported SavedModel has its pre-processing built in")
         if FLAGS.score_voting is not None or FLAGS.score is not None:
             print("note: --score_voting and --score have no effect on a SavedModel (fixed at "
                   "export)")
-        predict_fn = export.load_exported(FLAGS.saved_model)
-        dataset, _ = export.encoded_eval_dataset(config.data, config.eval.batch_size)
-        coco_gt = evaluate.val_ground_truth(config.data, predict_fn.label_map)
-        return evaluate.evaluate_dataset(dataset, predict_fn, coco_gt,
-                                         label_map=predict_fn.label_map, output_dir=output_dir,
-                                         max_batches=FLAGS.max_batches,
-                                         plus_one=config.model.plus_one)
+        return evaluate.evaluate_exported(config, FLAGS.saved_model, output_dir=output_dir,
+                                          max_batches=FLAGS.max_batches)
     model = restore_detector(config, FLAGS.model_dir, FLAGS.checkpoint)
     return evaluate.evaluate_model(config, model, output_dir=output_dir,
                                    max_batches=FLAGS.max_batches)
@@ -215,13 +198,13 @@ def _run(argv):
         if not FLAGS.annotations:
             raise app.UsageError("--annotations (the COCO instances JSON) is required to score "
                                  "a results file")
-        coco_gt = evaluate.load_coco(FLAGS.annotations)
+        coco_gt = coco_scoring.load_coco(FLAGS.annotations)
         results_file = FLAGS.results_file
         if FLAGS.gt_as_detections:
             # Through the same file path a real results file takes.
             results_file = os.path.join(output_dir, "gt_as_detections.json")
-            evaluate.write_json(evaluate.gt_as_detections(coco_gt), results_file)
-        records = evaluate.load_results(results_file)
+            coco_scoring.write_json(coco_scoring.gt_as_detections(coco_gt), results_file)
+        records = coco_scoring.load_results(results_file)
         metrics = evaluate_results(coco_gt, records, output_dir)
     else:
         if not (FLAGS.model_dir or FLAGS.checkpoint or FLAGS.saved_model):

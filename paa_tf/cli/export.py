@@ -11,7 +11,7 @@ Writes ``<export_dir>/<version>/`` in TensorFlow Serving's layout with the signa
 ``serving_default`` (tf.string encoded JPEG/PNG images) and ``image_tensor`` (uint8 images),
 both taking the input ``inputs`` and returning ``detection_boxes`` (normalised yxyx),
 ``detection_scores``, ``detection_classes`` (dataset ids) and ``num_detections``. See
-docs/SERVING.md for serving it.
+README.md, "Export and serve with TensorFlow Serving", for serving it.
 """
 
 import sys
@@ -47,7 +47,7 @@ def define_flags(flag_values=FLAGS):
             lower_bound=0, flag_values=flag_values),
         "score_voting": lambda: flags.DEFINE_bool(
             "score_voting", None, "Score voting in the exported graph (default: "
-            "export.score_voting of the config, true).", flag_values=flag_values),
+            "eval.score_voting of the config, true).", flag_values=flag_values),
         "overwrite": lambda: flags.DEFINE_bool(
             "overwrite", False, "Replace an existing version folder.", flag_values=flag_values),
         "params_override": lambda: flags.DEFINE_string(

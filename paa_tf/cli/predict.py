@@ -129,7 +129,7 @@ class Predictor:
         import tensorflow as tf
 
         from paa_tf import config as config_lib
-        from paa_tf import evaluate, export
+        from paa_tf import export, inference
         from paa_tf.data import label_map as label_map_lib
         from paa_tf.data import transforms
 
@@ -149,8 +149,8 @@ class Predictor:
         else:  # the newest readable one, as training resumes
             self.model, self.checkpoint = export.restore_newest_model(
                 self.config, model_dir, self.image_size)
-        self._detect = evaluate.make_predict_fn(self.config, self.model)
-        shorter = max(int(s) for s in data.min_size)
+        self._detect = inference.make_predict_fn(self.config, self.model)
+        shorter = data.eval_shorter_side
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
         def preprocess(image):

@@ -136,7 +136,7 @@ def assignment_picture(model_dir, output, checkpoint=None, image=None, data_inde
     model = export.restore_model(config, checkpoint, image_size)
     pixels = transforms.decode_image(tf.constant(_encoded_bytes(record, layout)))
     network_input, info = transforms.preprocess(
-        pixels, shorter_side=max(int(s) for s in data.min_size), max_size=data.max_size,
+        pixels, shorter_side=data.eval_shorter_side, max_size=data.max_size,
         image_size=image_size, pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)
     gt_boxes = transforms.scale_boxes(tf.constant(record.boxes, tf.float32), info,
                                       config.model.plus_one).numpy()
