@@ -235,7 +235,7 @@ def main():
     parser.add_argument("--skip-end-to-end", action="store_true",
                         help="skip the exported models' timing and profile")
     parser.add_argument("--xla", action="store_true",
-                        help="also time the lean network XLA-compiled (jit_compile=True)")
+                        help="also time the lean network and head XLA-compiled (jit_compile=True)")
     args = parser.parse_args()
     if args.size % 128:
         parser.error(f"--size {args.size} must be a multiple of 128 (PAA's padded bucket)")
