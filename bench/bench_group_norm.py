@@ -10,7 +10,7 @@ outputs are checked to agree, then, on several real COCO photos:
                   + backward (gradients of the head's variables: what a training step pays)
   end to end      each detector exported with `paa_tf.export` (score voting on) and reloaded;
                   its `image_tensor` signature on each photo (uint8 [1, h, w, 3])
-  layer (--layer)  GroupNorm + ReLU alone on each photo's five FPN maps (the head's GroupNorm
+  layer (--layer) GroupNorm + ReLU alone on each photo's five FPN maps (the head's GroupNorm
                   input shapes): keras, lean, lean under `jit_compile=True`, and a one-pass
                   variant (sum and sum of squares of the map minus one of its values per
                   channel), to see whether another formulation of the layer is cheaper
@@ -304,40 +304,43 @@ def main():
                   f"{xla['plain'] / xla['XLA']:.2f}x wall, {cpu['plain'] / cpu['XLA']:.2f}x CPU",
                   flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="bench_group_norm_") as scratch:
-        signatures = {}
-        for name, model in models.items():
-            folder = os.path.join(scratch, name)
-            os.makedirs(folder)
-            directory = bench_inference.export_paa(config, model, folder, votings=(True,))[True]
-            signatures[name] = tf.saved_model.load(directory).signatures["image_tensor"]
-        calls = {name: lambda image, s=signature: [v.numpy() for v in s(inputs=image).values()]
-                 for name, signature in signatures.items()}
-        cpu = cpu_results["end to end (SavedModel)"] = {}
-        results["end to end (SavedModel)"] = alternating_rounds(calls, images, args.rounds,
-                                                                cpu=cpu)
-        shares = {}
-        for name in signatures:
-            shares[name] = profile_op_time(calls[name], images,
-                                           os.path.join(scratch, f"profile_{name}"))
+    shares = {}
+    if not args.skip_end_to_end:
+        with tempfile.TemporaryDirectory(prefix="bench_group_norm_") as scratch:
+            signatures = {}
+            for name, model in models.items():
+                folder = os.path.join(scratch, name)
+                os.makedirs(folder)
+                directory = bench_inference.export_paa(config, model, folder, votings=(True,))[True]
+                signatures[name] = tf.saved_model.load(directory).signatures["image_tensor"]
+            calls = {name: lambda image, s=signature: [v.numpy() for v in s(inputs=image).values()]
+                     for name, signature in signatures.items()}
+            cpu = cpu_results["end to end (SavedModel)"] = {}
+            results["end to end (SavedModel)"] = alternating_rounds(calls, images, args.rounds,
+                                                                    cpu=cpu)
+            for name in signatures:
+                shares[name] = profile_op_time(calls[name], images,
+                                               os.path.join(scratch, f"profile_{name}"))
 
-    print(f"\n{'median per photo':44s}{'keras ms':>10s}{'lean ms':>10s}{'ratio':>8s}"
-          f"{'keras CPU ms':>14s}{'lean CPU ms':>13s}{'ratio':>8s}")
+    if results:
+        print(f"\n{'median per photo':44s}{'keras ms':>10s}{'lean ms':>10s}{'ratio':>8s}"
+              f"{'keras CPU ms':>14s}{'lean CPU ms':>13s}{'ratio':>8s}")
     for row, medians in results.items():
         cpu = cpu_results[row]
         print(f"{row:44s}{medians['keras'] * 1e3:10.1f}{medians['lean'] * 1e3:10.1f}"
               f"{medians['keras'] / medians['lean']:7.3f}x{cpu['keras'] * 1e3:14.1f}"
               f"{cpu['lean'] * 1e3:13.1f}{cpu['keras'] / cpu['lean']:7.3f}x")
-    print(f"\nop time of the exported model over {len(images)} photos (tf.profiler), share:")
-    print(f"{'':22s}" + "".join(f"{name + ' ms':>12s}{'%':>7s}" for name in VARIANTS))
-    for part in PARTS:
-        cells = ""
-        for name in VARIANTS:
-            total = sum(shares[name].values())
-            cells += f"{shares[name][part] * 1e3:12.1f}{100 * shares[name][part] / total:7.1f}"
-        print(f"{part:22s}{cells}")
-    print(f"{'total':22s}" + "".join(f"{sum(shares[n].values()) * 1e3:12.1f}{100.0:7.1f}"
-                                     for n in VARIANTS))
+    if shares:
+        print(f"\nop time of the exported model over {len(images)} photos (tf.profiler), share:")
+        print(f"{'':22s}" + "".join(f"{name + ' ms':>12s}{'%':>7s}" for name in VARIANTS))
+        for part in PARTS:
+            cells = ""
+            for name in VARIANTS:
+                total = sum(shares[name].values())
+                cells += f"{shares[name][part] * 1e3:12.1f}{100 * shares[name][part] / total:7.1f}"
+            print(f"{part:22s}{cells}")
+        print(f"{'total':22s}" + "".join(f"{sum(shares[n].values()) * 1e3:12.1f}{100.0:7.1f}"
+                                         for n in VARIANTS))
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
