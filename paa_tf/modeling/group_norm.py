@@ -10,9 +10,9 @@ ones that it materialises even when no mask is given. Here the statistics come f
 per-channel moments over (H, W), a reduction over the leading axes that TensorFlow runs fast,
 merged into group statistics on [B, C]-sized tensors; the normalisation is folded into one
 per-channel scale and offset, so the full-size map is read twice for the moments and once for
-``x * scale + offset``. On the CPU this takes about half the Keras layer's time (GroupNorm +
-ReLU at the R50 head's shapes at 640x640: 9.0 against 17.2 CPU ms per image and layer;
-docs/BENCHMARKS.md).
+``x * scale + offset``. On the CPU this takes about half the Keras layer's time or less
+(GroupNorm + ReLU at the R50 head's shapes at 640x640: 6.5-9.0 against 15.7-17.2 CPU ms per
+image and layer; docs/BENCHMARKS.md).
 
 The variables are those of the Keras layer (``gamma`` and ``beta``, float32 [C], initialised
 to 1 and 0), so checkpoints written with either layer load into the other.
