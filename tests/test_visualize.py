@@ -161,7 +161,6 @@ def test_positives_per_gt_plot_reads_the_training_scalars(tmp_path):
 def test_bin_paa_visualize_on_a_training_run(repo_root, tmp_path):
     """`bin/paa_visualize` draws the assignment picture of a run's training image and the
     positives plot of its logs; `--image` finds the same record as `--data_index`."""
-    from paa_tf.cli import visualize as cli
     from tests.test_predict import tiny_run
 
     _, _, model_dir, paths = tiny_run(tmp_path)
@@ -172,13 +171,13 @@ def test_bin_paa_visualize_on_a_training_run(repo_root, tmp_path):
                            f"--output={picture}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "candidates" in proc.stdout and Image.open(picture).format == "PNG"
-    by_index = cli.assignment_picture(model_dir, tmp_path / "a.png", data_index=1)
-    by_file = cli.assignment_picture(model_dir, tmp_path / "b.png",
+    by_index = visualize.assignment_picture(model_dir, tmp_path / "a.png", data_index=1)
+    by_file = visualize.assignment_picture(model_dir, tmp_path / "b.png",
                                      image=f"{paths['train_image_dir']}/train_000002.jpg")
     np.testing.assert_array_equal(by_index.anchor_indices, by_file.anchor_indices)
     np.testing.assert_array_equal(by_index.decisions, by_file.decisions)
     with pytest.raises(ValueError, match="not an image of the run's data"):
-        cli.assignment_picture(model_dir, tmp_path / "c.png", image=str(picture))
+        visualize.assignment_picture(model_dir, tmp_path / "c.png", image=str(picture))
     plot = tmp_path / "positives.png"
     proc = subprocess.run([sys.executable, script, f"--model_dir={model_dir}",
                            "--positives_plot", f"--output={plot}"], capture_output=True,

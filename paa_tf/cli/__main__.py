@@ -1,0 +1,17 @@
+"""`python -m paa_tf.cli paa_<program> [flags]`: runs a program by its name, as its bin/ script
+and console script do (used by `make quickstart` and `paa_ablate` to start the others)."""
+
+import importlib.util
+import sys
+
+
+def main():
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    module = name.removeprefix("paa_")
+    module = "import_" if module == "import" else module
+    if not name.startswith("paa_") or importlib.util.find_spec(f"paa_tf.cli.{module}") is None:
+        sys.exit(f"usage: python -m paa_tf.cli paa_<program> [flags]; {name!r} is no program")
+    importlib.import_module(f"paa_tf.cli.{module}").main(sys.argv[1:])
+
+
+main()
