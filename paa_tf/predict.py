@@ -11,6 +11,12 @@ paa_tf/cli/predict.py).
 import json
 import os
 
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from paa_tf import evaluate, visualize
+from paa_tf.data import transforms
 from paa_tf.run_folder import RunFolder
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -72,11 +78,6 @@ class Predictor:
     """
 
     def __init__(self, model_dir, checkpoint=None, overrides=None):
-        import tensorflow as tf
-
-        from paa_tf import evaluate
-        from paa_tf.data import transforms
-
         run = RunFolder(model_dir)
         self.config = run.config(overrides)
         self.label_map = run.label_map()
@@ -96,8 +97,6 @@ class Predictor:
         self._preprocess = preprocess
 
     def predict(self, images):
-        import numpy as np
-
         if not images:
             return []
         pairs = [self._preprocess(image) for image in images]
@@ -120,10 +119,6 @@ def read_image(path):
 
     Raises ValueError naming the file when it cannot be read or decoded.
     """
-    import tensorflow as tf
-
-    from paa_tf.data import transforms
-
     try:
         with open(path, "rb") as f:
             encoded = f.read()
@@ -163,11 +158,6 @@ def run_prediction(model_dir, image_paths, output_dir, checkpoint=None, score_th
 
     Returns the dict written to `output_dir/detections.json`.
     """
-    import numpy as np
-    from PIL import Image
-
-    from paa_tf import visualize
-
     files = collect_images(image_paths)
     predictor = Predictor(model_dir, checkpoint, overrides)
     log(f"restored {predictor.checkpoint}; {len(files)} images")

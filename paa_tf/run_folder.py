@@ -15,6 +15,7 @@ Layout of a run folder (`--model_dir`)::
 needs no TensorFlow (the ablation report reads many runs); restoring a model imports it.
 """
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -60,8 +61,7 @@ def restore_model(config, checkpoint, image_size):
     The backbone's pretrained file is not read (the checkpoint holds every weight).
     Raises ValueError when the checkpoint is damaged or does not hold the model's variables.
     """
-    import dataclasses
-
+    # TensorFlow and the model code only to restore: reading a run folder stays light.
     import tensorflow as tf
 
     from paa_tf.modeling.detector import build_detector

@@ -415,7 +415,7 @@ def upscale(image, min_side: Optional[int]):
 
 def _find_record(config, split, image=None, index=None):
     """(record, tfrecord layout or None) of the image chosen by `image` or `index`."""
-    from paa_tf.data import pipeline
+    from paa_tf.data import pipeline  # TensorFlow: drawing pictures needs none
 
     if index is not None:
         records, _, layout = pipeline.load_records(config.data, split, is_training=False)
@@ -441,7 +441,7 @@ def _find_record(config, split, image=None, index=None):
 
 def _encoded_bytes(record, layout):
     """The image file bytes of `record` (from its file, or its TFRecord shard)."""
-    import tensorflow as tf
+    import tensorflow as tf  # reading a TFRecord shard: drawing pictures needs none
 
     if record.path:
         with open(record.path, "rb") as f:
@@ -466,6 +466,7 @@ def assignment_picture(model_dir, output, checkpoint=None, image=None, data_inde
     in inference mode and then PAA's assignment on the image's GT boxes with the run's
     `assign` settings. `gt_index` picks the GT (default: the largest box).
     """
+    # Running the model needs TensorFlow; drawing pictures does not.
     import tensorflow as tf
 
     from paa_tf.data import transforms

@@ -44,6 +44,31 @@ def test_draw_detections_draws_boxes_and_labels_only():
         visualize.draw_detections(image, boxes, [0.9], [0, 1, 2])
 
 
+def _label_height(drawn, box, colour):
+    """Rows of the filled label above `box` (ymin, xmin, ...): class colour at column xmin."""
+    rows = 0
+    while rows < box[0] and np.all(drawn[box[0] - 1 - rows, box[1]] == colour):
+        rows += 1
+    return rows
+
+
+def test_labels_fit_a_large_photo_and_their_size_can_be_set():
+    """On a 2048x1371 photo the label is the size `label_font_size` gives (a fraction of
+    the old 1/22 of the shorter side, 62 px); an explicit size is drawn as asked."""
+    assert visualize.label_font_size(1371) == 19
+    assert visualize.label_font_size(256) == 10 and visualize.label_font_size(4000) == 32
+    photo = np.full((1371, 2048, 3), 90, np.uint8)
+    box = (700, 900, 900, 1200)
+    colour = visualize.class_colour(1)
+    def height(font_size=None):
+        return _label_height(visualize.draw_detections(photo, [box], [0.9], [1], ["pawn"],
+                                                       font_size=font_size), box, colour)
+
+    default, old_rule = height(), height(round(1371 / 22))
+    assert default == height(19) and 0 < default < old_rule / 2
+    assert height(50) > 2 * default  # --label_size of paa_predict
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     from paa_tf import config as config_lib

@@ -10,7 +10,9 @@ def main():
     module = name.removeprefix("paa_")
     module = "import_" if module == "import" else module
     if not name.startswith("paa_") or importlib.util.find_spec(f"paa_tf.cli.{module}") is None:
-        sys.exit(f"usage: python -m paa_tf.cli paa_<program> [flags]; {name!r} is no program")
+        print(f"paa_tf.cli: error: {name!r} is not a program; usage: python -m paa_tf.cli "
+              "paa_<program> [flags] (the programs are bin/paa_*)", file=sys.stderr)
+        sys.exit(2)  # bad input, as paa_tf/cli/errors.py
     importlib.import_module(f"paa_tf.cli.{module}").main(sys.argv[1:])
 
 
