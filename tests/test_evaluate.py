@@ -189,11 +189,12 @@ def _tiny_run(shared_data, model_dir):
         "model.head_channels=32", "model.octave_base_scale=4.0", "eval.batch_size=2",
         # A high prior so that the untrained head scores above the 0.05 threshold.
         "model.prior_prob=0.2"])
+    label_map = label_map_lib.from_coco_categories(
+        coco_lib.load_coco_json(str(ann))["categories"])
+    config.model.num_classes = label_map.num_classes
     model = build_detector(config)
     config_lib.save_config(config, model_dir / "config.yaml")
-    label_map_lib.write_label_map(
-        label_map_lib.from_coco_categories(coco_lib.load_coco_json(str(ann))["categories"]),
-        str(model_dir / "label_map.json"))
+    label_map_lib.write_label_map(label_map, str(model_dir / "label_map.json"))
     tf.train.Checkpoint(model=model).save(str(model_dir / "ckpt"))
     return config, model
 

@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # 128 px bucket, and a class prior of 0.2 so that a random-weight head gives detections
 # above the 0.05 threshold (the default 0.01 prior gives none).
 OVERRIDES = ["data.image_size=[128,128]", "data.min_size=[128]", "data.max_size=128",
-             "model.prior_prob=0.2", "eval.max_detections=50"]
+             "model.prior_prob=0.2", "eval.max_detections=50", "model.num_classes=6"]
 LABEL_MAP = label_map_lib.LabelMap(ids=(1, 3, 5, 7, 9, 11),
                                    names=("a", "b", "c", "d", "e", "f"))
 
@@ -525,7 +525,8 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(run, tmp_path):
     with pytest.raises(ValueError, match="does not match the model built from the config"):
         export.export_from_model_dir(run["model_dir"], tmp_path,
                                      config_overrides="model.head_channels=32")
-    with pytest.raises(ValueError, match="has 6 classes but the model predicts 3"):
+    with pytest.raises(ValueError, match=r"model.num_classes is 3 but .*label_map.json has 6 "
+                                         "classes"):
         export.export_from_model_dir(run["model_dir"], tmp_path,
                                      config_overrides="model.num_classes=3")
     assert not os.listdir(tmp_path)  # nothing half-written

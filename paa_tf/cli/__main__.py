@@ -16,4 +16,5 @@ def main():
     importlib.import_module(f"paa_tf.cli.{module}").main(sys.argv[1:])
 
 
-main()
+if __name__ == "__main__":
+    main()
