@@ -19,7 +19,7 @@ import os
 import statistics
 from typing import Dict, List, Optional, Tuple
 
-import yaml
+from paa_tf.run_folder import RunFolder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,12 +139,11 @@ def check_budget(model_dir, steps):
 
     Runs of different budgets must not be resumed into each other or averaged together.
     """
-    path = os.path.join(model_dir, "config.yaml")
-    if not os.path.isfile(path):
+    run = RunFolder(model_dir)
+    if not run.has_config():
         return
-    with open(path) as f:
-        found = (yaml.safe_load(f) or {}).get("train", {}).get("total_steps")
-    if found is not None and found != steps:
+    found = run.config().train.total_steps
+    if found != steps:
         raise ValueError(f"{model_dir} holds a {found}-step training, not {steps} steps; give "
                          f"--steps {found} or another --output_dir")
 

@@ -112,7 +112,9 @@ class ModelConfig:
     input_channels: str = _choice("rgb", ("rgb", "bgr"))
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + first stage
     frozen_bn: bool = True
-    num_classes: int = 80
+    # None: the number of classes of the training label map (paa_train fills it in and
+    # saves it in the run's config.yaml); a value that disagrees with the data is refused.
+    num_classes: Optional[int] = None
     min_level: int = 3
     max_level: int = 7
     fpn_channels: int = 256
@@ -199,7 +201,7 @@ class EvalConfig:
     score: str = _choice("sqrt", ("sqrt", "product", "cls"))
     nms_iou: float = 0.6
     max_detections: int = 100
-    score_voting: bool = True  # evaluation and the export (bin/paa_export --score_voting)
+    score_voting: bool = True  # evaluation and the export
     voting_sigma: float = 0.025
     voting_iou: float = 0.01
     tta_scales: Tuple[int, ...] = ()  # shorter sides of the test-time views (all of them)
@@ -496,7 +498,7 @@ def validate(config):
     for key in _POSITIVE:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"config key '{key}' is {value}; it must be at least 1")
     _check_numbers(config)
     for key in ("train.warmup_steps", "eval.tta_scales", "data.min_size", "data.max_size"):

@@ -28,17 +28,15 @@ detections` in the project's internal conventions, for evaluation).
 import dataclasses
 import os
 import shutil
-import sys
 import tempfile
 
 import tensorflow as tf
 
-from paa_tf import checkpoints, inference, postprocess, serving_preprocess
 from paa_tf import config as config_lib
+from paa_tf import inference, postprocess, serving_preprocess
 from paa_tf.data import buckets as buckets_lib
-from paa_tf.data import label_map as label_map_lib
 from paa_tf.export_reader import CONFIG_ASSET, INPUT_NAME
-from paa_tf.modeling.detector import build_detector
+from paa_tf.run_folder import RunFolder
 
 SIGNATURES = ("serving_default", "image_tensor")
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -159,52 +157,6 @@ def to_client_outputs(detections, image_info, class_ids):
     }
 
 
-def restore_model(config, checkpoint, image_size):
-    """A `PAADetector` for the padded input `image_size` with `checkpoint`'s weights.
-
-    The backbone's pretrained file is not read (the checkpoint holds every weight).
-    Raises ValueError when the checkpoint is damaged or does not hold the model's variables.
-    """
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, backbone_checkpoint=None))
-    model = build_detector(config, image_size=image_size)
-    try:
-        status = tf.train.Checkpoint(model=model).restore(checkpoint)
-        status.expect_partial()  # optimizer slots and the step counter are not needed
-        status.assert_existing_objects_matched()
-    # A damaged file surfaces as an IndexError, OpError, ValueError... depending on where the
-    # reader trips; a checkpoint of another model as an AssertionError.
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"checkpoint {checkpoint} does not match the model built from the "
-                         f"config (backbone {config.model.backbone}, {config.model.num_classes} "
-                         f"classes) or is damaged: {type(error).__name__}: {str(error)[:300]}. "
-                         "Use the config.yaml of the run that wrote the checkpoint and the "
-                         "model code it was trained with") from None
-    return model
-
-
-def restore_newest_model(config, model_dir, image_size):
-    """(model, checkpoint path) from the newest readable checkpoint of `model_dir`.
-
-    Like a resumed training run: a checkpoint that cannot be restored is skipped with a
-    warning and the next older one is tried. Raises ValueError when none is left.
-    """
-    candidates = checkpoints.find_checkpoints(model_dir)
-    if not candidates:
-        raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
-    problems = []
-    for index, path in enumerate(candidates):
-        try:
-            return restore_model(config, path, image_size), path
-        except ValueError as error:
-            problems.append(str(error))
-            older = candidates[index + 1] if index + 1 < len(candidates) else "none left"
-            print(f"WARNING: checkpoint {path} cannot be restored; falling back to {older}",
-                  file=sys.stderr, flush=True)
-    raise ValueError(f"none of the checkpoints in {model_dir} can be restored; the newest: "
-                     f"{problems[0]}")
-
-
 def save_exported(module, export_dir, version, assets=(), overwrite=False):
     """Write `module` to `<export_dir>/<version>/` atomically; returns that path.
 
@@ -254,19 +206,10 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
       config_overrides: dotted overrides applied to the run's config (e.g.
         'eval.max_detections=300').
     """
-    model_dir = os.fspath(model_dir)
-    config_path = os.path.join(model_dir, "config.yaml")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{config_path} not found: --model_dir must be a training folder "
-                         "(bin/paa_train writes config.yaml, label_map.json and checkpoints)")
-    config = config_lib.load_config(config_path, overrides=config_overrides)
-    label_map_path = os.path.join(model_dir, label_map_lib.LABEL_MAP_FILENAME)
-    label_map = label_map_lib.load_label_map(label_map_path)
-    if label_map.num_classes != config.model.num_classes:
-        raise ValueError(f"{label_map_path} has {label_map.num_classes} classes but the model "
-                         f"predicts {config.model.num_classes} (model.num_classes in "
-                         f"{config_path}); export the label map the model was trained with")
-    if not checkpoint and not checkpoints.find_checkpoints(model_dir):  # before the slow part
+    run = RunFolder(model_dir)
+    config = run.config(overrides=config_overrides)  # num_classes checked against the map
+    label_map = run.label_map()
+    if not checkpoint and not run.checkpoints():  # before the slow part
         raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
     version = config.export.version if version is None else int(version)
     target = os.path.join(os.fspath(export_dir), str(version))
@@ -278,14 +221,11 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
                                                                   score_voting=voting))
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
-    if checkpoint:
-        model = restore_model(config, checkpoint, preprocess.image_size)
-    else:
-        model, checkpoint = restore_newest_model(config, model_dir, preprocess.image_size)
+    model, checkpoint = run.restore(config, preprocess.image_size, checkpoint)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
     module = ExportedDetector(model, preprocess, params, label_map,
                               shapes=buckets_lib.bucket_shapes(config.data, is_training=False))
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,
-                             assets=(label_map_path, config_copy), overwrite=overwrite)
+                             assets=(run.label_map_path, config_copy), overwrite=overwrite)

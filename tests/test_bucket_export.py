@@ -23,7 +23,8 @@ _assert_same_detections = test_export._assert_same_detections
 pytestmark = pytest.mark.slow  # one export with three network copies: ~1 min
 
 OVERRIDES = ["data.image_size=[256,256]", "data.min_size=[128]", "data.max_size=200",
-             "data.buckets=orientation", "model.prior_prob=0.2", "eval.max_detections=50"]
+             "data.buckets=orientation", "model.prior_prob=0.2", "eval.max_detections=50",
+             "model.num_classes=6"]
 LANDSCAPE, PORTRAIT, CANVAS = (128, 256), (256, 128), (256, 256)
 
 

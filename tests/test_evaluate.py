@@ -162,14 +162,13 @@ def test_unknown_image_id_is_a_clear_error(real_data):
 def test_cli_help_and_usage_errors(repo_root, tmp_path):
     help_out = _run_cli(repo_root, "--help")  # absl's --help exits with status 1
     for flag in ("results_file", "gt_as_detections", "model_dir", "checkpoint", "saved_model",
-                 "score_voting", "batch_size", "data", "config", "annotations", "tta_scales",
-                 "tta_flip"):
+                 "override", "split", "data", "config", "annotations"):
         assert f"--{flag}:" in help_out.stdout or f"--[no]{flag}:" in help_out.stdout, flag
     nothing = _run_cli(repo_root, f"--output_dir={tmp_path}")
     assert nothing.returncode != 0 and "nothing to evaluate" in nothing.stderr
     model = _run_cli(repo_root, "--model_dir=/nonexistent", "--data=x", "--annotations=y")
     assert model.returncode != 0
-    assert ("needs paa_tf.modeling" in model.stderr) or ("no checkpoint found" in model.stderr)
+    assert "config.yaml not found" in model.stderr
 
 
 def _tiny_run(real_data, model_dir):
@@ -190,11 +189,12 @@ def _tiny_run(real_data, model_dir):
         "model.head_channels=32", "model.octave_base_scale=4.0", "eval.batch_size=2",
         # A high prior so that the untrained head scores above the 0.05 threshold.
         "model.prior_prob=0.2"])
+    label_map = label_map_lib.from_coco_categories(
+        coco_lib.load_coco_json(str(ann))["categories"])
+    config.model.num_classes = label_map.num_classes
     model = build_detector(config)
     config_lib.save_config(config, model_dir / "config.yaml")
-    label_map_lib.write_label_map(
-        label_map_lib.from_coco_categories(coco_lib.load_coco_json(str(ann))["categories"]),
-        str(model_dir / "label_map.json"))
+    label_map_lib.write_label_map(label_map, str(model_dir / "label_map.json"))
     tf.train.Checkpoint(model=model).save(str(model_dir / "ckpt"))
     return config, model
 
@@ -262,24 +262,24 @@ def test_tta_views_and_geometry():
 
 
 def test_tta_at_the_evaluation_scale_equals_plain_evaluation(repo_root, tmp_path):
-    """`bin/paa_eval --tta_scales=<eval scale>` (one view, no flip: the undecoded images
-    pre-processed per view, candidates merged by `merge_tta`) writes exactly the detections
-    of the plain in-process evaluation. The images are scaled by exactly 2, so NMS and
-    voting in original pixels see the same IoUs as in input pixels."""
+    """`bin/paa_eval --override eval.tta_scales=[<eval scale>]` (one view, no flip: the
+    undecoded images pre-processed per view, candidates merged by `merge_tta`) writes exactly
+    the detections of the plain in-process evaluation. The images are scaled by exactly 2, so
+    NMS and voting in original pixels see the same IoUs as in input pixels."""
     from tests.test_predict import tiny_run
 
     config, model, model_dir, _ = tiny_run(tmp_path, num_val=4)
     plain = evaluate.evaluate_model(config, model, output_dir=str(tmp_path / "plain"),
                                     verbose=False)
     assert plain["num_images"] == 4 and plain["num_detections"] > 0
-    proc = _run_cli(repo_root, f"--model_dir={model_dir}", "--tta_scales=128",
+    proc = _run_cli(repo_root, f"--model_dir={model_dir}", "--override=eval.tta_scales=[128]",
                     f"--output_dir={tmp_path / 'tta'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = json.loads((tmp_path / "plain" / "results.json").read_text())
     got = json.loads((tmp_path / "tta" / "results.json").read_text())
     assert got == want
-    bad = _run_cli(repo_root, f"--model_dir={model_dir}", "--tta_scales=128,abc")
-    assert bad.returncode != 0 and "positive integers" in bad.stderr
+    bad = _run_cli(repo_root, f"--model_dir={model_dir}", "--override=eval.tta_scales=[128,0]")
+    assert bad.returncode == 2 and "eval.tta_scales" in bad.stderr
 
 
 def _encoded_png(image):

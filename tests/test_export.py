@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # 128 px bucket, and a class prior of 0.2 so that a random-weight head gives detections
 # above the 0.05 threshold (the default 0.01 prior gives none).
 OVERRIDES = ["data.image_size=[128,128]", "data.min_size=[128]", "data.max_size=128",
-             "model.prior_prob=0.2", "eval.max_detections=50"]
+             "model.prior_prob=0.2", "eval.max_detections=50", "model.num_classes=6"]
 LABEL_MAP = label_map_lib.LabelMap(ids=(1, 3, 5, 7, 9, 11),
                                    names=("a", "b", "c", "d", "e", "f"))
 
@@ -394,7 +394,7 @@ def test_pixel_limit_is_frozen_into_the_export(run, images, tmp_path):
     """`export.max_pixels` bounds each request image, by its header before decoding (encoded)
     or by the tensor's shape (uint8); the limit is the config's, saved with the export."""
     _cli(["--model_dir", str(run["model_dir"]), "--export_dir", str(tmp_path),
-          "--params_override", "export.max_pixels=10000"])
+          "--override", "export.max_pixels=10000"])
     assert export_reader.exported_config(tmp_path).export.max_pixels == 10000
     loaded = tf.saved_model.load(str(tmp_path / "1"))
     big, small = images["encoded"][0], images["encoded"][1]  # 150x100 JPEG, 40x61 PNG
@@ -440,7 +440,7 @@ def test_launcher_help_lists_the_flags():
     done = subprocess.run([sys.executable, str(REPO / "bin" / "paa_export"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 1), done.stderr[-2000:]  # absl's --help exits with 1
-    for flag in ("--model_dir", "--checkpoint", "--export_dir", "--version", "score_voting"):
+    for flag in ("--model_dir", "--checkpoint", "--export_dir", "--version", "--override"):
         assert flag in done.stdout
 
 
@@ -448,7 +448,7 @@ def test_cli_export_without_voting_as_a_new_version(run, images, capsys):
     args = ["--model_dir", str(run["model_dir"]), "--export_dir", str(run["export_dir"])]
     assert _cli(args) not in (0, None)  # version 1 exists: refused, nothing rebuilt
     assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert _cli(args + ["--version=2", "--score_voting=false"]) in (0, None)
+    assert _cli(args + ["--version=2", "--override=eval.score_voting=false"]) in (0, None)
     assert sorted(os.listdir(run["export_dir"])) == ["1", "2"]  # no staging folder left
     assert export_reader.exported_config(run["export_dir"]).eval.score_voting is False
     predict_fn = export_reader.load_exported(run["export_dir"])  # the highest version: 2
@@ -526,7 +526,8 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(run, tmp_path):
     with pytest.raises(ValueError, match="does not match the model built from the config"):
         export.export_from_model_dir(run["model_dir"], tmp_path,
                                      config_overrides="model.head_channels=32")
-    with pytest.raises(ValueError, match="has 6 classes but the model predicts 3"):
+    with pytest.raises(ValueError, match=r"model.num_classes is 3 but .*label_map.json has 6 "
+                                         "classes"):
         export.export_from_model_dir(run["model_dir"], tmp_path,
                                      config_overrides="model.num_classes=3")
     assert not os.listdir(tmp_path)  # nothing half-written

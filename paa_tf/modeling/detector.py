@@ -240,6 +240,10 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
       ``model.backbone_checkpoint`` is set.
     """
     model_cfg = config.model
+    if model_cfg.num_classes is None:
+        raise ValueError("model.num_classes is not set: paa_train takes it from the label map "
+                         "and saves it in the run's config.yaml; set it to build a model from "
+                         "a config outside a run folder")
     if image_size is None:
         image_size = tuple(config.data.image_size)
     height, width = (int(s) for s in image_size)
