@@ -275,9 +275,10 @@ def markdown_table(records) -> str:
 
 def bar_chart(records, path, title):
     """Horizontal bars of our mean AP (whiskers: min–max, dots: seeds) beside the paper's AP."""
+    # matplotlib only for the chart (slow to import; its file backend chosen first).
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # once the backend is chosen
 
     names = [r["name"] for r in records][::-1]
     ours = [r["AP"]["mean"] if r["AP"]["n"] else 0.0 for r in records][::-1]

@@ -21,29 +21,25 @@ with D = `eval.max_detections`. Classes and counts are float32 because OD API cl
 them as floats and cast (`.astype(int)`); float32 holds every integer below 2**24 exactly.
 The label map (`label_map.json`) and the resolved config (`config.yaml`) are saved as assets.
 
-`load_exported` reloads an export as a `predict_fn(batch) -> detections` in the project's
-internal conventions (boxes in original pixels, contiguous classes), for `paa_tf.evaluate`.
+`paa_tf.export_reader` reads an export back (`load_exported`: a `predict_fn(batch) ->
+detections` in the project's internal conventions, for evaluation).
 """
 
 import dataclasses
 import os
-import re
 import shutil
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 
 from paa_tf import config as config_lib
-from paa_tf import postprocess, serving_preprocess
+from paa_tf import inference, postprocess, serving_preprocess
 from paa_tf.data import buckets as buckets_lib
-from paa_tf.data import label_map as label_map_lib
+from paa_tf.export_reader import CONFIG_ASSET, INPUT_NAME
 from paa_tf.run_folder import RunFolder
 
-INPUT_NAME = "inputs"
 SIGNATURES = ("serving_default", "image_tensor")
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
-CONFIG_ASSET = "config.yaml"
 
 
 class _Holder:
@@ -132,15 +128,9 @@ class ExportedDetector(tf.Module):
         return tf.switch_case(tf.maximum(choice, 0), branches)
 
     def _detect_at(self, images, image_info, shape):
-        model = self._holder.model
-        anchors, level_ids = model.anchors_for(*shape)
-        outputs = model(tf.ensure_shape(images, [None, shape[0], shape[1], 3]), training=False)
-        iou_logits = outputs.get("iou_logits")
-        detections = postprocess.postprocess(
-            tf.cast(outputs["cls_logits"], tf.float32), tf.cast(outputs["box_deltas"], tf.float32),
-            None if iou_logits is None else tf.cast(iou_logits, tf.float32),
-            anchors, image_info, level_sizes=postprocess.level_sizes_from_ids(level_ids),
-            params=self._params)
+        detections = inference.detect(
+            self._holder.model, tf.ensure_shape(images, [None, shape[0], shape[1], 3]),
+            image_info, self._params)
         return to_client_outputs(detections, image_info, self.class_ids)
 
 
@@ -211,7 +201,7 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
       export_dir: TF Serving model base path; the version folder is created under it.
       checkpoint: checkpoint prefix; default the latest in `model_dir`.
       version: integer version; default `export.version` of the config.
-      score_voting: bool; default `export.score_voting` of the config.
+      score_voting: bool; default `eval.score_voting` of the config.
       overwrite: replace an existing version folder.
       config_overrides: dotted overrides applied to the run's config (e.g.
         'eval.max_detections=300').
@@ -226,11 +216,10 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     if os.path.exists(target) and not overwrite:  # before the slow part
         raise ValueError(f"{target} exists; pass --overwrite to replace it or --version with a "
                          "new number (TF Serving serves the highest version)")
-    voting = config.export.score_voting if score_voting is None else bool(score_voting)
+    voting = config.eval.score_voting if score_voting is None else bool(score_voting)
     # The exported config records what the graph does.
-    config = dataclasses.replace(
-        config, export=dataclasses.replace(config.export, score_voting=voting),
-        eval=dataclasses.replace(config.eval, score_voting=voting))
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
+                                                                  score_voting=voting))
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
     model, checkpoint = run.restore(config, preprocess.image_size, checkpoint)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
@@ -240,133 +229,3 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,
                              assets=(run.label_map_path, config_copy), overwrite=overwrite)
-
-
-def resolve_version_dir(path):
-    """The SavedModel folder of `path`: itself, or its highest numeric version subfolder."""
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [int(name) for name in (os.listdir(path) if os.path.isdir(path) else ())
-                if re.fullmatch(r"\d+", name)
-                and os.path.isfile(os.path.join(path, name, "saved_model.pb"))]
-    if not versions:
-        raise ValueError(f"{path} is neither a SavedModel nor a folder of numeric versions "
-                         "holding one; pass the --export_dir of bin/paa_export or a version "
-                         "folder inside it")
-    return os.path.join(path, str(max(versions)))
-
-
-def exported_label_map(path):
-    """The `LabelMap` saved as an asset of the export at `path`."""
-    return label_map_lib.load_label_map(
-        os.path.join(resolve_version_dir(path), "assets", label_map_lib.LABEL_MAP_FILENAME))
-
-
-def exported_config(path):
-    """The resolved `ExperimentConfig` saved as an asset of the export at `path`."""
-    return config_lib.load_config(
-        os.path.join(resolve_version_dir(path), "assets", CONFIG_ASSET))
-
-
-def _original_sizes(batch, key):
-    """float32 [B, 2] original (height, width) of the images of `batch`."""
-    if "original_size" in batch:
-        return np.asarray(batch["original_size"], np.float32).reshape(-1, 2)
-    if "image_info" in batch:
-        return np.asarray(batch["image_info"], np.float32)[:, 0, :]
-    if key == "image":
-        shape = np.shape(batch["image"])
-        return np.tile(np.array([shape[1:3]], np.float32), [shape[0], 1])
-    sizes = tf.map_fn(serving_preprocess.encoded_image_size,
-                      tf.convert_to_tensor(batch["encoded"], tf.string),
-                      fn_output_signature=tf.TensorSpec([2], tf.int32))
-    return sizes.numpy().astype(np.float32)
-
-
-def load_exported(path):
-    """`predict_fn(batch) -> detections` running an exported model's signatures.
-
-    `batch` holds `encoded` (tf.string [B], run through `serving_default`) or `image`
-    (uint8 [B, h, w, 3], run through `image_tensor`), and optionally `original_size` [B, 2]
-    or `image_info` [B, 4, 2] (else the size is read from the images). The result follows
-    `paa_tf.postprocess.postprocess`: `detection_boxes` float32 [B, D, 4] yxyx original
-    pixels, `detection_scores` [B, D], `detection_classes` int32 [B, D] contiguous (-1 pads),
-    `num_detections` int32 [B], NumPy arrays. `predict_fn.label_map` is the export's map.
-    """
-    version_dir = resolve_version_dir(path)
-    loaded = tf.saved_model.load(version_dir)
-    label_map = exported_label_map(version_dir)
-    index_of_id = {float(cid): index for index, cid in enumerate(label_map.ids)}
-    to_index = np.vectorize(lambda cid: index_of_id.get(float(cid), -1), otypes=[np.int32])
-
-    def predict_fn(batch):
-        if "encoded" in batch:
-            key, signature = "encoded", loaded.signatures["serving_default"]
-            inputs = tf.convert_to_tensor(batch["encoded"], tf.string)
-        elif "image" in batch and tf.as_dtype(np.asarray(batch["image"]).dtype) == tf.uint8:
-            key, signature = "image", loaded.signatures["image_tensor"]
-            inputs = tf.convert_to_tensor(batch["image"], tf.uint8)
-        else:
-            raise ValueError("an exported model takes the images themselves: give the batch an "
-                             "'encoded' key (tf.string [B] JPEG/PNG bytes, see "
-                             "paa_tf.export.encoded_eval_dataset) or a uint8 'image' [B, h, w, 3];"
-                             f" got keys {sorted(batch)}")
-        outputs = {k: v.numpy() for k, v in signature(**{INPUT_NAME: inputs}).items()}
-        size = _original_sizes(batch, key)
-        boxes = outputs["detection_boxes"] * np.tile(size, [1, 2])[:, None, :]
-        classes = to_index(outputs["detection_classes"])
-        return {"detection_boxes": np.where(classes[..., None] >= 0, boxes, 0.0)
-                .astype(np.float32),
-                "detection_scores": outputs["detection_scores"],
-                "detection_classes": classes,
-                "num_detections": outputs["num_detections"].astype(np.int32)}
-
-    predict_fn.label_map = label_map
-    predict_fn.loaded = loaded
-    return predict_fn
-
-
-def encoded_eval_dataset(data_config, batch_size, images_dir=None, annotations=None):
-    """Evaluation batches of the *undecoded* images, for an exported model.
-
-    The records (COCO, VOC or TFRecord `val` split) are read and validated as by
-    `paa_tf.data.pipeline.load_records`; each batch holds `encoded` tf.string [B],
-    `source_id` int64 [B] and `original_size` int32 [B, 2] (height, width of the file).
-    `images_dir`/`annotations` replace `data.val_images`/`data.val_annotations`.
-    Returns (dataset, BadRecordReport).
-    """
-    from paa_tf.data import pipeline
-
-    replace = {k: v for k, v in (("val_images", images_dir), ("val_annotations", annotations))
-               if v}
-    data_config = dataclasses.replace(data_config, **replace)
-    records, report, layout = pipeline.load_records(data_config, "val", is_training=False)
-    source_ids = np.array([r.image_id for r in records], np.int64)
-    if layout is None:
-        paths = np.array([r.path for r in records], object).astype(str)
-        data = tf.data.Dataset.from_tensor_slices((paths, source_ids)).map(
-            lambda p, i: (tf.io.read_file(p), i))
-    else:
-        files, counts = layout
-        row_of = np.full(max(int(np.sum(counts)), 1), -1, np.int64)
-        row_of[[r.tfrecord_index for r in records]] = np.arange(len(records))
-        row_of, ids = tf.constant(row_of), tf.constant(source_ids)
-        spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
-        shards = tf.data.Dataset.from_tensor_slices((list(files), np.array(counts, np.int64)))
-        data = (shards.flat_map(lambda f, n: tf.data.TFRecordDataset(f).take(n)).enumerate()
-                .map(lambda index, s: (row_of[index], s)).filter(lambda row, s: row >= 0)
-                .map(lambda row, s: (tf.io.parse_single_example(s, spec)["image/encoded"],
-                                     ids[row])))
-    data = data.map(lambda encoded, i: {
-        "encoded": encoded, "source_id": i,
-        "original_size": serving_preprocess.encoded_image_size(encoded)},
-        num_parallel_calls=tf.data.AUTOTUNE)
-    if buckets_lib.mode_of(data_config) == "orientation":
-        # Batches of one orientation, so test-time views run on its bucket, not the canvas.
-        data = data.group_by_window(
-            lambda item: tf.cast(item["original_size"][0] > item["original_size"][1], tf.int64),
-            lambda _, window: window.batch(int(batch_size)), window_size=int(batch_size))
-    else:
-        data = data.batch(int(batch_size))
-    return data.prefetch(tf.data.AUTOTUNE), report

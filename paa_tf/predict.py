@@ -1,7 +1,7 @@
 """Detections and pictures for image files, from a training run (`bin/paa_predict`).
 
 `Predictor` restores a run folder (`paa_tf.run_folder.RunFolder`) and runs the evaluation
-pre-processing of its config (resize to the largest `data.min_size`, longer side <=
+pre-processing of its config (resize to `data.eval_shorter_side`, longer side <=
 `data.max_size`, pad to `data.image_size`), the network and the full post-processing
 (candidates, NMS, score voting) of `eval.*` on batches of images. `run_prediction` writes
 `detections.json` and one picture per image (the format is described in
@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from paa_tf import evaluate, visualize
+from paa_tf import inference, visualize
 from paa_tf.data import transforms
 from paa_tf.run_folder import RunFolder
 
@@ -85,8 +85,8 @@ class Predictor:
         self.image_size = tuple(int(s) for s in data.image_size)
         # The newest readable checkpoint unless one is named, as training resumes.
         self.model, self.checkpoint = run.restore(self.config, self.image_size, checkpoint)
-        self._detect = evaluate.make_predict_fn(self.config, self.model)
-        shorter = max(int(s) for s in data.min_size)
+        self._detect = inference.make_predict_fn(self.config, self.model)
+        shorter = data.eval_shorter_side
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
         def preprocess(image):

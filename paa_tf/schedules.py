@@ -1,4 +1,5 @@
-"""Learning-rate schedule of the PAA recipes: warm-up, then step decay (spec §6, §11.7)."""
+"""Learning-rate schedule of the PAA recipes: warm-up, then step decay (docs/PAA.md,
+"Training recipe")."""
 
 import tensorflow as tf
 import tf_keras

@@ -19,6 +19,10 @@ import tensorflow as tf
 import tf_keras
 
 from paa_tf import checkpoints, run_folder, schedules
+from paa_tf import evaluate as evaluate_lib
+from paa_tf.data import pipeline
+from paa_tf.modeling import detector
+from paa_tf.modeling.weights import load_backbone_weights
 
 _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
 
@@ -166,8 +170,6 @@ class Trainer:
         self._state_variables = None  # checked for NaN/inf before each save
 
     def _pipeline_fn(self, seed_offset=0):
-        from paa_tf.data import pipeline
-
         data_config = copy.deepcopy(self.config.data)
         data_config.seed += seed_offset
         per_replica = self.global_batch // self.strategy.num_replicas_in_sync
@@ -182,8 +184,6 @@ class Trainer:
         return dataset_fn, label_map
 
     def _build_model(self):
-        from paa_tf.modeling import detector
-
         # The backbone checkpoint is loaded by restore_or_initialise, on a fresh start only.
         config = copy.deepcopy(self.config)
         config.model.backbone_checkpoint = None
@@ -227,8 +227,6 @@ class Trainer:
                       "the resumed run sees other batches than an uninterrupted one would",
                       flush=True)
         elif self.config.model.backbone_checkpoint:
-            from paa_tf.modeling.weights import load_backbone_weights
-
             path = self.config.model.backbone_checkpoint
             report = load_backbone_weights(
                 self.model.backbone, path,
@@ -313,8 +311,6 @@ class Trainer:
 
     def evaluate(self, step=None):
         """COCO evaluation of the current weights on the val split; summaries under eval/."""
-        from paa_tf import evaluate as evaluate_lib
-
         metrics = evaluate_lib.evaluate_model(self.config, self.model,
                                               output_dir=self.model_dir / "eval")
         if self.chief:

@@ -137,17 +137,17 @@ class AssignmentView:
 
     @property
     def positive(self):
-        from paa_tf.assign.labels import CANDIDATE_POSITIVE
+        from paa_tf.assign.labels import CANDIDATE_POSITIVE  # TensorFlow, not at import
         return self.decisions == CANDIDATE_POSITIVE
 
     @property
     def negative(self):
-        from paa_tf.assign.labels import CANDIDATE_NEGATIVE
+        from paa_tf.assign.labels import CANDIDATE_NEGATIVE  # TensorFlow, not at import
         return self.decisions == CANDIDATE_NEGATIVE
 
     @property
     def ignored(self):
-        from paa_tf.assign.labels import CANDIDATE_IGNORE
+        from paa_tf.assign.labels import CANDIDATE_IGNORE  # TensorFlow, not at import
         return self.decisions == CANDIDATE_IGNORE
 
     def density(self, x, component):
@@ -174,6 +174,7 @@ def assignment_data(model, image, gt_boxes, gt_classes, gt_index, assign_config=
     Returns:
       `AssignmentView`.
     """
+    # Drawing pictures needs no TensorFlow; running the model here does.
     import tensorflow as tf
 
     from paa_tf.assign import paa_candidates_and_gmm
@@ -190,7 +191,7 @@ def assignment_data(model, image, gt_boxes, gt_classes, gt_index, assign_config=
     config = assign_config if assign_config is not None else model.config.assign
     _, diag = paa_candidates_and_gmm(config, model.anchors, model.level_ids, model.num_levels,
                                      gt_boxes[None], gt_classes[None], cls_logits, pred_boxes,
-                                     plus_one=model.plus_one)
+                                     plus_one=model.plus_one, loss_config=model.config.loss)
     mask = diag.candidate_mask.numpy()[0, gt_index]
     index = diag.candidate_anchors.numpy()[0, gt_index][mask].astype(np.int64)
     costs = diag.candidate_costs.numpy()[0, gt_index][mask].astype(np.float64)
@@ -329,7 +330,7 @@ def read_scalars(log_dir, tags: Sequence[str] = SCALAR_TAGS) -> Dict[str, Tuple]
     Reads both `tf.summary.scalar` (TF2, tensor values) and TF1 `simple_value` summaries.
     Raises ValueError when there is no event file or none of `tags` was written.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # reading event files only: drawing pictures needs no TensorFlow
 
     files = sorted(glob.glob(os.path.join(os.fspath(log_dir), "events.out.tfevents.*")),
                    key=os.path.getmtime)
@@ -462,7 +463,7 @@ def assignment_picture(model_dir, output, checkpoint=None, image=None, data_inde
     """Write the assignment picture of one GT of a training run; returns the `AssignmentView`.
 
     Restores the checkpoint (default: the newest readable one in `model_dir`), pre-processes
-    the image as the evaluation does (no flip, the largest `data.min_size`), runs the network
+    the image as the evaluation does (no flip, `data.eval_shorter_side`), runs the network
     in inference mode and then PAA's assignment on the image's GT boxes with the run's
     `assign` settings. `gt_index` picks the GT (default: the largest box).
     """
@@ -484,7 +485,7 @@ def assignment_picture(model_dir, output, checkpoint=None, image=None, data_inde
     model, checkpoint = run.restore(config, image_size, checkpoint)
     pixels = transforms.decode_image(tf.constant(_encoded_bytes(record, layout)))
     network_input, info = transforms.preprocess(
-        pixels, shorter_side=max(int(s) for s in data.min_size), max_size=data.max_size,
+        pixels, shorter_side=data.eval_shorter_side, max_size=data.max_size,
         image_size=image_size, pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)
     gt_boxes = transforms.scale_boxes(tf.constant(record.boxes, tf.float32), info,
                                       config.model.plus_one).numpy()

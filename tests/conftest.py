@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: quiet TensorFlow, and the real data beside the repo."""
+"""Shared pytest fixtures: quiet TensorFlow, and the real-image data shipped with the tests."""
 
 import os
 import pathlib
@@ -8,16 +8,15 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+FIXTURE_DATA = REPO_ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared_data():
-    """`../shared/data` (real COCO/VOC excerpts); skips when absent, as on a user machine."""
-    if not (SHARED_DATA / "coco_mini").is_dir():
-        pytest.skip(f"real test data not found at {SHARED_DATA} (present only in the project's "
-                    "development checkout); these tests need ../shared/data/coco_mini and bccd")
-    return SHARED_DATA
+def real_data():
+    """`tests/fixtures`: real COCO 2017 images with their official annotations (`coco_mini/`)
+    and real Pascal VOC files (`bccd/`); what each file is and its licence:
+    tests/fixtures/README.md."""
+    return FIXTURE_DATA
 
 
 @pytest.fixture(scope="session")

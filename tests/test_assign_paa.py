@@ -1,11 +1,12 @@
-"""PAA assignment: spec §3 Steps A-F, test vectors §11.1, §11.2, §11.3, §11.5."""
+"""PAA assignment (docs/PAA.md, Steps A-F) against the reference vectors T1-T7, the
+assignment toy, the loss values and the pre-assignment example (docs/CONVENTIONS.md,
+"Reference values")."""
 
 import os
 import subprocess
 import sys
 import textwrap
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,10 +18,11 @@ from paa_tf.assign import BACKGROUND, IGNORE, assign, paa_candidates_and_gmm
 from paa_tf.assign.iou_match import anchor_gt_iou, match_anchors
 from paa_tf.assign.paa import anchor_costs, level_bounds, select_from_costs
 from paa_tf.assign.separation import separate
+from paa_tf.config import AssignConfig
 from paa_tf.ops.anchors import generate_anchors
 from paa_tf.ops.gmm import fit_gmm_1d
 
-SPEC = {
+VECTORS = {
     "T1": [0.10, 0.12, 0.15, 0.20, 0.90, 1.00, 1.10, 1.20, 1.30],
     "T2": [0.5, 0.5],
     "T3": [0.3, 1.7],
@@ -33,8 +35,8 @@ SPEC = {
 R = lambda a, b: set(range(a, b))  # noqa: E731
 
 # (vector, scheme, extra options) -> (positives, ignored); the rest are negatives.
-# kk_c, mm_c, b_orig: as listed by spec §11.1. a, b, d, fnp, fsr: the module's rules applied
-# by hand to the spec's components and log-densities.
+# kk_c, mm_c, b_orig: the reference positive sets of T1-T7. a, b, d, fnp, fsr: the module's
+# rules applied by hand to the reference components and log-densities.
 EXPECTED = [
     ("T1", "kk_c", {}, R(0, 4), set()),
     ("T1", "mm_c", {}, R(0, 4), set()),
@@ -82,9 +84,9 @@ def decide(values, scheme, **options):
 
 
 @pytest.mark.parametrize("name,scheme,options,positives,ignored", EXPECTED)
-def test_separation_schemes_on_spec_vectors(name, scheme, options, positives, ignored):
-    """Spec §11.1 T1-T7 (and §3 Step E) for every scheme with values."""
-    out = decide(SPEC[name], scheme, **options)
+def test_separation_schemes_on_reference_vectors(name, scheme, options, positives, ignored):
+    """T1-T7 (docs/PAA.md, Step E) for every scheme with values."""
+    out = decide(VECTORS[name], scheme, **options)
     assert set(np.flatnonzero(out == 1)) == positives
     assert set(np.flatnonzero(out == -1)) == ignored
     assert set(np.flatnonzero(out == 0)) == set(range(len(out))) - positives - ignored
@@ -92,7 +94,7 @@ def test_separation_schemes_on_spec_vectors(name, scheme, options, positives, ig
 
 @pytest.mark.parametrize("policy,expected", [("pos", 1), ("neg", 0)])
 def test_single_candidate_policy(policy, expected):
-    """Spec §9: one candidate is positive (KK) or negative (MM), whatever the scheme."""
+    """One candidate is positive (KK) or negative (MM), whatever the scheme (Step E)."""
     for scheme in ("kk_c", "mm_c", "a", "b", "b_orig", "d"):
         assert decide([0.7], scheme, single_candidate=policy).tolist() == [expected]
 
@@ -102,14 +104,14 @@ def test_bad_scheme_is_rejected():
         decide([0.1, 0.2], "e")
 
 
-# Spec §11.2: 12 anchors, 3 levels, K = 2, two GTs of classes 3 and 7.
+# The assignment toy: 12 anchors, 3 levels, K = 2, two GTs of classes 3 and 7.
 TOY_LEVELS = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2], np.int32)
 TOY_MATCH = [0, 0, 0, -1, 1, 1, 0, 0, 1, -1, 0, 1]
 TOY_COST = [0.30, 0.25, 0.90, np.inf, 0.40, 1.50, 0.35, 1.20, 0.45, np.inf, 2.00, 0.42]
 
 
 def run_toy(matched, costs, classes, **options):
-    config = SimpleNamespace(topk=2, max_gt_per_batch=4, **options)
+    config = AssignConfig(topk=2, max_gt_per_batch=4, **options)
     return select_from_costs(config, tf.constant([costs], tf.float32),
                              tf.constant([matched], tf.int32), tf.constant([classes], tf.int32),
                              level_bounds(TOY_LEVELS, 3))
@@ -118,7 +120,7 @@ def run_toy(matched, costs, classes, **options):
 @pytest.mark.parametrize("variant", [{}, {"separation": "mm_c", "single_candidate": "neg",
                                           "no_component0": "none"}])
 def test_end_to_end_toy(variant):
-    """§11.2: candidates, components, s and the final labels (KK and MM agree here)."""
+    """The assignment toy: candidates, components, s and the final labels (KK and MM agree here)."""
     labels, pos_gt, num_pos, diag = run_toy(TOY_MATCH, TOY_COST, [3, 7], **variant)
     b = BACKGROUND
     assert labels.numpy()[0].tolist() == [3, 3, b, b, 7, b, b, b, b, b, b, 7]
@@ -137,7 +139,7 @@ def test_end_to_end_toy(variant):
 
 @pytest.mark.parametrize("policy,label3,gt2_positives", [("pos", 5, 1), ("neg", BACKGROUND, 0)])
 def test_toy_variant_lone_candidate(policy, label3, gt2_positives):
-    """§11.2 variant: anchor 3 is the only candidate of a third GT (class 5)."""
+    """Assignment toy variant: anchor 3 is the only candidate of a third GT (class 5)."""
     matched = list(TOY_MATCH)
     matched[3] = 2
     costs = list(TOY_COST)
@@ -153,7 +155,7 @@ def test_topk_ties_prefer_smaller_anchor_index():
     matched = [0, 0, 0, -1, 0, 0, 0, 0, 0, -1, 0, 0]
     _, _, _, diag = run_toy(matched, costs, [1, 2])
     assert diag.candidate_anchors.numpy()[0, 0].tolist() == [0, 1, 6, 7, 10, 11]
-    # All equal (spec T2 situation): one component, an exact tie in s, position 0 wins.
+    # All equal (the T2 situation): one component, an exact tie in s, position 0 wins.
     assert diag.decisions.numpy()[0, 0].tolist() == [1, 0, 0, 0, 0, 0]
 
 
@@ -162,7 +164,7 @@ def yxyx(x1, y1, x2, y2):
 
 
 def test_pre_assignment_kk_vs_mm():
-    """§11.5: the KK matcher keeps A on GT1; mmdetection's rescue moves A to GT2."""
+    """The pre-assignment example: the KK matcher keeps A on GT1; MM's rescue moves A to GT2."""
     anchors = np.array([yxyx(10, 0, 110, 100), yxyx(0, 0, 100, 100)], np.float32)
     gts = np.array([[yxyx(0, 0, 100, 100), yxyx(40, 0, 140, 100)]], np.float32)
     iou = anchor_gt_iou(anchors, gts, [[0, 1]])
@@ -183,8 +185,9 @@ def test_low_quality_rescue_gives_anchor_its_own_argmax_gt():
     assert match_anchors(iou, 0.1, "kk", allow_low_quality=False)[0].numpy().tolist() == [[-1, -1]]
 
 
-def test_anchor_cost_matches_spec_losses():
-    """§11.3: focal cost at the prior bias (80 classes) + λ·GIoU loss of two 10 px boxes."""
+def test_anchor_cost_matches_reference_losses():
+    """Reference loss values: focal cost at the prior bias (80 classes) + λ·GIoU loss of two
+    10 px boxes."""
     logits = np.full((1, 2, 80), -4.59512, np.float32)
     pred = np.array([[yxyx(0, 0, 10, 10), yxyx(0, 0, 10, 10)]], np.float32)
     gts = np.array([[yxyx(5, 5, 15, 15)]], np.float32)
@@ -213,7 +216,7 @@ def make_batch(seed, batch=3, num_gt=5, num_classes=4, size=128):
 
 
 def reference_paa(costs, matched, cls, levels, topk, scheme):
-    """Steps C-F written directly from spec §3 with one scikit-learn fit per GT."""
+    """Steps C-F of docs/PAA.md written directly, with one scikit-learn fit per GT."""
     batch, num_anchors = costs.shape
     labels = np.full((batch, num_anchors), BACKGROUND)
     for b in range(batch):
@@ -250,7 +253,7 @@ def reference_paa(costs, matched, cls, levels, topk, scheme):
 @pytest.mark.parametrize("seed,scheme", [(0, "kk_c"), (1, "kk_c"), (2, "mm_c")])
 def test_assign_matches_reference_pipeline(seed, scheme):
     anchors, levels, gt, cls, logits, pred = make_batch(seed)
-    config = SimpleNamespace(method="paa", separation=scheme, max_gt_per_batch=8)
+    config = AssignConfig(method="paa", separation=scheme, max_gt_per_batch=8)
     result, diag = paa_candidates_and_gmm(config, anchors, levels, 5, gt, cls, logits, pred)
     costs = diag.anchor_costs.numpy()
     matched = diag.matched_gt_iou.numpy()
@@ -295,7 +298,7 @@ def test_assign_matches_reference_pipeline(seed, scheme):
 @pytest.mark.parametrize("scheme", ["b", "b_orig", "d"])
 def test_ignore_schemes_reach_the_anchor_labels(scheme):
     anchors, levels, gt, cls, logits, pred = make_batch(3)
-    config = SimpleNamespace(separation=scheme, max_gt_per_batch=8)
+    config = AssignConfig(separation=scheme, max_gt_per_batch=8)
     result, diag = paa_candidates_and_gmm(config, anchors, levels, 5, gt, cls, logits, pred)
     dec = diag.decisions.numpy()
     cand = diag.candidate_anchors.numpy()
@@ -307,7 +310,7 @@ def test_ignore_schemes_reach_the_anchor_labels(scheme):
 
 def test_no_gradient_flows_and_whole_assignment_compiles_with_xla():
     anchors, levels, gt, cls, logits, pred = make_batch(4)
-    config = SimpleNamespace(max_gt_per_batch=16)
+    config = AssignConfig(max_gt_per_batch=16)
     logits_v, pred_v = tf.Variable(logits), tf.Variable(pred)
     with tf.GradientTape(persistent=True) as tape:
         result, diag = paa_candidates_and_gmm(config, anchors, levels, 5, gt, cls, logits_v,
@@ -325,7 +328,7 @@ def test_no_gradient_flows_and_whole_assignment_compiles_with_xla():
 
 MIRRORED_SCRIPT = textwrap.dedent("""
     import sys
-    from types import SimpleNamespace
+    from paa_tf.config import AssignConfig
     import numpy as np
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -338,7 +341,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     data = tf.data.Dataset.from_tensor_slices((gt, cls, logits, pred)).batch(4)
     for method in ("paa", "iou", "atss"):
-        config = SimpleNamespace(method=method, max_gt_per_batch=16)
+        config = AssignConfig(method=method, max_gt_per_batch=16)
         fn = lambda g, c, z, p: assign(config, anchors, levels, 5, g, c, z, p)
         step = tf.function(lambda inputs: strategy.run(fn, args=inputs))
         out = step(next(iter(strategy.experimental_distribute_dataset(data))))

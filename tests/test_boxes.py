@@ -1,4 +1,5 @@
-"""Box geometry against the spec's test vectors (§11.3-11.5, §1.4)."""
+"""Box geometry against the reference values for losses, box coding, the pre-assignment
+example and anchors (docs/CONVENTIONS.md, "Reference values")."""
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ def xyxy_to_yxyx(b):
     return b[..., [1, 0, 3, 2]]
 
 
-def test_giou_loss_matches_spec_11_3():
+def test_giou_loss_matches_reference_values():
     pred = xyxy_to_yxyx([[0, 0, 10, 10]] * 3)
     gt = xyxy_to_yxyx([[5, 5, 15, 15], [20, 20, 30, 30], [0, 0, 10, 10]])
     np.testing.assert_allclose(box_ops.giou_loss(pred, gt).numpy(),
@@ -37,7 +38,7 @@ def test_iou_with_and_without_plus_one():
     assert box_ops.aligned_iou(a, b).numpy()[0] == pytest.approx(0.142857, abs=1e-6)
 
 
-def test_pairwise_iou_spec_11_5():
+def test_pairwise_iou_of_the_preassignment_example():
     anchors = xyxy_to_yxyx([[10, 0, 110, 100], [0, 0, 100, 100]])
     gts = xyxy_to_yxyx([[0, 0, 100, 100], [40, 0, 140, 100]])
     continuous = box_ops.pairwise_iou(gts, anchors).numpy()
@@ -49,11 +50,11 @@ def test_pairwise_iou_spec_11_5():
     assert np.all(giou <= continuous + 1e-6)
 
 
-def test_kk_delta_coding_spec_11_4():
+def test_kk_delta_coding_reference_values():
     anchor = xyxy_to_yxyx([-27.5, -27.5, 35.5, 35.5])
     gt = xyxy_to_yxyx([10, 20, 60, 90])
     deltas = box_ops.encode_boxes(gt, anchor, plus_one=True).numpy()
-    # spec (dx, dy, dw, dh) = (4.84375, 7.96875, -1.135287, 0.518984); ours is (dy, dx, dh, dw)
+    # reference (dx, dy, dw, dh) = (4.84375, 7.96875, -1.135287, 0.518984); ours is (dy, dx, dh, dw)
     np.testing.assert_allclose(deltas, [7.96875, 4.84375, 0.518984, -1.135287], atol=1e-5)
     decoded = box_ops.decode_boxes(deltas, anchor, plus_one=True).numpy()
     np.testing.assert_allclose(decoded, gt, atol=1e-4)
@@ -65,7 +66,7 @@ def test_kk_delta_coding_spec_11_4():
     np.testing.assert_allclose(shrink[[1, 3]], [4.4985, 3.5015], atol=1e-4)
 
 
-def test_mm_delta_coding_spec_11_4():
+def test_mm_delta_coding_reference_values():
     anchor = xyxy_to_yxyx([-32, -32, 32, 32])
     gt = xyxy_to_yxyx([10, 20, 60, 90])
     deltas = box_ops.encode_boxes(gt, anchor).numpy()
@@ -94,7 +95,7 @@ def test_clip_and_coco_conversion_round_trip():
     (0, [-27.5, 35.5]), (1, [-55.5, 71.5]), (2, [-111.5, 143.5]),
     (3, [-223.5, 287.5]), (4, [-447.5, 575.5]),
 ])
-def test_kk_base_anchors_spec_1_4(stride_index, expected):
+def test_kk_base_anchors(stride_index, expected):
     anchors, levels = anchor_ops.generate_anchors(1024, 1024, plus_one=True)
     first = anchors[np.argmax(levels == stride_index)]
     np.testing.assert_allclose(first, [expected[0], expected[0], expected[1], expected[1]])
@@ -106,7 +107,7 @@ def test_mm_base_anchor_cell_corner():
     np.testing.assert_allclose(anchors[1], [-32, -24, 32, 40])  # next column, same row
 
 
-def test_anchor_count_800x1216_spec_1_4():
+def test_anchor_count_800x1216():
     sizes = anchor_ops.feature_sizes(800, 1216)
     assert sizes == [(100, 152), (50, 76), (25, 38), (13, 19), (7, 10)]
     anchors, levels = anchor_ops.generate_anchors(800, 1216)
@@ -123,7 +124,7 @@ def test_anchor_order_is_row_major_per_level():
     np.testing.assert_allclose(centres[8], [12, 4])
 
 
-def test_focal_loss_spec_11_3():
+def test_focal_loss_reference_values():
     from paa_tf.ops.focal import sigmoid_focal_loss
     logits = np.array([-4.59512, -4.59512, 0.0, 0.0, 2.0, 2.0], np.float32)
     targets = np.array([1, 0, 1, 0, 1, 0], np.float32)

@@ -129,12 +129,12 @@ def test_make_tfrecord_decodes_every_image_before_writing(tmp_path):
 
 def test_evaluation_of_undecoded_images_names_or_skips_corrupt_data(tmp_path):
     """The batches of `encoded_eval_dataset` (test-time augmentation, exported models)."""
-    from paa_tf import export
+    from paa_tf import eval_inputs
 
     config, name = corrupt_image_1(tmp_path, "jpeg")
     with pytest.raises(BadRecordError, match=rf"image id 11 \({name}\)"):
-        export.encoded_eval_dataset(config, batch_size=2)
-    dataset, report = export.encoded_eval_dataset(
+        eval_inputs.encoded_eval_dataset(config, batch_size=2)
+    dataset, report = eval_inputs.encoded_eval_dataset(
         coco_config(tmp_path, skip_bad_records=True), batch_size=2)
     ids = sorted(int(i) for batch in dataset for i in batch["source_id"].numpy())
     assert ids == [10, 12] and report.skipped_ids == [11]

@@ -44,19 +44,21 @@ def elements(config, split="val", is_training=False, **kwargs):
     return out, report
 
 
-def test_coco_tfrecord_round_trip_gives_the_same_tensors(shared_data, tmp_path):
-    config = coco_mini_config(shared_data, min_size=(256,), max_size=320, image_size=(384, 384))
+def test_coco_tfrecord_round_trip_gives_the_same_tensors(real_data, tmp_path):
+    config = coco_mini_config(real_data, min_size=(256,), max_size=320, image_size=(384, 384))
     result = run_cli("--format=coco", f"--annotations={config.val_annotations}",
                      f"--images={config.val_images}", f"--output_prefix={tmp_path}/val",
                      "--num_shards=3")
     assert result.returncode == 0, result.stderr
-    assert "wrote 158 images (1424 boxes" in result.stdout
+    content = json.load(open(config.val_annotations))
+    num_images, num_boxes = len(content["images"]), len(content["annotations"])
+    assert f"wrote {num_images} images ({num_boxes} boxes" in result.stdout
     shards = sorted(tmp_path.glob("val-*-of-00003.tfrecord"))
     assert len(shards) == 3 and (tmp_path / "label_map.json").is_file()
     direct, direct_report = elements(config)
     from_records, record_report = elements(dataclasses.replace(
         config, format="tfrecord", val_tfrecords=str(tmp_path / "val-*.tfrecord")))
-    assert set(direct) == set(from_records) and len(direct) == 158
+    assert set(direct) == set(from_records) and len(direct) == num_images
     assert record_report.filtered == direct_report.filtered
     for source_id, a in direct.items():
         b = from_records[source_id]
@@ -66,8 +68,8 @@ def test_coco_tfrecord_round_trip_gives_the_same_tensors(shared_data, tmp_path):
         np.testing.assert_allclose(a["image_info"], b["image_info"], rtol=1e-6)
 
 
-def test_records_use_model_garden_keys_and_coco_ids(shared_data, tmp_path):
-    config = coco_mini_config(shared_data)
+def test_records_use_model_garden_keys_and_coco_ids(real_data, tmp_path):
+    config = coco_mini_config(real_data)
     paths, _ = tfrecord_convert.convert("coco", str(tmp_path / "val"), 2,
                                      annotations=config.val_annotations,
                                      images=config.val_images)
@@ -96,7 +98,7 @@ def test_records_use_model_garden_keys_and_coco_ids(shared_data, tmp_path):
         with open(f"{config.val_images}/{info['file_name']}", "rb") as f:
             assert parsed["image/encoded"].numpy() == f.read()
         seen += 1
-    assert seen == 158
+    assert seen == len(images)
 
 
 def test_cli_help_and_usage_errors():
@@ -108,8 +110,8 @@ def test_cli_help_and_usage_errors():
     assert result.returncode != 0 and "--annotations" in result.stderr
 
 
-def test_voc_tfrecord_round_trip_counts(shared_data, tmp_path):
-    config = bccd_config(shared_data)
+def test_voc_tfrecord_round_trip_counts(real_data, tmp_path):
+    config = bccd_config(real_data)
     paths, report = tfrecord_convert.convert("voc", str(tmp_path / "bccd"), 2,
                                           voc_root=config.voc_root, voc_split="val")
     direct, direct_report = elements(config)

@@ -11,7 +11,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from paa_tf import evaluate
+from paa_tf import coco_scoring, evaluate, inference, tta
 
 VAL_ANN = "coco_mini/annotations/instances_val2017.json"
 
@@ -42,21 +42,21 @@ def test_detections_to_coco_converts_boxes_ids_and_skips_padding():
         "num_detections": np.array([2, 1], np.int32),
     }
     label_map = {0: 1, 1: 3, 2: 90}
-    records = evaluate.detections_to_coco(detections, [b"42", np.int64(7)], label_map)
+    records = coco_scoring.detections_to_coco(detections, [b"42", np.int64(7)], label_map)
     assert records == [
         {"image_id": 42, "category_id": 1, "bbox": [20.0, 10.0, 60.0, 40.0], "score": 0.9},
         {"image_id": 42, "category_id": 90, "bbox": [2.0, 1.0, 2.0, 2.0], "score": 0.5},
         {"image_id": 7, "category_id": 3, "bbox": [5.0, 5.0, 20.0, 10.0], "score": 0.7},
     ]
-    plus_one = evaluate.detections_to_coco(detections, [42, 7], label_map, plus_one=True)
+    plus_one = coco_scoring.detections_to_coco(detections, [42, 7], label_map, plus_one=True)
     assert plus_one[0]["bbox"] == [20.0, 10.0, 61.0, 41.0]
     with pytest.raises(ValueError, match="label map"):
-        evaluate.detections_to_coco(detections, [42, 7], {0: 1})
+        coco_scoring.detections_to_coco(detections, [42, 7], {0: 1})
 
 
-def test_gt_as_detections_gives_ap_one_and_matches_pycocotools(shared_data, repo_root, tmp_path):
+def test_gt_as_detections_gives_ap_one_and_matches_pycocotools(real_data, repo_root, tmp_path):
     """`bin/paa_eval --gt_as_detections`: AP = 1, and every printed number equals pycocotools'."""
-    ann = shared_data / VAL_ANN
+    ann = real_data / VAL_ANN
     proc = _run_cli(repo_root, "--gt_as_detections", f"--annotations={ann}",
                     f"--output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -67,17 +67,17 @@ def test_gt_as_detections_gives_ap_one_and_matches_pycocotools(shared_data, repo
     annotations = json.loads(ann.read_text())["annotations"]
     assert len(results) == sum(1 for a in annotations if not a["iscrowd"])
     direct = _direct_cocoeval(ann, tmp_path / "results.json")
-    assert [metrics[n] for n in evaluate.METRIC_NAMES] == [float(v) for v in direct.stats]
-    for name, value in zip(evaluate.METRIC_NAMES, direct.stats):
+    assert [metrics[n] for n in coco_scoring.METRIC_NAMES] == [float(v) for v in direct.stats]
+    for name, value in zip(coco_scoring.METRIC_NAMES, direct.stats):
         assert f"{name:>6}: {value:.4f}" in proc.stdout
     assert all(ap is None or ap == pytest.approx(1.0)
                for ap in metrics["per_category_AP"].values())
 
 
-def test_results_file_metrics_equal_direct_pycocotools(shared_data, repo_root, tmp_path):
+def test_results_file_metrics_equal_direct_pycocotools(real_data, repo_root, tmp_path):
     """Imperfect detections (jittered GT, random scores, false positives): same 12 numbers and
     per-category AP as pycocotools called directly on the same file."""
-    ann = shared_data / VAL_ANN
+    ann = real_data / VAL_ANN
     data = json.loads(ann.read_text())
     rng = np.random.default_rng(0)
     results = []
@@ -100,7 +100,7 @@ def test_results_file_metrics_equal_direct_pycocotools(shared_data, repo_root, t
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out_dir / "metrics.json").read_text())
     direct = _direct_cocoeval(ann, results_path)
-    assert [metrics[n] for n in evaluate.METRIC_NAMES] == [float(v) for v in direct.stats]
+    assert [metrics[n] for n in coco_scoring.METRIC_NAMES] == [float(v) for v in direct.stats]
     assert 0.2 < metrics["AP"] < 0.95
     person = direct.params.catIds.index(1)
     precision = direct.eval["precision"][:, :, person, 0, -1]
@@ -108,14 +108,14 @@ def test_results_file_metrics_equal_direct_pycocotools(shared_data, repo_root, t
         float(np.mean(precision[precision > -1])))
 
 
-def test_evaluation_loop_over_tf_data(shared_data, tmp_path):
+def test_evaluation_loop_over_tf_data(real_data, tmp_path):
     """`evaluate_dataset` on a tf.data dataset with a predict_fn returning the GT of the batch:
     AP = 1 on exactly the images seen, label map from the annotations."""
     import tensorflow as tf
 
-    ann = shared_data / VAL_ANN
-    coco = evaluate.load_coco(ann)
-    label_map = evaluate.coco_label_map(coco)
+    ann = real_data / VAL_ANN
+    coco = coco_scoring.load_coco(ann)
+    label_map = coco_scoring.coco_label_map(coco)
     index_of = {cat: index for index, cat in label_map.items()}
     image_ids = sorted(coco.getImgIds())[:6]
     max_det = 100
@@ -138,7 +138,7 @@ def test_evaluation_loop_over_tf_data(shared_data, tmp_path):
                 "detection_scores": tf.cast(batch["classes"] >= 0, tf.float32),
                 "num_detections": batch["count"]}
 
-    metrics = evaluate.evaluate_dataset(dataset, predict_fn, ann, output_dir=str(tmp_path),
+    metrics = coco_scoring.evaluate_dataset(dataset, predict_fn, ann, output_dir=str(tmp_path),
                                         verbose=False)
     assert metrics["num_images"] == len(image_ids)
     assert metrics["AP"] == pytest.approx(1.0)
@@ -146,17 +146,17 @@ def test_evaluation_loop_over_tf_data(shared_data, tmp_path):
     assert (tmp_path / "results.json").is_file() and (tmp_path / "metrics.json").is_file()
 
 
-def test_empty_results_score_zero(shared_data, tmp_path):
-    metrics = evaluate.coco_evaluate(shared_data / VAL_ANN, [], output_dir=str(tmp_path),
+def test_empty_results_score_zero(real_data, tmp_path):
+    metrics = coco_scoring.coco_evaluate(real_data / VAL_ANN, [], output_dir=str(tmp_path),
                                      verbose=False)
-    assert all(metrics[n] == 0.0 for n in evaluate.METRIC_NAMES)
+    assert all(metrics[n] == 0.0 for n in coco_scoring.METRIC_NAMES)
     assert json.loads((tmp_path / "results.json").read_text()) == []
 
 
-def test_unknown_image_id_is_a_clear_error(shared_data):
+def test_unknown_image_id_is_a_clear_error(real_data):
     bad = [{"image_id": -5, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.5}]
     with pytest.raises(ValueError, match="image ids absent"):
-        evaluate.coco_evaluate(shared_data / VAL_ANN, bad, verbose=False)
+        coco_scoring.coco_evaluate(real_data / VAL_ANN, bad, verbose=False)
 
 
 def test_cli_help_and_usage_errors(repo_root, tmp_path):
@@ -171,7 +171,7 @@ def test_cli_help_and_usage_errors(repo_root, tmp_path):
     assert "config.yaml not found" in model.stderr
 
 
-def _tiny_run(shared_data, model_dir):
+def _tiny_run(real_data, model_dir):
     """A randomly initialised tiny detector saved as a training run (config + checkpoint)."""
     import tensorflow as tf
 
@@ -180,9 +180,9 @@ def _tiny_run(shared_data, model_dir):
     from paa_tf.data import label_map as label_map_lib
     from paa_tf.modeling.detector import build_detector
 
-    ann = shared_data / VAL_ANN
+    ann = real_data / VAL_ANN
     config = config_lib.load_config(overrides=[
-        f"data.val_images={shared_data / 'coco_mini/val2017'}", f"data.val_annotations={ann}",
+        f"data.val_images={real_data / 'coco_mini/val2017'}", f"data.val_annotations={ann}",
         f"data.train_annotations={ann}", "data.image_size=[128,128]", "data.min_size=[128]",
         "data.max_size=128", "model.backbone=tiny", "model.freeze_at=0", "model.frozen_bn=false",
         "model.min_level=3", "model.max_level=5", "model.fpn_channels=16", "model.head_convs=1",
@@ -199,10 +199,10 @@ def _tiny_run(shared_data, model_dir):
     return config, model
 
 
-def test_checkpoint_evaluation_matches_in_process(shared_data, repo_root, tmp_path):
+def test_checkpoint_evaluation_matches_in_process(real_data, repo_root, tmp_path):
     """`bin/paa_eval --model_dir` restores the checkpoint and writes exactly the detections
     `evaluate_model` computes in process with the same weights; the records are valid COCO."""
-    config, model = _tiny_run(shared_data, tmp_path)
+    config, model = _tiny_run(real_data, tmp_path)
     metrics = evaluate.evaluate_model(config, model, output_dir=str(tmp_path / "inproc"),
                                       max_batches=2, verbose=False)
     assert metrics["num_images"] == 4 and metrics["num_detections"] > 0
@@ -211,7 +211,7 @@ def test_checkpoint_evaluation_matches_in_process(shared_data, repo_root, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     cli_results = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert cli_results == json.loads((tmp_path / "inproc" / "results.json").read_text())
-    coco = evaluate.load_coco(shared_data / VAL_ANN)
+    coco = coco_scoring.load_coco(real_data / VAL_ANN)
     for record in cli_results:
         image = coco.imgs[record["image_id"]]
         x, y, w, h = record["bbox"]
@@ -223,12 +223,12 @@ def test_checkpoint_evaluation_matches_in_process(shared_data, repo_root, tmp_pa
 
 
 @pytest.mark.slow
-def test_saved_model_evaluation_matches_checkpoint(shared_data, repo_root, tmp_path):
+def test_saved_model_evaluation_matches_checkpoint(real_data, repo_root, tmp_path):
     """`--saved_model` (the exported graph, its own JPEG decoding and resizing) scores the
     same images as the checkpoint path, with the same metrics."""
     from paa_tf import export
 
-    _tiny_run(shared_data, tmp_path)
+    _tiny_run(real_data, tmp_path)
     export_dir = export.export_from_model_dir(str(tmp_path), str(tmp_path / "export"))
     by_checkpoint = _run_cli(repo_root, f"--model_dir={tmp_path}", "--max_batches=2",
                              f"--output_dir={tmp_path / 'ckpt_eval'}")
@@ -240,7 +240,7 @@ def test_saved_model_evaluation_matches_checkpoint(shared_data, repo_root, tmp_p
     got = json.loads((tmp_path / "export_eval" / "metrics.json").read_text())
     assert got["num_images"] == want["num_images"]
     assert got["num_detections"] == want["num_detections"]
-    for name in evaluate.METRIC_NAMES:
+    for name in coco_scoring.METRIC_NAMES:
         assert got[name] == pytest.approx(want[name], abs=1e-3), name
 
 
@@ -249,16 +249,16 @@ def test_tta_views_and_geometry():
 
     config = config_lib.load_config(overrides=["data.min_size=[640,800]", "data.max_size=1333",
                                                "data.image_size=[1408,1408]"])
-    assert evaluate.tta_views(config) == []
-    assert evaluate.tta_views(config, flip=True) == [(800, False), (800, True)]
-    assert evaluate.tta_views(config, scales=[640, 1000], flip=True) == [
+    assert tta.tta_views(config) == []
+    assert tta.tta_views(config, flip=True) == [(800, False), (800, True)]
+    assert tta.tta_views(config, scales=[640, 1000], flip=True) == [
         (640, False), (640, True), (1000, False), (1000, True)]
-    assert evaluate.view_geometry(config, 800) == (1333, (1408, 1408))
-    assert evaluate.view_geometry(config, 640) == (1333, (1408, 1408))
+    assert tta.view_geometry(config, 800) == (1333, (1408, 1408))
+    assert tta.view_geometry(config, 640) == (1333, (1408, 1408))
     # Above the evaluation scale the longer side grows in proportion: 1333 * 1000 / 800.
-    assert evaluate.view_geometry(config, 1000) == (1667, (1792, 1792))
+    assert tta.view_geometry(config, 1000) == (1667, (1792, 1792))
     with pytest.raises(ValueError, match="positive"):
-        evaluate.tta_views(config, scales=[0])
+        tta.tta_views(config, scales=[0])
 
 
 def test_tta_at_the_evaluation_scale_equals_plain_evaluation(repo_root, tmp_path):
@@ -309,9 +309,9 @@ def test_flip_tta_on_a_symmetric_image_gives_mirrored_boxes(tmp_path):
     pre, info = transforms.preprocess(tf.constant(image), shorter_side=128, max_size=128,
                                       image_size=(128, 128), pixel_mean=data.pixel_mean,
                                       pixel_std=data.pixel_std)
-    plain = {k: np.asarray(v) for k, v in evaluate.make_predict_fn(config, model)(
+    plain = {k: np.asarray(v) for k, v in inference.make_predict_fn(config, model)(
         {"image": pre[None], "image_info": info[None]}).items()}
-    flipped = {k: np.asarray(v) for k, v in evaluate.make_tta_predict_fn(
+    flipped = {k: np.asarray(v) for k, v in tta.make_tta_predict_fn(
         config, model, [(128, True)])(batch).items()}
     count = int(plain["num_detections"][0])
     assert count > 0 and int(flipped["num_detections"][0]) == count
@@ -321,7 +321,7 @@ def test_flip_tta_on_a_symmetric_image_gives_mirrored_boxes(tmp_path):
     mirrored = np.stack([ymin, 64.0 - xmax, ymax, 64.0 - xmin], axis=-1)
     np.testing.assert_allclose(flipped["detection_boxes"][0, :count], mirrored, atol=1e-3)
 
-    both = {k: np.asarray(v)[0] for k, v in evaluate.make_tta_predict_fn(
+    both = {k: np.asarray(v)[0] for k, v in tta.make_tta_predict_fn(
         config, model, [(128, False), (128, True)])(batch).items()}
     count = int(both["num_detections"])
     boxes, scores, classes = (both["detection_boxes"][:count], both["detection_scores"][:count],

@@ -1,4 +1,5 @@
-"""Batched EM of `paa_tf.ops.gmm` against the spec's vectors (§11.1) and scikit-learn."""
+"""Batched EM of `paa_tf.ops.gmm` against the reference vectors T1-T7 (docs/CONVENTIONS.md,
+"Reference values") and scikit-learn."""
 
 import warnings
 
@@ -10,8 +11,8 @@ from sklearn.mixture import GaussianMixture
 
 from paa_tf.ops.gmm import fit_gmm_1d, fit_gmm_1d_jit
 
-# Spec §11.1: values, EM iterations, weights, means, variances, components, s (prefix).
-SPEC_VECTORS = {
+# T1-T7: values, EM iterations, weights, means, variances, components, s (prefix).
+VECTORS = {
     "T1": ([0.10, 0.12, 0.15, 0.20, 0.90, 1.00, 1.10, 1.20, 1.30], 3,
            [0.508178, 0.491822], [0.522219, 0.831732], [0.22289461, 0.20515809],
            [0, 0, 0, 0, 1, 1, 1, 1, 1],
@@ -50,7 +51,7 @@ def pad_rows(sets, width=45, dtype=np.float64):
 
 
 def sklearn_fit(values):
-    """The reference call (spec Step D), on float32-rounded values passed as float64."""
+    """The reference call (KK's, Step D), on float32-rounded values passed as float64."""
     x = np.asarray(values, np.float64).reshape(-1, 1)
     gmm = GaussianMixture(2, weights_init=[0.5, 0.5], means_init=[[x.min()], [x.max()]],
                           precisions_init=[[[1.0]], [[1.0]]])
@@ -61,19 +62,19 @@ def sklearn_fit(values):
 
 
 @pytest.fixture(scope="module")
-def spec_fit():
-    names = list(SPEC_VECTORS)
-    scores, mask = pad_rows([SPEC_VECTORS[n][0] for n in names])
+def vectors_fit():
+    names = list(VECTORS)
+    scores, mask = pad_rows([VECTORS[n][0] for n in names])
     fit = fit_gmm_1d_jit(scores, mask)
     return {name: i for i, name in enumerate(names)}, fit
 
 
-@pytest.mark.parametrize("name", list(SPEC_VECTORS))
-def test_spec_vectors_float64(name, spec_fit):
-    """§11.1 T1-T7: iterations, parameters, components and log-densities, all in one batch."""
-    rows, fit = spec_fit
+@pytest.mark.parametrize("name", list(VECTORS))
+def test_reference_vectors_float64(name, vectors_fit):
+    """T1-T7: iterations, parameters, components and log-densities, all in one batch."""
+    rows, fit = vectors_fit
     i = rows[name]
-    values, n_iter, weights, means, variances, components, s = SPEC_VECTORS[name]
+    values, n_iter, weights, means, variances, components, s = VECTORS[name]
     n = len(values)
     assert fit.n_iter[i].numpy() == n_iter
     assert fit.converged[i].numpy()
@@ -89,15 +90,15 @@ def test_spec_vectors_float64(name, spec_fit):
     assert np.all(fit.components[i, n:].numpy() == -1)
 
 
-def test_t1_posterior_of_positive_component(spec_fit):
-    rows, fit = spec_fit
+def test_t1_posterior_of_positive_component(vectors_fit):
+    rows, fit = vectors_fit
     np.testing.assert_allclose(fit.prob_fg[rows["T1"], :9].numpy(), T1_PROB_FG, atol=1.5e-6)
 
 
-@pytest.mark.parametrize("name", list(SPEC_VECTORS))
-def test_spec_components_hold_for_float32_costs(name):
-    """Spec §11: component labels also hold for float32 input (the costs' dtype)."""
-    values, _, _, _, _, components, _ = SPEC_VECTORS[name]
+@pytest.mark.parametrize("name", list(VECTORS))
+def test_reference_components_hold_for_float32_costs(name):
+    """The reference component labels also hold for float32 input (the costs' dtype)."""
+    values, _, _, _, _, components, _ = VECTORS[name]
     scores, mask = pad_rows([values], dtype=np.float32)
     fit = fit_gmm_1d_jit(scores, mask)
     np.testing.assert_array_equal(fit.components[0, :len(values)].numpy(), components)
@@ -131,7 +132,7 @@ def random_sets(rng, count):
 
 
 def test_matches_sklearn_on_1000_random_sets():
-    """Spec Step D: labels equal `GaussianMixture` called as KK calls it; s within 1e-6.
+    """Step D: labels equal `GaussianMixture` called as KK calls it; s within 1e-6.
 
     All sets run as one batch, so each row must stop at its own iteration to agree.
     Single-point sets (scikit-learn refuses to fit them) are checked in closed form.
@@ -163,8 +164,8 @@ def test_matches_sklearn_on_1000_random_sets():
 
 def test_rows_are_independent_and_jit_matches_eager():
     """Per-GT convergence: a row's fit is bit-identical alone, in a batch, with or without XLA."""
-    t7 = SPEC_VECTORS["T7"][0]
-    batch_scores, batch_mask = pad_rows([SPEC_VECTORS["T1"][0], t7, [1.0]])
+    t7 = VECTORS["T7"][0]
+    batch_scores, batch_mask = pad_rows([VECTORS["T1"][0], t7, [1.0]])
     alone_scores, alone_mask = pad_rows([t7])
     batched = fit_gmm_1d_jit(batch_scores, batch_mask)
     alone = fit_gmm_1d_jit(alone_scores, alone_mask)
@@ -209,6 +210,6 @@ def test_jit_function_is_not_retraced_for_new_values():
 
 
 def test_max_iter_caps_iterations():
-    scores, mask = pad_rows([SPEC_VECTORS["T7"][0]])
+    scores, mask = pad_rows([VECTORS["T7"][0]])
     fit = fit_gmm_1d(tf.constant(scores), mask, max_iter=5)
     assert fit.n_iter[0].numpy() == 5 and not fit.converged[0].numpy()

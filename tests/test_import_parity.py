@@ -330,7 +330,7 @@ def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_pa
     from absl import flags
 
     from paa_tf.cli import export as export_cli
-    from paa_tf.data import pipeline, transforms
+    from paa_tf.data import buckets, transforms
 
     export_dir = tmp_path / "export"
     before = set(flags.FLAGS)
@@ -357,7 +357,7 @@ def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_pa
     decoded = transforms.decode_image(encoded)
     inputs, info = transforms.preprocess(
         decoded, shorter_side=max(data.min_size), max_size=data.max_size,
-        image_size=pipeline.image_size_of(data), pixel_mean=data.pixel_mean,
+        image_size=buckets.image_size_of(data), pixel_mean=data.pixel_mean,
         pixel_std=data.pixel_std)
     outputs = model(inputs[None], training=False)
     want = {k: v.numpy() for k, v in postprocess.postprocess(

@@ -1,17 +1,19 @@
-"""PAA losses against the spec's §11.3 values and hand-computed cases (spec §4, paper Eq. 8)."""
+"""PAA losses (paper Eq. 8; docs/PAA.md, "Losses") against the reference loss values
+(docs/CONVENTIONS.md, "Reference values") and hand-computed cases."""
 
+import dataclasses
 import math
-import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from paa_tf import losses
+from paa_tf.config import LossConfig
 
-PRIOR = -math.log(99.0)  # spec §11.3: -4.595120
-KK_LOSS = types.SimpleNamespace(focal_alpha=0.25, focal_gamma=2.0, reg_weight=1.3,
-                                iou_weight=0.5, normalizer="all_reduce")
+PRIOR = -math.log(99.0)  # reference value: -4.595120
+KK_LOSS = LossConfig(focal_alpha=0.25, focal_gamma=2.0, reg_weight=1.3, iou_weight=0.5,
+                     normalizer="all_reduce")
 
 
 def _cls_sum(logits, labels):
@@ -21,16 +23,16 @@ def _cls_sum(logits, labels):
 
 @pytest.mark.parametrize("logit, positive, negative, tolerance", [
     (PRIOR, 1.128381825, 7.537752e-7, dict(rel=1e-5)),  # float32 arithmetic
-    (0.0, 0.043322, 0.129965, dict(abs=1e-6)),  # spec values rounded to 6 decimals
+    (0.0, 0.043322, 0.129965, dict(abs=1e-6)),  # reference values rounded to 6 decimals
     (2.0, 0.000451, 1.237559, dict(abs=1e-6)),
 ])
-def test_focal_loss_per_element_matches_spec_11_3(logit, positive, negative, tolerance):
+def test_focal_loss_per_element_matches_reference_values(logit, positive, negative, tolerance):
     # One anchor, one class: label 0 = positive of class 0, -1 = background.
     assert _cls_sum([[[logit]]], [[0]]) == pytest.approx(positive, **tolerance)
     assert _cls_sum([[[logit]]], [[-1]]) == pytest.approx(negative, **tolerance)
 
 
-def test_classification_cost_of_80_prior_logits_matches_spec_11_3():
+def test_classification_cost_of_80_prior_logits_matches_reference_value():
     logits = np.full([1, 2, 80], PRIOR, np.float32)
     positive = _cls_sum(logits[:, :1], [[3]])
     background = _cls_sum(logits[:, 1:], [[-1]])
@@ -52,13 +54,13 @@ def test_ignored_anchors_contribute_no_classification_loss():
     ([20.0, 20.0, 30.0, 30.0], 1.777778),
     ([0.0, 0.0, 10.0, 10.0], 0.0),
 ])
-def test_giou_loss_values_match_spec_11_3(target, expected):
+def test_giou_loss_values_match_reference_values(target, expected):
     pred = tf.constant([[[0.0, 0.0, 10.0, 10.0]]])
     values = losses.box_giou_losses(pred, tf.constant([[target]]), tf.constant([[True]]))
     assert float(values[0, 0]) == pytest.approx(expected, abs=1e-5)
 
 
-def test_regression_normalisation_example_of_spec_11_3():
+def test_regression_normalisation_reference_example():
     # u = [0.8, 0.5], GIoU losses [0.3, 0.9] -> 1.3 * (0.24 + 0.45) / 1.3 = 0.69;
     # the third anchor is not positive and must not count.
     value = losses.regression_loss(
@@ -67,7 +69,7 @@ def test_regression_normalisation_example_of_spec_11_3():
     assert float(value) == pytest.approx(0.69, abs=1e-6)
 
 
-def test_iou_prediction_example_of_spec_11_3():
+def test_iou_prediction_reference_example():
     value = losses.aux_loss(tf.constant([[0.0, 2.0, 9.0]]), tf.constant([[0.8, 0.5, 0.1]]),
                             tf.constant([[True, True, False]]), aux_weight=0.5,
                             normalizer=tf.constant(2.0))
@@ -103,7 +105,7 @@ def test_paa_losses_combine_the_three_terms_as_eq_8():
 
 
 def test_iou_target_uses_plus_one_convention_when_asked():
-    # spec §11.3: IoU of (0,0,10,10) and (5,5,15,15) is 0.174757 with +1, 1/7 without.
+    # reference values: IoU of (0,0,10,10) and (5,5,15,15) is 0.174757 with +1, 1/7 without.
     pred = tf.constant([[[0.0, 0.0, 10.0, 10.0]]])
     target = tf.constant([[[5.0, 5.0, 15.0, 15.0]]])
     assert float(losses.iou_targets(pred, target, plus_one=True)[0, 0]) == pytest.approx(
@@ -147,7 +149,7 @@ def test_per_replica_normaliser_uses_max_of_positives_and_images():
     # Two images, one positive in total: MM divides the focal sum by max(1, 2) = 2.
     stack = lambda t: tf.concat([t, t], axis=0)  # noqa: E731
     no_pos = tf.zeros_like(positive)
-    mm = types.SimpleNamespace(**{**vars(KK_LOSS), "normalizer": "per_replica"})
+    mm = dataclasses.replace(KK_LOSS, normalizer="per_replica")
     args = (stack(cls_logits), stack(pred_boxes), stack(iou_logits),
             tf.concat([labels, -tf.ones_like(labels)], 0), stack(targets),
             tf.concat([positive, no_pos], 0), anchors)

@@ -1,4 +1,4 @@
-"""Backbone, FPN, head and detector structure (spec §1.1-1.4)."""
+"""Backbone, FPN, head and detector structure (docs/PAA.md, "Network" and "Anchors")."""
 
 import math
 
@@ -28,7 +28,7 @@ def _conv(c_in, c_out, k, bias=True):
 
 
 def reference_r50_paa_parameter_count(num_classes=80):
-    """Parameters of the authors' R-50 PAA model, counted from the architecture (spec §1).
+    """Parameters of the authors' R-50 PAA model, counted from the architecture (docs/PAA.md).
 
     KK's ResNet-50 has bias-free convs and FrozenBatchNorm (buffers, not parameters); the FPN
     has laterals on C3-C5, 3x3 outputs, P6 on P5 and P7 on ReLU(P6), all with bias; the head
@@ -70,7 +70,7 @@ def test_outputs_are_flattened_p3_first_row_major_like_the_anchors():
     model = build_detector(build_config(overrides=TINY), image_size=(128, 160))
     images = tf.random.stateless_normal([2, 128, 160, 3], seed=[1, 2])
     outputs = model(images)
-    sizes = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]  # ceil(n / stride), spec §1.4
+    sizes = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]  # ceil(n / stride)
     num_anchors = sum(h * w for h, w in sizes)
     assert outputs["cls_logits"].shape == (2, num_anchors, 3)
     assert outputs["box_deltas"].shape == (2, num_anchors, 4)
@@ -92,7 +92,7 @@ def test_outputs_are_flattened_p3_first_row_major_like_the_anchors():
     np.testing.assert_allclose(anchor[2:] - anchor[:2], [128.0, 128.0])
 
 
-def test_head_initialisation_follows_spec_1_3():
+def test_head_initialisation_follows_the_references():
     head = PAAHead(num_classes=80, channels=64, num_convs=2)
     features = {lv: tf.zeros([1, 4, 4, 64]) for lv in range(3, 8)}
     head(features)

@@ -1,4 +1,5 @@
-"""Post-processing: candidate rules, class-aware NMS, score voting, mapping back, TTA (spec §5)."""
+"""Post-processing: candidate rules, class-aware NMS, score voting, mapping back, TTA
+(docs/PAA.md, "Inference")."""
 
 import math
 
@@ -9,7 +10,8 @@ import tensorflow as tf
 from paa_tf import postprocess as pp
 from paa_tf.ops import boxes as box_ops
 
-# Spec §11.6, boxes (x1, y1, x2, y2) converted to yxyx.
+# The voting example (docs/CONVENTIONS.md, "Reference values"), boxes (x1, y1, x2, y2)
+# converted to yxyx.
 _SPEC_XYXY = np.array([[10, 10, 50, 50], [12, 10, 52, 50], [8, 12, 48, 52],
                        [30, 30, 80, 80], [200, 200, 240, 240]], np.float32)
 _SPEC_SCORES = np.array([0.9, 0.8, 0.6, 0.5, 0.7], np.float32)
@@ -32,8 +34,9 @@ def _info(orig_hw, scaled_hw, scale_yx, offset_yx=(0.0, 0.0)):
     (False, 0.025, (10.4757, 10.2087, 50.4757, 50.2087)),
     (True, 0.0025, (10.0543, 10.0, 50.0543, 50.0)),
 ])
-def test_score_voting_reproduces_spec_example(plus_one, sigma, expected_xyxy):
-    """Spec §11.6: the voted box under KK's +1 IoU, MM's continuous IoU and the paper's sigma."""
+def test_score_voting_reproduces_reference_example(plus_one, sigma, expected_xyxy):
+    """The voting example: the voted box under KK's +1 IoU, MM's continuous IoU and the paper's
+    sigma."""
     candidates = _yxyx(_SPEC_XYXY)[None]
     voted = pp.score_voting(candidates[:, :1], np.zeros((1, 1), np.int32), candidates,
                             _SPEC_SCORES[None, :, None], sigma=sigma, iou_threshold=0.01,
@@ -167,8 +170,9 @@ def _toy_head(p_q_pairs, num_classes=1):
 
 @pytest.mark.parametrize("rule, kept_anchor, kept_score", [
     ("kk", 0, math.sqrt(0.06 * 0.04)), ("mm", 1, math.sqrt(0.04 * 0.9))])
-def test_candidate_rules_disagree_as_spec_predicts(rule, kept_anchor, kept_score):
-    """Spec §5: (p=.06, q=.04) survives KK (p > .05) not MM; (p=.04, q=.9) the opposite."""
+def test_candidate_rules_disagree_as_documented(rule, kept_anchor, kept_score):
+    """(p=.06, q=.04) survives KK (p > .05) not MM; (p=.04, q=.9) the opposite (docs/PAA.md,
+    "Inference")."""
     cls, deltas, iou, anchors, info = _toy_head([(0.06, 0.04), (0.04, 0.9)])
     out = pp.postprocess(cls, deltas, iou, anchors, info, level_sizes=[2],
                          params=_params(candidate_rule=rule))
@@ -202,7 +206,7 @@ def test_topk_is_per_level():
 
 @pytest.mark.parametrize("score, expected", [("sqrt", 0.54), ("product", 0.2916), ("cls", 0.36)])
 def test_unified_score(score, expected):
-    """Spec §11.7: p = 0.36, q = 0.81 -> sqrt 0.54, product 0.2916; "cls" or no IoU head -> p."""
+    """p = 0.36, q = 0.81 -> sqrt 0.54, product 0.2916; "cls" or no IoU head -> p."""
     cls, deltas, iou, anchors, info = _toy_head([(0.36, 0.81)])
     out = pp.postprocess(cls, deltas, iou, anchors, info, level_sizes=[1],
                          params=_params(score=score))

@@ -1,4 +1,5 @@
-"""LR schedule against the spec's §11.7 values."""
+"""LR schedule against the reference learning rates of KK and MM (docs/CONVENTIONS.md,
+"Reference values")."""
 
 import pytest
 

@@ -84,7 +84,7 @@ def tiny_model():
 
 
 def _sklearn_gmm(costs):
-    """Spec §3 Step D with scikit-learn (float64 input), the independent oracle."""
+    """Step D of docs/PAA.md with scikit-learn (float64 input), the independent oracle."""
     x = np.asarray(costs, np.float32).astype(np.float64)[:, None]
     gmm = GaussianMixture(2, weights_init=[0.5, 0.5], means_init=[[x.min()], [x.max()]],
                           precisions_init=[[[1.0]], [[1.0]]]).fit(x)
@@ -95,7 +95,7 @@ def test_assignment_figure_shows_what_paa_assign_decided(tiny_model):
     """The figure's candidates, decisions, GMM and separation point are PAA's for that GT:
     same anchors and costs as `paa_candidates_and_gmm`, GMM as scikit-learn fits it, the
     separation at the KK 'kk_c' cut (j* = first component-0 candidate of maximal
-    log-density, spec §3 Step E), and the drawn curves are w_k N(mu_k, sigma_k^2)."""
+    log-density, docs/PAA.md Step E), and the drawn curves are w_k N(mu_k, sigma_k^2)."""
     rng = np.random.default_rng(0)
     image = rng.normal(0, 1, (128, 128, 3)).astype(np.float32)
     gt_boxes = np.array([[10, 12, 50, 60], [30, 40, 110, 100], [-1, -1, -1, -1]], np.float32)

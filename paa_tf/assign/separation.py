@@ -1,4 +1,5 @@
-"""Separation schemes: which of a GT's candidates become positive (spec §3 Step E).
+"""Separation schemes: which of a GT's candidates become positive (paper Fig. 3; docs/PAA.md,
+Step E).
 
 Every function works on candidate lists sorted by ascending cost, one GT per row
 (`[G, N]`, padded entries masked out), with the fitted GMM of `paa_tf.ops.gmm`.
@@ -19,7 +20,8 @@ Schemes (`assign.separation`):
   positions j_b..n-1, the candidates in between ignored. Positives win where the
   ranges overlap. Without component-1 members the non-positives are negative.
 * 'b_orig' (authors' first release, the index bug of kkhoot/PAA issue #8): as 'b'
-  but the negatives are the *last j_b + 1* positions instead of j_b..n-1 (T6).
+  but the negatives are the *last j_b + 1* positions instead of j_b..n-1 (reference
+  vector T6, docs/CONVENTIONS.md).
 * 'd' (paper Fig. 3d, our reading): positives = F (the posterior-crossing boundary
   of (a)), negatives = component-1 members at positions >= j_b (the negative mode,
   as in (b)), the component-1 members between the two boundaries ignored. The paper
@@ -47,10 +49,11 @@ Policies, for the GMM-based schemes only ('fnp' and 'fsr' apply their rule as is
 
 import tensorflow as tf
 
+from paa_tf import config as config_lib
 from paa_tf.assign.labels import CANDIDATE_IGNORE, CANDIDATE_NEGATIVE, CANDIDATE_POSITIVE
 
-GMM_SCHEMES = ("kk_c", "mm_c", "a", "b", "b_orig", "d")
-SCHEMES = GMM_SCHEMES + ("fnp", "fsr")
+SCHEMES = config_lib.choices("assign.separation")
+GMM_SCHEMES = tuple(s for s in SCHEMES if s not in ("fnp", "fsr"))  # those using the GMM
 
 
 def _first_max_position(members, log_density, positions, size):
@@ -84,10 +87,10 @@ def separate(costs, mask, components, log_density, scheme="kk_c", single_candida
     """
     if scheme not in SCHEMES:
         raise ValueError(f"assign.separation must be one of {SCHEMES}, got {scheme!r}")
-    if single_candidate not in ("pos", "neg"):
+    if single_candidate not in config_lib.choices("assign.single_candidate"):
         raise ValueError(f"assign.single_candidate must be 'pos' or 'neg', got "
                          f"{single_candidate!r}")
-    if no_component0 not in ("all_pos", "none"):
+    if no_component0 not in config_lib.choices("assign.no_component0"):
         raise ValueError(f"assign.no_component0 must be 'all_pos' or 'none', got "
                          f"{no_component0!r}")
     mask = tf.convert_to_tensor(mask, tf.bool)

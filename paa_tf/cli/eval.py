@@ -75,8 +75,8 @@ def _config():
     if FLAGS.model_dir:
         return RunFolder(FLAGS.model_dir).config(FLAGS.override, config_path=FLAGS.config)
     if FLAGS.saved_model and not FLAGS.config:
-        from paa_tf import export
-        exported = config_lib.to_dict(export.exported_config(FLAGS.saved_model))
+        from paa_tf import export_reader
+        exported = config_lib.to_dict(export_reader.exported_config(FLAGS.saved_model))
         return config_lib.build_config([exported], FLAGS.override)
     return config_lib.load_config(FLAGS.config, overrides=FLAGS.override)
 
@@ -97,18 +97,12 @@ def _run_model(output_dir):
     print(f"paa_eval: evaluating '{split_name()}' ({config.data.val_images or config.data.format}"
           f") into {output_dir}", flush=True)
     if FLAGS.saved_model:
-        from paa_tf import export
         if config.eval.tta_scales or config.eval.tta_flip:
             raise app.UsageError("eval.tta_scales / eval.tta_flip need a checkpoint "
                                  "(--model_dir): an exported SavedModel has its "
                                  "pre-processing built in")
-        predict_fn = export.load_exported(FLAGS.saved_model)
-        dataset, _ = export.encoded_eval_dataset(config.data, config.eval.batch_size)
-        coco_gt = evaluate.val_ground_truth(config.data, predict_fn.label_map)
-        return evaluate.evaluate_dataset(dataset, predict_fn, coco_gt,
-                                         label_map=predict_fn.label_map, output_dir=output_dir,
-                                         max_batches=FLAGS.max_batches,
-                                         plus_one=config.model.plus_one)
+        return evaluate.evaluate_exported(config, FLAGS.saved_model, output_dir=output_dir,
+                                          max_batches=FLAGS.max_batches)
     if not FLAGS.model_dir and not FLAGS.checkpoint:
         raise app.UsageError("give --model_dir (a training run folder) or --checkpoint")
     from paa_tf.run_folder import RunFolder
@@ -122,21 +116,21 @@ def _run_model(output_dir):
 
 def _score_file(output_dir):
     """Scores --results_file, or the ground truth itself (--gt_as_detections)."""
-    from paa_tf import evaluate
+    from paa_tf import coco_scoring  # no TensorFlow: scoring a file stays light
 
     if FLAGS.results_file and FLAGS.gt_as_detections:
         raise app.UsageError("give either --results_file or --gt_as_detections, not both")
     if not FLAGS.annotations:
         raise app.UsageError("--annotations (the COCO instances JSON) is required to score "
                              "a results file")
-    coco_gt = evaluate.load_coco(FLAGS.annotations)
+    coco_gt = coco_scoring.load_coco(FLAGS.annotations)
     results_file = FLAGS.results_file
     if FLAGS.gt_as_detections:
         # Through the same file path a real results file takes.
         results_file = os.path.join(output_dir, "gt_as_detections.json")
-        evaluate.write_json(evaluate.gt_as_detections(coco_gt), results_file)
-    records = evaluate.load_results(results_file)
-    return evaluate.coco_evaluate(coco_gt, records, output_dir=output_dir)
+        coco_scoring.write_json(coco_scoring.gt_as_detections(coco_gt), results_file)
+    records = coco_scoring.load_results(results_file)
+    return coco_scoring.coco_evaluate(coco_gt, records, output_dir=output_dir)
 
 
 def _run(argv):

@@ -5,7 +5,7 @@ Example::
     bin/paa_export --model_dir=runs/quickstart --export_dir=runs/quickstart/export
     # -> runs/quickstart/export/1/ (saved_model.pb, variables/, assets/label_map.json)
     bin/paa_export --model_dir=runs/x --checkpoint=runs/x/ckpt-90000 --export_dir=/models/paa \
-        --version=2 --override export.score_voting=false,eval.max_detections=300
+        --version=2 --override eval.score_voting=false,eval.max_detections=300
 
 Writes ``<export_dir>/<version>/`` in TensorFlow Serving's layout with the signatures
 ``serving_default`` (tf.string encoded JPEG/PNG images) and ``image_tensor`` (uint8 images),

@@ -55,7 +55,7 @@ def _run(argv):
         label_map=FLAGS.label_map, skip_bad_records=FLAGS.skip_bad_records,
         verify_images=FLAGS.verify_images, box_tolerance=FLAGS.box_tolerance,
         voc_keep_difficult=FLAGS.voc_keep_difficult)
-    print(report.summary())
+    print(report.summary(filtered_title="counted"))
     print(f"wrote {report.num_images} images ({report.num_boxes} boxes, crowd/difficult "
           f"included) into {len(paths)} shards {paths[0]} ... in {time.time() - start:.1f} s; "
           f"label map with {report.label_map.num_classes} classes beside them")

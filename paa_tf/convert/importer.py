@@ -26,6 +26,8 @@ import tensorflow as tf
 from paa_tf import config as config_lib
 from paa_tf.convert import coco_categories, layouts, strict_load, torch_file
 from paa_tf.convert.torch_file import CheckpointError
+from paa_tf.modeling.backbone import build_backbone
+from paa_tf.modeling.detector import build_detector
 from paa_tf.run_folder import RunFolder
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -139,8 +141,6 @@ def import_checkpoint(path, output, source="auto", config_path=None, overrides=N
 
 
 def _import_detector(state, path, output, layout, depth, config_path, overrides):
-    from paa_tf.modeling.detector import build_detector
-
     config_path = pathlib.Path(config_path) if config_path else preset_path(layout, depth)
     config = config_lib.load_config(config_path, overrides=overrides)
     check_config(config, layout, depth, str(config_path))
@@ -159,8 +159,6 @@ def _import_detector(state, path, output, layout, depth, config_path, overrides)
 
 
 def _import_backbone(state, path, output, depth, config_path, overrides):
-    from paa_tf.modeling.backbone import build_backbone
-
     if config_path:
         model_cfg = config_lib.load_config(config_path, overrides=overrides).model
     else:

@@ -1,4 +1,4 @@
-"""Feature pyramid P3..P7 on top of C3..C5 (spec §1.2).
+"""Feature pyramid P3..P7 on top of C3..C5 (docs/PAA.md, "Network").
 
 * lateral 1x1 conv on each C_l, top-down: nearest upsample (PyTorch's index rule) of the
   coarser merged map to the exact size of the lateral, add; 3x3 output conv -> P3, P4, P5;
@@ -7,7 +7,7 @@
 * convs with bias, no norm; kernel init ``lecun_uniform`` (= PyTorch's kaiming_uniform(a=1),
   the authors') or ``glorot_uniform`` (= xavier_uniform, mmdetection's FPN; ``model.fpn_init``),
   bias 0; stride-2 convs pad one pixel on each side and convolve 'valid' so the sampling grid
-  matches PyTorch's (spec §1.2 TF pitfall).
+  matches PyTorch's (TF's 'same' pads 0 before / 1 after on even inputs).
 """
 
 from __future__ import annotations

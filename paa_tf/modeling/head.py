@@ -1,4 +1,4 @@
-"""The PAA head, shared by all pyramid levels (spec §1.3).
+"""The PAA head, shared by all pyramid levels (paper Sec. 3.2; docs/PAA.md, "Network").
 
 Two towers of ``num_convs`` x (3x3 conv, GroupNorm(32), ReLU): the classification tower feeds
 the class logits, the box tower feeds the box deltas (times a learnable per-level scale,
@@ -7,7 +7,7 @@ ablation). Convs are initialised N(0, 0.01) with bias 0; the class bias is
 -log((1 - prior) / prior) so that every anchor starts with probability ``prior`` (-4.59512 for
 0.01).
 
-Outputs are flattened over levels exactly as the references do (spec §1.3): per image, level
+Outputs are flattened over levels exactly as the references (KK, MM) do: per image, level
 ``min_level`` first, inside a level row-major over (y, x), one anchor per location.
 """
 
@@ -80,7 +80,7 @@ class PAAHead(tf_keras.layers.Layer):
         return layers
 
     def build(self, input_shape):
-        # One scalar per level multiplies all four deltas of that level (spec §1.3).
+        # One scalar per level multiplies all four deltas of that level (as in KK and MM).
         self.scales = [
             self.add_weight(name=f"scale_p{level}", shape=(), initializer="ones",
                             trainable=True)

@@ -1,4 +1,4 @@
-"""One square anchor per feature-map location on P3..P7 (spec §1.4).
+"""One square anchor per feature-map location on P3..P7 (docs/PAA.md, "Anchors").
 
 The anchor of level l has side `octave_base_scale × 2**l` and, for the cell in
 row i and column j, its centre at `((i + o)·s, (j + o)·s)` with stride

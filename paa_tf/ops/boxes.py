@@ -1,13 +1,13 @@
 """Box geometry: areas, IoU, GIoU and the delta coding of PAA.
 
 Every box here is `[ymin, xmin, ymax, xmax]` in pixels, float32, with any
-number of leading dimensions. Two pixel conventions exist (spec §0):
+number of leading dimensions. Two pixel conventions exist (docs/CONVENTIONS.md, "Pixels"):
 
 * continuous (default): width = xmax - xmin;
 * "+1" (`plus_one=True`): width = xmax - xmin + 1, the old Detectron
   convention of the authors' code, needed to reproduce its numbers exactly.
 
-Deltas are ordered `(dy, dx, dh, dw)` to follow the box layout; the spec's
+Deltas are ordered `(dy, dx, dh, dw)` to follow the box layout; the references'
 `(dx, dy, dw, dh)` weights (10, 10, 5, 5) therefore apply as (10, 10, 5, 5)
 to `(dy, dx, dh, dw)` as well, since both centre weights and both size
 weights are equal.
@@ -153,8 +153,8 @@ def encode_boxes(boxes, anchors, weights=BOX_WEIGHTS, plus_one=False):
 def decode_boxes(deltas, anchors, weights=BOX_WEIGHTS, clamp="kk", plus_one=False):
     """Boxes from `(dy, dx, dh, dw)` deltas [..., 4] and `anchors` [..., 4] yxyx.
 
-    `clamp`: 'kk' bounds dh, dw from above only (authors' code, spec §2.1);
-    'mm' bounds them on both sides (mmdetection, spec §2.2). With `plus_one`
+    `clamp`: 'kk' bounds dh, dw from above only (authors' code, KK);
+    'mm' bounds them on both sides (mmdetection, MM; docs/PAA.md, "Box coding"). With `plus_one`
     the decoded box spans `centre ± (size − 1)/2`, the inverse of the +1 widths.
     """
     deltas = tf.convert_to_tensor(deltas, tf.float32)

@@ -1,4 +1,4 @@
-"""Batched EM for a two-component 1-D Gaussian mixture (spec §3 Step D).
+"""Batched EM for a two-component 1-D Gaussian mixture (paper Eq. 4; docs/PAA.md, Step D).
 
 PAA fits, for every ground truth (GT) separately, a 2-component GMM to the
 costs of its candidate anchors. The authors call scikit-learn once per GT;
@@ -159,7 +159,7 @@ def fit_gmm_1d(scores, mask, tol=TOL, reg_covar=REG_COVAR, max_iter=MAX_ITER):
         padded positions are ignored). Pass float32 costs as they are: the
         cast to float64 is what the reference does.
       mask: bool [G, N], True for real points. Any layout (need not be a prefix).
-      tol, reg_covar, max_iter: scikit-learn's settings (defaults as the spec).
+      tol, reg_covar, max_iter: scikit-learn's settings (defaults: KK's call, docs/PAA.md).
 
     Returns:
       `GmmResult`. Usable eagerly, in `tf.function` and under `jit_compile=True`
