@@ -1,7 +1,7 @@
 """Detections and pictures for image files, from a training run (`bin/paa_predict`).
 
 `Predictor` restores a run folder (`paa_tf.run_folder.RunFolder`) and runs the evaluation
-pre-processing of its config (resize to the largest `data.min_size`, longer side <=
+pre-processing of its config (resize to `data.eval_shorter_side`, longer side <=
 `data.max_size`, pad to `data.image_size`), the network and the full post-processing
 (candidates, NMS, score voting) of `eval.*` on batches of images. `run_prediction` writes
 `detections.json` and one picture per image (the format is described in

@@ -463,7 +463,7 @@ def assignment_picture(model_dir, output, checkpoint=None, image=None, data_inde
     """Write the assignment picture of one GT of a training run; returns the `AssignmentView`.
 
     Restores the checkpoint (default: the newest readable one in `model_dir`), pre-processes
-    the image as the evaluation does (no flip, the largest `data.min_size`), runs the network
+    the image as the evaluation does (no flip, `data.eval_shorter_side`), runs the network
     in inference mode and then PAA's assignment on the image's GT boxes with the run's
     `assign` settings. `gt_index` picks the GT (default: the largest box).
     """

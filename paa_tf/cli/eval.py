@@ -116,7 +116,7 @@ def _run_model(output_dir):
 
 def _score_file(output_dir):
     """Scores --results_file, or the ground truth itself (--gt_as_detections)."""
-    from paa_tf import coco_scoring
+    from paa_tf import coco_scoring  # no TensorFlow: scoring a file stays light
 
     if FLAGS.results_file and FLAGS.gt_as_detections:
         raise app.UsageError("give either --results_file or --gt_as_detections, not both")
