@@ -1,14 +1,15 @@
-"""Square canvas vs orientation buckets (data.buckets) for R50-FPN at 800/1333 on the CPU.
+"""Square canvas vs 32-multiple buckets (data.buckets) for R50-FPN at 800/1333 on the CPU.
 
 Both cases use the same real photos of coco_mini and the R50-FPN 1x config
 (random weights; model.backbone_checkpoint is not loaded):
 
   train   one training step of `paa_tf.train.Trainer` (its compiled step, PAA assignment,
-          SGD), batch 1, on images of the bucketed training pipeline; the square case gets
-          the very same batch zero-padded to the 1408x1408 canvas (exactly what the square
-          pipeline makes, see tests/test_buckets.py).
+          SGD), batch 1, on images of the bucketed training pipeline (800x1344 landscape,
+          1344x800 portrait); the square case gets the very same batch zero-padded to the
+          1408x1408 canvas (exactly what the square pipeline makes, see tests/test_buckets.py).
   serve   one `serving_default` request (one JPEG of val2017) to a SavedModel exported by
-          `paa_tf.export` with data.buckets square and with orientation.
+          `paa_tf.export` with data.buckets square (every image padded to 1408x1408) and
+          orientation (each image padded to its own multiple of 32, e.g. 800x1216).
 
 Time mode (default): both cases in this process, calls alternating and the order swapped
 every round (square first, then bucketed first, ...), so load drift hits both alike; prints
@@ -16,11 +17,12 @@ images/s, the median time per image, the anchors per image and the ratio.
 
 Memory mode (--memory): peak RSS (ru_maxrss) is per process and cannot be reset, so each
 (case, square|bucketed) runs in its own child process of this script and reports its peak
-after building and after the timed calls.
+after building (trainer; or export, reload and one warm-up call) and after the calls; the
+difference is what the steps or requests themselves add.
 
     .venv/bin/python bench/bench_buckets.py [--train-images 6] [--serve-images 12]
         [--rounds 2] [--data ../shared/data/coco_mini]
-    .venv/bin/python bench/bench_buckets.py --memory
+    .venv/bin/python bench/bench_buckets.py --memory [--cases train,serve]
 """
 
 import argparse
@@ -107,7 +109,6 @@ def export_model(data_root, mode, folder):
     import tensorflow as tf
 
     from paa_tf import export, postprocess, serving_preprocess
-    from paa_tf.data import buckets
     from paa_tf.data import label_map as label_map_lib
     from paa_tf.modeling.detector import build_detector
 
@@ -119,8 +120,7 @@ def export_model(data_root, mode, folder):
                                        names=tuple(f"c{i}" for i in range(80)))
     module = export.ExportedDetector(
         model, serving_preprocess.ServingPreprocess.from_config(config),
-        postprocess.PostprocessParams.from_config(config), label_map,
-        shapes=buckets.bucket_shapes(config.data, is_training=False))
+        postprocess.PostprocessParams.from_config(config), label_map)
     labels = label_map_lib.write_label_map(label_map, os.path.join(folder, "lm.json"))
     path = export.save_exported(module, os.path.join(folder, mode), 1, assets=(labels,))
     return tf.saved_model.load(path).signatures["serving_default"]
@@ -157,16 +157,15 @@ def anchors_per_image(shapes):
 
 
 def serve_shape(mode, size, config):
-    """The padded shape a request of one image of `size` runs on (mirrors export)."""
+    """The padded shape a request of one image of `size` runs on (as the export pads it)."""
     from paa_tf.data import buckets
 
     if mode == "square":
         return tuple(config.data.image_size)
     h, w = size
-    scale = min(800 / min(h, w), 1333 / max(h, w))
-    shapes = buckets.bucket_shapes(config.data, False) + [tuple(config.data.image_size)]
-    fits = [s for s in shapes if round(h * scale) <= s[0] and round(w * scale) <= s[1]]
-    return min(fits, key=lambda s: s[0] * s[1])
+    data = config.data
+    scale = min(max(data.min_size) / min(h, w), data.max_size / max(h, w))
+    return (buckets.round_up(round(h * scale)), buckets.round_up(round(w * scale)))
 
 
 def summarise(name, times, anchors):
@@ -253,11 +252,13 @@ def padding_positives(data_root, count):
     dataset, _ = pipeline.build_dataset(config.data, "train", True, batch_size=1)
     canvas = tuple(config.data.image_size)
     anchors, levels = generate_anchors(*canvas, 3, 7)
-    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    # The cell's top-left corner: a bucket holds every cell that starts inside it (P6/P7
+    # have ceil sizes, so a cell may start inside and end in the padding).
+    starts = (anchors[:, :2] + anchors[:, 2:]) / 2 - 2.0 ** (levels[:, None] + 3) / 2
     totals = {"gts": 0, "positives": 0, "outside": 0, "gts_with_outside": 0}
     for batch in dataset.take(count):
         height, width = batch["image"].shape[1:3]
-        outside = (centres[:, 0] >= height) | (centres[:, 1] >= width)
+        outside = (starts[:, 0] >= height) | (starts[:, 1] >= width)
         result = assign(config.assign, tf.constant(anchors), levels, 5, batch["gt_boxes"],
                         batch["gt_classes"], tf.zeros([1, len(anchors), 80]),
                         tf.constant(anchors)[None])
@@ -273,47 +274,150 @@ def padding_positives(data_root, count):
           f"outside the image's bucket, for {totals['gts_with_outside']} GTs")
 
 
+def detections_at(model, config, image, shape):
+    """Detections (original pixels) of one decoded uint8 image padded to `shape` (H, W), or
+    to its own multiples of 32 when `shape` is None; the evaluation resize in both."""
+    import numpy as np
+    import tensorflow as tf
+
+    from paa_tf import postprocess
+    from paa_tf.data import buckets, transforms
+
+    data = config.data
+    resized, info = transforms.resize_image(
+        tf.constant(image), max(data.min_size), data.max_size, tuple(data.image_size),
+        data.pixel_mean, data.pixel_std)
+    height, width = resized.shape[:2]
+    shape = shape or (buckets.round_up(height), buckets.round_up(width))
+    padded = np.zeros((1, *shape, 3), np.float32)
+    padded[0, :height, :width] = resized.numpy()
+    outputs = model(padded, training=False)
+    anchors, level_ids = model.anchors_for(*shape)
+    det = postprocess.postprocess(
+        outputs["cls_logits"], outputs["box_deltas"], outputs["iou_logits"], anchors,
+        info[None], level_ids=level_ids, params=postprocess.PostprocessParams.from_config(config))
+    count = int(det["num_detections"][0])
+    return {k: det[k].numpy()[0][:count] for k in
+            ("detection_boxes", "detection_scores", "detection_classes")}
+
+
+def paired_shift(own, square):
+    """Per detection of `own`: (|score change|, largest |box corner change| px) against the
+    same-class detection of `square` with the highest IoU, or None without one of IoU >= 0.5."""
+    import numpy as np
+
+    a, b = own["detection_boxes"], square["detection_boxes"]
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
+    iou = inter / (area(a)[:, None] + area(b)[None, :] - inter)
+    iou = np.where(own["detection_classes"][:, None] == square["detection_classes"][None],
+                   iou, 0.0)
+    shifts = []
+    for i, j in enumerate(np.argmax(iou, axis=1) if len(b) else [0] * len(a)):
+        if not len(b) or iou[i, j] < 0.5:
+            shifts.append(None)
+            continue
+        shifts.append((abs(float(own["detection_scores"][i] - square["detection_scores"][j])),
+                       float(np.abs(a[i] - b[j]).max())))
+    return shifts
+
+
+def padding_effect(args):
+    """How far detections move between the own-32-multiple padding (export) and the square
+    canvas, on val photos; random R50 weights with model.prior_prob=0.2 so that detections
+    exist (no trained R50 is available offline; a trained head differs)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from paa_tf.data import transforms
+    from paa_tf.modeling.detector import build_detector
+
+    config = load_config(args.data, "orientation")
+    config.model.backbone_checkpoint = None
+    config.model.prior_prob = 0.2
+    tf.random.set_seed(0)
+    model = build_detector(config)
+    canvas = tuple(config.data.image_size)
+    shifts = []
+    for jpeg, _ in val_jpegs(args.data, args.padding_effect):
+        image = transforms.decode_image(tf.constant(jpeg)).numpy()
+        own = detections_at(model, config, image, None)
+        square = detections_at(model, config, image, canvas)
+        shifts += paired_shift(own, square)
+        print(f"  {image.shape[:2]}: {len(own['detection_scores'])} detections own-32, "
+              f"{len(square['detection_scores'])} square", flush=True)
+    matched = np.array([s for s in shifts if s is not None]).reshape(-1, 2)
+    print(f"\nown multiple of 32 vs {canvas[0]}x{canvas[1]} canvas, {args.padding_effect} photos, "
+          f"{len(shifts)} detections: {len(matched)} have a same-class partner of IoU >= 0.5; "
+          f"|score change| median {np.median(matched[:, 0]):.4f}, 95th pct "
+          f"{np.percentile(matched[:, 0], 95):.4f}, max {matched[:, 0].max():.4f}; "
+          f"largest box-corner move median {np.median(matched[:, 1]):.2f} px, 95th pct "
+          f"{np.percentile(matched[:, 1], 95):.2f} px")
+
+
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def child(args):
-    """Hidden child mode: peak RSS of one (case, mode), as a JSON line."""
-    case, mode = args.child.split(":")
+    """Hidden child mode: `train:MODE` or `serve:MODE:FOLDER` prints the peak RSS of one case
+    as a JSON line; `export:MODE:FOLDER` only writes the SavedModel for a later serve child."""
+    case, mode, *folder = args.child.split(":")
     report = {}
-    with tempfile.TemporaryDirectory() as root:
-        if case == "train":
+    if case == "export":
+        export_model(args.data, mode, folder[0])
+        return
+    if case == "train":
+        with tempfile.TemporaryDirectory() as root:
             batches = train_batches(args.data, args.train_images)[mode]
             trainer = build_trainer(args.data, mode, batches[0], root)
             report["build"] = peak_mib()
             report["s"] = [train_call(trainer, b) for b in batches]
-        else:
-            serving = export_model(args.data, mode, root)
-            jpegs = val_jpegs(args.data, args.serve_images)
-            report["build"] = peak_mib()
-            report["s"] = [serve_call(serving, jpeg) for jpeg, _ in jpegs]
+    else:
+        import tensorflow as tf
+
+        jpegs = val_jpegs(args.data, args.serve_images)
+        serving = tf.saved_model.load(os.path.join(folder[0], mode, "1")).signatures[
+            "serving_default"]
+        report["build"] = peak_mib()
+        report["s"] = [serve_call(serving, jpeg) for jpeg, _ in jpegs]
     report["peak"] = peak_mib()
     print("MEMORY " + json.dumps(report), flush=True)
 
 
+def run_child(args, spec):
+    """(exit code, stderr, last MEMORY report or None) of `--child spec`."""
+    command = [sys.executable, os.path.abspath(__file__), "--child", spec, "--data", args.data,
+               "--train-images", str(args.train_images), "--serve-images", str(args.serve_images)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [x for x in result.stdout.splitlines() if x.startswith("MEMORY ")]
+    return result.returncode, result.stderr, json.loads(lines[-1][7:]) if lines else None
+
+
 def bench_memory(args):
     print(machine_facts())
-    print("peak RSS (ru_maxrss, MiB) of a fresh process per case: after building (trainer, or "
-          "export + reload), and after the calls (training: the first compiles each bucket)")
-    for case in args.cases:
-        for mode in MODES:
-            command = [sys.executable, os.path.abspath(__file__), "--child", f"{case}:{mode}",
-                       "--data", args.data, "--train-images", str(args.train_images),
-                       "--serve-images", str(args.serve_images)]
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            lines = [x for x in result.stdout.splitlines() if x.startswith("MEMORY ")]
-            if result.returncode or not lines:
-                print(f"  {case} {mode} FAILED (exit {result.returncode}):\n"
-                      f"{result.stderr[-2000:]}")
-                continue
-            r = json.loads(lines[-1][len("MEMORY "):])
-            print(f"  {case:5s} {mode:11s} build {r['build']:7.0f} | peak {r['peak']:7.0f} | "
-                  f"{len(r['s'])} calls")
+    print("peak RSS (ru_maxrss, MiB) of a fresh process per case: after building (training: "
+          "the trainer; serving: the SavedModel loaded, exported beforehand by another "
+          "process), and after the calls (training: the first compiles each bucket; serving: "
+          "every request, the first included)")
+    with tempfile.TemporaryDirectory() as folder:
+        for case in args.cases:
+            for mode in MODES:
+                if case == "serve":
+                    code, err, _ = run_child(args, f"export:{mode}:{folder}")
+                    if code:
+                        print(f"  export {mode} FAILED (exit {code}):\n{err[-2000:]}")
+                        continue
+                spec = f"{case}:{mode}" + (f":{folder}" if case == "serve" else "")
+                code, err, r = run_child(args, spec)
+                if code or r is None:
+                    print(f"  {case} {mode} FAILED (exit {code}):\n{err[-2000:]}")
+                    continue
+                print(f"  {case:5s} {mode:11s} build {r['build']:7.0f} | peak {r['peak']:7.0f} | "
+                      f"calls add {r['peak'] - r['build']:6.0f} | {len(r['s'])} calls, median "
+                      f"{sorted(r['s'])[len(r['s']) // 2]:.2f} s", flush=True)
 
 
 def main():
@@ -328,9 +432,15 @@ def main():
                         help="comma-separated: train, serve")
     parser.add_argument("--padding-positives", type=int, default=0, metavar="N",
                         help="only count PAA positives outside the bucket on N images")
+    parser.add_argument("--padding-effect", type=int, default=0, metavar="N",
+                        help="only measure how far detections move, own 32-multiple vs square "
+                             "canvas, on N val photos")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.padding_positives:
+    if args.padding_effect:
+        print(machine_facts())
+        padding_effect(args)
+    elif args.padding_positives:
         padding_positives(args.data, args.padding_positives)
     elif args.child:
         child(args)

@@ -69,7 +69,8 @@ class DataConfig:
     # Padded input [H, W], multiples of 128; square so both orientations fit one static shape.
     image_size: Tuple[int, ...] = (1408, 1408)
     # 'square': pad every image into image_size. 'orientation': pad landscape and portrait
-    # images into their own smaller buckets per scale (paa_tf/data/buckets.py, README).
+    # images into their own buckets per scale, multiples of 32, and in the export each image
+    # to its own multiple of 32 (paa_tf/data/buckets.py, README "Padded input").
     buckets: str = _choice("square", ("square", "orientation"))
     max_instances: int = 100  # GT rows per image after padding
     flip_prob: float = 0.5

@@ -7,7 +7,9 @@ version layout, with two signatures, both with the input named `inputs`:
   serving_default  inputs: tf.string [batch] encoded JPEG or PNG images, any sizes
   image_tensor     inputs: uint8 [batch, height, width, 3] RGB images of one size
 
-Both run the evaluation pre-processing (`paa_tf.serving_preprocess`), the network and the
+Both run, for each image of the request on its own, the evaluation pre-processing
+(`paa_tf.serving_preprocess`: with `data.buckets: orientation` zero-padded to the image's own
+multiples of 32, with `square` to the canvas `data.image_size`), the network and the
 post-processing (`paa_tf.postprocess`: candidates, class-aware NMS, score voting unless
 turned off at export) with the config's thresholds, and return, as clients of the TF Object
 Detection API expect:
@@ -34,7 +36,7 @@ import tensorflow as tf
 
 from paa_tf import config as config_lib
 from paa_tf import inference, postprocess, serving_preprocess
-from paa_tf.data import buckets as buckets_lib
+from paa_tf.data import transforms
 from paa_tf.export_reader import CONFIG_ASSET, INPUT_NAME
 from paa_tf.run_folder import RunFolder
 
@@ -54,17 +56,21 @@ class _Holder:
 class ExportedDetector(tf.Module):
     """The servable: pre-processing -> PAADetector -> post-processing -> client outputs.
 
+    Each image of a request runs through the network on its own (`tf.map_fn`, one image at a
+    time), padded as `preprocess.pad_multiple` says: to the smallest multiple of 32 holding it
+    (`data.buckets: orientation`; a dynamic shape, the anchors made from it at run time) or
+    to the canvas `preprocess.image_size` (`data.buckets: square`). So an image's detections
+    do not depend on the other images of its request, and the graph holds one copy of the
+    network.
+
     Args:
-      model: a built `PAADetector` for the padded input `preprocess.image_size`.
+      model: a built `PAADetector` (any input size runs on its weights).
       preprocess: `serving_preprocess.ServingPreprocess`.
       params: `postprocess.PostprocessParams`.
       label_map: `LabelMap` (contiguous index -> dataset category id).
-      shapes: orientation buckets [(H, W), ...] inside the canvas `preprocess.image_size`
-        (`data.buckets`); each batch runs on the smallest one holding all its resized
-        images, else on the canvas. Empty: always the canvas.
     """
 
-    def __init__(self, model, preprocess, params, label_map, shapes=()):
+    def __init__(self, model, preprocess, params, label_map):
         super().__init__(name="paa_exported_detector")
         num_classes = model.config.model.num_classes
         if label_map.num_classes != num_classes:
@@ -74,64 +80,48 @@ class ExportedDetector(tf.Module):
         self._holder = _Holder(model)
         self._preprocess = preprocess
         self._params = params
-        canvas = tuple(int(v) for v in preprocess.image_size)
-        self._shapes = [tuple(int(v) for v in shape) for shape in shapes
-                        if shape[0] <= canvas[0] and shape[1] <= canvas[1]
-                        and tuple(shape) != canvas] + [canvas]
         self.model_variables = list(model.variables)
         self.class_ids = tf.constant(label_map.ids, tf.float32)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
     def serve_encoded(self, inputs):
         """tf.string [B] JPEG/PNG bytes -> the four client outputs (module docstring)."""
-        images, image_info = serving_preprocess.preprocess_encoded(inputs, self._preprocess)
-        return self.detect(images, image_info)
+        encoded = serving_preprocess.checked_encoded(inputs, self._preprocess)
+        return self._each_image(encoded, transforms.decode_image)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
                                                 name=INPUT_NAME)])
     def serve_images(self, inputs):
         """uint8 [B, h, w, 3] RGB -> the four client outputs (module docstring)."""
-        images, image_info = serving_preprocess.preprocess_images(inputs, self._preprocess)
-        return self.detect(images, image_info)
+        images = serving_preprocess.check_images(inputs, self._preprocess.max_pixels)
+        return self._each_image(images, lambda image: image)
+
+    def _each_image(self, items, load):
+        """Client outputs [B, ...] of `items` [B, ...], each image `load(item)` (uint8
+        [h, w, 3]) pre-processed and detected alone. One image at a time
+        (`parallel_iterations=1`): a request's peak memory is that of its largest image, and
+        on a CPU the convolutions use every core anyway. An empty request runs nothing."""
+        max_det = self._params.max_detections
+
+        def one(item):
+            image, image_info = serving_preprocess.padded_one(load(item), self._preprocess)
+            outputs = self.detect(image[None], image_info[None])
+            return {key: value[0] for key, value in outputs.items()}
+
+        signature = {"detection_boxes": tf.TensorSpec([max_det, 4], tf.float32),
+                     "detection_scores": tf.TensorSpec([max_det], tf.float32),
+                     "detection_classes": tf.TensorSpec([max_det], tf.float32),
+                     "num_detections": tf.TensorSpec([], tf.float32)}
+        return tf.map_fn(one, items, fn_output_signature=signature, parallel_iterations=1)
 
     def detect(self, images, image_info):
         """Pre-processed float32 [B, H, W, 3] and image_info [B, 4, 2] -> client outputs.
 
-        An empty batch gets empty outputs without running the network (some CPU convolution
-        kernels reject a zero batch).
+        H and W may be dynamic: the anchors and their per-level counts are then computed from
+        the runtime shape (`generate_anchors_tf`), else taken from the model's static cache.
         """
-        max_det = self._params.max_detections
-
-        def empty():
-            return {"detection_boxes": tf.zeros([0, max_det, 4]),
-                    "detection_scores": tf.zeros([0, max_det]),
-                    "detection_classes": tf.zeros([0, max_det]),
-                    "num_detections": tf.zeros([0])}
-
-        return tf.cond(tf.shape(images)[0] > 0, lambda: self._detect(images, image_info),
-                       empty)
-
-    def _detect(self, images, image_info):
-        """Runs the batch on the smallest shape of `self._shapes` holding its resized images.
-
-        The pre-processing pads into the canvas; cropping that to a bucket removes padding
-        only (the bucket holds every image's content). A request mixing orientations runs on
-        the canvas. Each shape is its own static-shape copy of the network in the graph.
-        """
-        if len(self._shapes) == 1:
-            return self._detect_at(images, image_info, self._shapes[0])
-        scaled = tf.cast(tf.math.ceil(image_info[:, 1, :]), tf.int32)  # [B, 2] (h, w)
-        choice = buckets_lib.smallest_holding(self._shapes, scaled[:, 0], scaled[:, 1])
-        branches = [lambda shape=shape: self._detect_at(images[:, :shape[0], :shape[1]],
-                                                        image_info, shape)
-                    for shape in self._shapes]
-        return tf.switch_case(tf.maximum(choice, 0), branches)
-
-    def _detect_at(self, images, image_info, shape):
-        detections = inference.detect(
-            self._holder.model, tf.ensure_shape(images, [None, shape[0], shape[1], 3]),
-            image_info, self._params)
-        return to_client_outputs(detections, image_info, self.class_ids)
+        return to_client_outputs(inference.detect(self._holder.model, images, image_info,
+                                                  self._params), image_info, self.class_ids)
 
 
 def to_client_outputs(detections, image_info, class_ids):
@@ -223,8 +213,7 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
     model, checkpoint = run.restore(config, preprocess.image_size, checkpoint)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
-    module = ExportedDetector(model, preprocess, params, label_map,
-                              shapes=buckets_lib.bucket_shapes(config.data, is_training=False))
+    module = ExportedDetector(model, preprocess, params, label_map)
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,

@@ -2,9 +2,10 @@
 
 `detect` is the one place where the network's raw outputs meet `paa_tf.postprocess`:
 evaluation, prediction pictures and the exported SavedModel all call it; test-time
-augmentation calls `candidates`, its pre-NMS half. Both take a pre-processed batch at a
-static padded size (H, W) and use that size's anchors (`PAADetector.anchors_for`), so the
-square canvas and every orientation bucket (`paa_tf.data.buckets`) run the same code.
+augmentation calls `candidates`, its pre-NMS half. Both take a pre-processed padded batch and
+use that size's anchors (`PAADetector.anchors_for` for a static size, else computed from the
+runtime shape), so the square canvas, every orientation bucket (`paa_tf.data.buckets`) and the
+export's per-image padding run the same code.
 
 The batch arrives pre-processed at the evaluation scale (`data.eval_shorter_side`), by the
 evaluation input pipeline (`paa_tf.data.pipeline`) or the export's `paa_tf.serving_preprocess`,
@@ -15,16 +16,31 @@ import numpy as np
 import tensorflow as tf
 
 from paa_tf import postprocess
+from paa_tf.ops.anchors import generate_anchors_tf
+
+
+def _anchors(model, images):
+    """(anchors [A, 4] yxyx, per-level sizes) of the padded batch `images`: the model's cache
+    for a static (H, W); computed from the runtime shape when H or W is dynamic (the export
+    pads each image to its own multiple of 32)."""
+    height, width = images.shape[1:3]
+    if height is not None and width is not None:
+        anchors, level_ids = model.anchors_for(height, width)
+        return anchors, postprocess.level_sizes_from_ids(level_ids)
+    cfg = model.config.model
+    shape = tf.shape(images)
+    return generate_anchors_tf(shape[1], shape[2], cfg.min_level, cfg.max_level,
+                               octave_base_scale=cfg.octave_base_scale,
+                               center_offset=cfg.anchor_center_offset, plus_one=cfg.plus_one)
 
 
 def _run(model, images):
-    """(float32 head outputs, anchors [A, 4] yxyx, level sizes) of a static-size batch."""
-    height, width = images.shape[1:3]
-    anchors, level_ids = model.anchors_for(height, width)
+    """(float32 head outputs, anchors [A, 4] yxyx, level sizes) of a padded batch."""
+    anchors, level_sizes = _anchors(model, images)
     outputs = model(images, training=False)
     # Post-processing in float32, whatever the compute dtype of the network.
     outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
-    return outputs, anchors, postprocess.level_sizes_from_ids(level_ids)
+    return outputs, anchors, level_sizes
 
 
 def detect(model, images, image_info, params):
@@ -32,7 +48,8 @@ def detect(model, images, image_info, params):
 
     Args:
       model: a `PAADetector`.
-      images: float32 [B, H, W, 3] normalised and padded, H and W static.
+      images: float32 [B, H, W, 3] normalised and padded (H, W static, or dynamic multiples of
+        32 in the export).
       image_info: float32 [B, 4, 2] (rows: original size, scaled size, scale, offset).
       params: `postprocess.PostprocessParams`.
     Returns:

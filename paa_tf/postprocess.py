@@ -128,7 +128,8 @@ def select_candidates(cls_logits, box_deltas, iou_logits, anchors, level_sizes, 
       iou_logits: float [B, A] (or [B, A, 1]) IoU or centerness logits, or None (no auxiliary head:
         the score is p alone).
       anchors: float [A, 4] yxyx input pixels.
-      level_sizes: Python ints, anchors per level (sum = A); see `level_sizes_from_ids`.
+      level_sizes: anchors per level (sum = A): Python ints (`level_sizes_from_ids`), or
+        int32 scalar tensors for an input size known only at run time (the export).
       image_info: float [B, 4, 2]; row 1 is the scaled image size used for clipping.
       params: `PostprocessParams`.
     Returns:
@@ -140,9 +141,11 @@ def select_candidates(cls_logits, box_deltas, iou_logits, anchors, level_sizes, 
     box_deltas = tf.cast(box_deltas, tf.float32)
     anchors = tf.cast(anchors, tf.float32)
     image_info = tf.cast(image_info, tf.float32)
-    level_sizes = [int(n) for n in level_sizes]
+    level_sizes = [n if tf.get_static_value(n) is None else int(tf.get_static_value(n))
+                   for n in level_sizes]
     num_anchors = cls_logits.shape[1]
-    if num_anchors is not None and sum(level_sizes) != num_anchors:
+    static = all(isinstance(n, int) for n in level_sizes)
+    if static and num_anchors is not None and sum(level_sizes) != num_anchors:
         raise ValueError(f"postprocess: level_sizes {level_sizes} sum to {sum(level_sizes)} "
                          f"but cls_logits has {num_anchors} anchors")
     num_classes = cls_logits.shape[-1]
@@ -181,11 +184,16 @@ def select_candidates(cls_logits, box_deltas, iou_logits, anchors, level_sizes, 
     return {"boxes": boxes, "scores": tf.concat(rows_scores, axis=1)}
 
 
+def _at_most(limit, count):
+    """min(limit, count) for a Python int or a runtime int32 `count` (a top-k width)."""
+    return min(limit, count) if isinstance(count, int) else tf.minimum(limit, count)
+
+
 def _kk_level(p, s, size, num_classes, params):
     """KK: p > threshold, then the top-k (anchor, class) pairs by score; one pair per row."""
     masked = tf.where(p > params.score_threshold, s, -1.0)
     flat = tf.reshape(masked, [-1, size * num_classes])
-    k = min(params.pre_nms_topk, size * num_classes)
+    k = _at_most(params.pre_nms_topk, size * num_classes)
     values, flat_idx = tf.math.top_k(flat, k=k, sorted=False)
     valid = values >= 0.0
     classes = flat_idx % num_classes
@@ -195,7 +203,7 @@ def _kk_level(p, s, size, num_classes, params):
 
 def _mm_level(s, size, params):
     """MM: the top-k anchors by max-class score, then score > threshold; one anchor per row."""
-    k = min(params.pre_nms_topk, size)
+    k = _at_most(params.pre_nms_topk, size)
     _, anchor_idx = tf.math.top_k(tf.reduce_max(s, axis=-1), k=k, sorted=False)
     rows = tf.gather(s, anchor_idx, batch_dims=1)
     return anchor_idx, tf.where(rows > params.score_threshold, rows, 0.0)

@@ -4,8 +4,11 @@ A request is a batch of encoded images (`tf.string` [B], JPEG or PNG, any sizes)
 decoded images (`uint8` [B, h, w, 3], one size per request). Each image is decoded (for
 strings), then goes through exactly the evaluation pre-processing of
 `paa_tf.data.transforms` (resize to the shorter side S with the longer side <= L, normalise,
-zero-pad bottom/right to the static bucket [H, W]), one image at a time with `tf.map_fn`, so
-images of different sizes can share a request.
+zero-pad bottom/right), one image at a time, so images of different sizes can share a request.
+The padding (`ServingPreprocess.pad_multiple`): with `data.buckets: orientation` each image is
+padded to the smallest multiple of 32 that holds its resized size (what the authors' code
+does at test time with one image per GPU), a shape known only at run time; with
+`data.buckets: square` to the static canvas `image_size`, as the square evaluation pipeline.
 
 Bad requests fail with `tf.errors.InvalidArgumentError` whose message says what is wrong:
 which input index is not a JPEG or PNG, what rank/shape was expected, or which image has more
@@ -22,7 +25,7 @@ from typing import Tuple
 import tensorflow as tf
 
 from paa_tf.config import ExportConfig
-from paa_tf.data import exif, transforms
+from paa_tf.data import buckets, exif, transforms
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,8 +37,10 @@ class ServingPreprocess:
     """Pre-processing settings frozen into the export (all from the experiment config).
 
     `shorter_side` is the evaluation scale: the largest of `data.min_size`, as the
-    evaluation pipeline (`paa_tf.data.pipeline`) uses. `image_size` is the padded bucket
-    (H, W) the anchors are made for.
+    evaluation pipeline (`paa_tf.data.pipeline`) uses. `image_size` is the square canvas
+    (H, W): it bounds the resize (as in the pipeline) and is the padded shape when
+    `pad_multiple` is 0; otherwise each image is padded to the smallest multiple of
+    `pad_multiple` holding it (`padded_one`).
     """
     shorter_side: int
     max_size: int
@@ -43,11 +48,12 @@ class ServingPreprocess:
     pixel_mean: Tuple[float, ...]
     pixel_std: Tuple[float, ...]
     max_pixels: int = DEFAULT_MAX_PIXELS
+    pad_multiple: int = 0
 
     @classmethod
     def from_config(cls, config):
         """Settings of an `ExperimentConfig`; `export.max_image_size` (> 0) replaces the
-        bucket `data.image_size` by a square one of that side (a multiple of 128)."""
+        canvas `data.image_size` by a square one of that side (a multiple of 128)."""
         data = config.data
         image_size = tuple(int(s) for s in data.image_size)
         side = int(config.export.max_image_size)
@@ -62,10 +68,12 @@ class ServingPreprocess:
             raise ValueError(f"config key 'export.max_pixels' is {max_pixels}; give the largest "
                              "height x width a request image may have (default "
                              f"{DEFAULT_MAX_PIXELS})")
+        own = buckets.mode_of(data) == "orientation"
         return cls(shorter_side=data.eval_shorter_side,
                    max_size=int(data.max_size), image_size=image_size,
                    pixel_mean=tuple(float(v) for v in data.pixel_mean),
-                   pixel_std=tuple(float(v) for v in data.pixel_std), max_pixels=max_pixels)
+                   pixel_std=tuple(float(v) for v in data.pixel_std), max_pixels=max_pixels,
+                   pad_multiple=buckets.STRIDE if own else 0)
 
 
 def runtime_shape(tensor):
@@ -146,13 +154,30 @@ def _preprocess_one(image, params):
         image_size=params.image_size, pixel_mean=params.pixel_mean, pixel_std=params.pixel_std)
 
 
+def padded_one(image, params):
+    """One uint8 [h, w, 3] image -> (float32 [H', W', 3] normalised and zero-padded,
+    image_info float32 [4, 2]).
+
+    H', W' = `params.image_size` (static) when `params.pad_multiple` is 0, else the smallest
+    multiples of it holding the resized image (dynamic: each image gets its own).
+    """
+    if not params.pad_multiple:
+        return _preprocess_one(image, params)
+    resized, image_info = transforms.resize_image(
+        image, params.shorter_side, params.max_size, params.image_size, params.pixel_mean,
+        params.pixel_std)
+    size = buckets.round_up(tf.shape(resized)[:2], params.pad_multiple)
+    return transforms.pad_image(resized, tf.unstack(size)), image_info
+
+
 def _output_signature(params):
     height, width = params.image_size
     return (tf.TensorSpec([height, width, 3], tf.float32), tf.TensorSpec([4, 2], tf.float32))
 
 
 def preprocess_encoded(encoded, params):
-    """Checked, decoded and pre-processed batch of encoded images.
+    """Checked, decoded and pre-processed batch of encoded images, padded to the canvas
+    `params.image_size` (the export pads each image itself: `checked_encoded`, `padded_one`).
 
     Args:
       encoded: tf.string [B] JPEG or PNG bytes, sizes may differ.
@@ -160,9 +185,15 @@ def preprocess_encoded(encoded, params):
     Returns:
       (images float32 [B, H, W, 3] normalised and padded, image_info float32 [B, 4, 2]).
     """
-    encoded = check_pixels(check_encoded(encoded), params.max_pixels)
-    return tf.map_fn(lambda item: _preprocess_one(_decode_one(item), params), encoded,
+    return tf.map_fn(lambda item: _preprocess_one(_decode_one(item), params),
+                     checked_encoded(encoded, params),
                      fn_output_signature=_output_signature(params))
+
+
+def checked_encoded(encoded, params):
+    """`encoded` (tf.string [B]) gated on `check_encoded` and `check_pixels`: nothing is
+    decoded before every image passed."""
+    return check_pixels(check_encoded(encoded), params.max_pixels)
 
 
 def preprocess_images(images, params):

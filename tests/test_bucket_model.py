@@ -1,9 +1,10 @@
-"""The detector on an orientation bucket vs the square canvas (issue 14).
+"""The detector on a 32-multiple bucket vs the square canvas (issue 14).
 
-A landscape image of 100x200 pixels is padded into its bucket 128x256 and into the square
-canvas 256x256 of a tiny detector (P3-P6). The square's outputs at the anchors both inputs
-share are fed to the assignment and the losses of both, so these tests isolate what the
-bucket changes: the anchor set, and nothing else.
+A landscape image of 100x200 pixels is padded into its bucket 128x224 (the smallest multiples
+of 32 holding it; P6 of a tiny P3-P6 detector then has ceil(224 / 64) = 4 columns, the last
+one half over the edge) and into the square canvas 256x256. The square's outputs at the
+anchors both inputs share are fed to the assignment and the losses of both, so these tests
+isolate what the bucket changes: the anchor set, and nothing else.
 """
 
 import numpy as np
@@ -15,10 +16,10 @@ from paa_tf import losses as losses_lib
 from paa_tf import postprocess
 from paa_tf.assign import BACKGROUND, assign
 from paa_tf.modeling.detector import build_detector
-from paa_tf.ops.anchors import generate_anchors
+from paa_tf.ops.anchors import feature_sizes, generate_anchors, generate_anchors_tf
 from tests import train_utils
 
-SQUARE, BUCKET, CONTENT = (256, 256), (128, 256), (100, 200)
+SQUARE, BUCKET, CONTENT = (256, 256), (128, 224), (100, 200)
 GT_BOXES = np.array([[[10, 12, 60, 70], [30, 90, 98, 190], [70, 20, 99, 60], [-1, -1, -1, -1]]],
                     np.float32)
 GT_CLASSES = np.array([[0, 2, 1, -1]], np.int32)
@@ -53,15 +54,39 @@ def test_bucket_anchors_are_the_squares_top_left_anchors():
     index = shared_index(square, square_levels, bucket, bucket_levels)
     # Row-major per level, P3 first: the bucket's order is the square's order restricted.
     assert np.all(np.diff(index) > 0)
-    assert len(bucket) == 128 * 256 // 64 + 128 * 256 // 256 + 128 * 256 // 1024 + 8
+    # P3 16x28, P4 8x14, P5 4x7, P6 2x4 (ceil(3.5)).
+    assert len(bucket) == 16 * 28 + 8 * 14 + 4 * 7 + 2 * 4
     centres = (square[:, :2] + square[:, 2:]) / 2
+    strides = 8.0 * 2.0 ** square_levels
     outside = np.ones(len(square), bool)
     outside[index] = False
-    # The square's extra anchors are centred in the padding below the bucket, only there.
-    assert np.all(centres[outside, 0] >= BUCKET[0]) and np.all(centres[index, 0] < BUCKET[0])
+    # The square's extra anchors are those whose cell starts in the padding below or right of
+    # the bucket; every cell of the bucket (the partial P6 column too) is shared.
+    starts = centres - strides[:, None] / 2
+    assert np.all((starts[outside, 0] >= BUCKET[0]) | (starts[outside, 1] >= BUCKET[1]))
+    assert np.all((starts[index, 0] < BUCKET[0]) & (starts[index, 1] < BUCKET[1]))
     # The same generator, called with the bucket size directly, agrees.
     direct, _ = generate_anchors(*BUCKET, 3, 6, octave_base_scale=3.0)
     np.testing.assert_array_equal(bucket, direct)
+
+
+@pytest.mark.parametrize("size", [(128, 224), (96, 160), (800, 1344), (224, 96), (32, 32)])
+def test_head_outputs_line_up_with_the_anchors_at_multiples_of_32(size):
+    # P3-P7: 800x1344 has an odd P5 (25 rows), so P6 and P7 take ceil sizes 13 and 7.
+    cfg = config("model.max_level=7")
+    model = build_detector(cfg, (128, 128))
+    pyramid = model.fpn(model.backbone(tf.zeros([1, *size, 3])))
+    sizes = [tuple(pyramid[level].shape[1:3]) for level in range(3, 8)]
+    assert sizes == feature_sizes(*size, 3, 7)
+    outputs = model(tf.zeros([1, *size, 3]))
+    anchors, levels = model.anchors_for(*size)
+    assert outputs["cls_logits"].shape[1] == len(anchors) == sum(h * w for h, w in sizes)
+    # The runtime (TensorFlow) generator of the export makes exactly the same anchors.
+    dynamic, level_sizes = tf.function(lambda hw: generate_anchors_tf(
+        hw[0], hw[1], 3, 7, octave_base_scale=3.0))(tf.constant(size))
+    np.testing.assert_array_equal(dynamic.numpy(), anchors)
+    assert [int(n) for n in level_sizes] == [h * w for h, w in sizes]
+    assert np.bincount(levels).tolist() == [h * w for h, w in sizes]
 
 
 @pytest.mark.parametrize("method", ["paa", "atss", "iou"])

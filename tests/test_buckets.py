@@ -58,17 +58,24 @@ def numpy_batches(dataset, count=None):
 def test_bucket_shapes_for_the_coco_scales():
     coco = DataConfig(min_size=(800,), max_size=1333, image_size=(1408, 1408),
                       buckets="orientation")
-    assert buckets.bucket_shapes(coco, True) == [(896, 1408), (1408, 896)]
+    # Multiples of 32 (the stride of C5): 800 rows, 1333 -> 1344 columns.
+    assert buckets.bucket_shapes(coco, True) == [(800, 1344), (1344, 800)]
     multi = DataConfig(min_size=(640, 800), max_size=1333, image_size=(1408, 1408),
                        buckets="orientation")
-    assert buckets.bucket_shapes(multi, True) == [(640, 1408), (1408, 640), (768, 1408),
-                                                  (1408, 768), (896, 1408), (1408, 896)]
-    assert buckets.bucket_shapes(multi, False) == [(896, 1408), (1408, 896)]
+    sides = range(640, 801, 32)  # one bucket pair per distinct 32-rounded scale
+    assert buckets.bucket_shapes(multi, True) == [
+        shape for side in sides for shape in ((side, 1344), (1344, side))]
+    assert buckets.bucket_shapes(multi, False) == [(800, 1344), (1344, 800)]
     shapes, table = buckets.bucket_lookup(multi, True)
-    # S = 640 -> 640 rows; 641..768 -> 768; 769..800 -> 896 (landscape row 0, portrait 1).
-    assert [shapes[i] for i in table[0, [0, 1, 128, 129, 160]]] == [
-        (640, 1408), (768, 1408), (768, 1408), (896, 1408), (896, 1408)]
-    assert shapes[table[1, 160]] == (1408, 896)
+    # S = 640 -> 640 rows; 641..672 -> 672; ...; 769..800 -> 800 (landscape row 0, portrait 1).
+    assert [shapes[i] for i in table[0, [0, 1, 32, 33, 128, 129, 160]]] == [
+        (640, 1344), (672, 1344), (672, 1344), (704, 1344), (768, 1344), (800, 1344),
+        (800, 1344)]
+    assert shapes[table[1, 160]] == (1344, 800)
+    # A scale whose bucket side exceeds the canvas is clipped to it.
+    assert buckets.bucket_shapes(DataConfig(min_size=(1400,), max_size=2000,
+                                            image_size=(1408, 1408), buckets="orientation"),
+                                 True) == [(1408, 1408)]
     assert buckets.bucket_shapes(DataConfig(buckets="square"), True) == [(1408, 1408)]
     with pytest.raises(ValueError, match="data.buckets"):
         buckets.mode_of(DataConfig(buckets="round"))
@@ -84,7 +91,7 @@ def test_eval_batches_hold_one_bucket_and_the_square_content(tmp_path, min_size)
     seen = []
     for batch in bucketed:
         height, width = batch["image"].shape[1:3]
-        assert (height, width) in ((128, 256), (256, 128))
+        assert (height, width) in ((128, 224), (224, 128))
         for i, sid in enumerate(batch["source_id"]):
             seen.append(int(sid))
             other, j = by_id[int(sid)]
@@ -100,11 +107,12 @@ def test_eval_batches_hold_one_bucket_and_the_square_content(tmp_path, min_size)
 
 def test_training_batches_are_the_square_stream_regrouped(tmp_path):
     config = make_mixed_coco(tmp_path, min_size=(100, 160), flip_prob=0.5)
-    assert len(buckets.bucket_shapes(config, True)) == 3
+    assert buckets.bucket_shapes(config, True) == [(128, 224), (224, 128), (160, 224),
+                                                   (224, 160)]
     bucketed = numpy_batches(pipeline.build_dataset(config, "train", True, batch_size=2)[0], 12)
     plain = numpy_batches(pipeline.build_dataset(square(config), "train", True, 1)[0], 60)
     shapes = {b["image"].shape[1:3] for b in bucketed}
-    assert len(shapes) >= 2 and shapes <= {(128, 256), (256, 128), (256, 256)}
+    assert len(shapes) >= 2 and shapes <= set(buckets.bucket_shapes(config, True))
     for batch in bucketed:
         height, width = batch["image"].shape[1:3]
         for i in range(2):
@@ -215,7 +223,7 @@ def test_a_skipped_corrupt_image_leaves_the_bucketed_batches_full(tmp_path):
     dataset, report = pipeline.build_dataset(config, "train", True, batch_size=2,
                                              skip_bad_records=True)
     batches = numpy_batches(dataset, 6)
-    assert all(b["image"].shape == (2, 128, 256, 3) for b in batches)
+    assert all(b["image"].shape == (2, 64, 224, 3) for b in batches)  # S = 64, L = 200
     assert {int(i) for b in batches for i in b["source_id"]} == {10, 12}
     assert report.skipped_ids == [11] and report.num_skipped == 1
 
@@ -231,6 +239,6 @@ def test_coco_configs_use_the_buckets_and_the_quickstart_its_square():
     for path in coco:
         data = config_lib.load_config(path).data
         assert data.buckets == "orientation", path.name
-        assert (896, 1408) in buckets.bucket_shapes(data, is_training=False), path.name
+        assert (800, 1344) in buckets.bucket_shapes(data, is_training=False), path.name
     quickstart = config_lib.load_config(configs / "quickstart.yaml").data
     assert buckets.bucket_shapes(quickstart, True) == [(256, 256)]

@@ -355,14 +355,18 @@ def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_pa
     model = run_folder.restore_model(
         config, tf.train.latest_checkpoint(str(imported["run_dir"])), tuple(data.image_size))
     decoded = transforms.decode_image(encoded)
-    inputs, info = transforms.preprocess(
-        decoded, shorter_side=max(data.min_size), max_size=data.max_size,
-        image_size=buckets.image_size_of(data), pixel_mean=data.pixel_mean,
-        pixel_std=data.pixel_std)
-    outputs = model(inputs[None], training=False)
+    resized, info = transforms.resize_image(
+        decoded, max(data.min_size), data.max_size, buckets.image_size_of(data),
+        data.pixel_mean, data.pixel_std)
+    # The COCO presets' export pads an image to its own multiples of 32 (data.buckets:
+    # orientation, README "Padded input"): 183x256 -> 192x256 here.
+    assert data.buckets == "orientation"
+    shape = tuple(-(-int(n) // 32) * 32 for n in resized.shape[:2])
+    outputs = model(transforms.pad_image(resized, shape)[None], training=False)
+    anchors, level_ids = model.anchors_for(*shape)
     want = {k: v.numpy() for k, v in postprocess.postprocess(
-        outputs["cls_logits"], outputs["box_deltas"], outputs["iou_logits"], model.anchors,
-        info[None], level_ids=model.level_ids,
+        outputs["cls_logits"], outputs["box_deltas"], outputs["iou_logits"], anchors,
+        info[None], level_ids=level_ids,
         params=postprocess.PostprocessParams.from_config(config)).items()}
     count = int(want["num_detections"][0])
     assert count > 10, "few detections: a vacuous comparison"

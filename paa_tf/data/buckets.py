@@ -8,15 +8,20 @@ for each training scale S (shorter side) and the longer-side limit L (`data.max_
   H_s = the smallest multiple of STRIDE >= min(S, L)     (shorter side of the bucket)
   W_L = the smallest multiple of STRIDE >= L             (longer side of the bucket)
 
-clipped to the square canvas, which therefore holds every bucket. 800/1333 gives 896x1408
-and 1408x896 (1.26 Mpx each instead of 1.98). A multi-scale range (`min_size: [640, 800]`)
-gets one landscape and one portrait bucket per distinct H_s (640, 768, 896). Evaluation and
-export use the buckets of the evaluation scale (the largest S).
+clipped to the square canvas, which therefore holds every bucket. 800/1333 gives 800x1344
+and 1344x800 (1.08 Mpx each instead of 1.98). A multi-scale range (`min_size: [640, 800]`)
+gets one landscape and one portrait bucket per distinct H_s (640, 672, ..., 800). Evaluation
+uses the buckets of the evaluation scale (the largest S); the exported SavedModel pads each
+image to the smallest multiple of STRIDE holding it (`paa_tf.serving_preprocess`).
 
 An image's resize scale never depends on its bucket (the bucket always holds the S/L-resized
 image), so the content and the boxes are the same in every bucket; only the zero padding
-differs. STRIDE is 128, the stride of P7, the coarsest level; a bucket that is a multiple of
-it gives every level an integral feature map, so anchors and head outputs line up.
+differs. STRIDE is 32, the stride of C5 and the size divisibility of the authors' batches:
+C3..C5 and P3..P5 have whole cells. P6 and P7 come from stride-2 convolutions that pad one
+pixel on each side (`paa_tf.modeling.fpn`), so an odd P5 (800 / 32 = 25 rows) gives
+ceil(25 / 2) = 13 rows of P6 and 7 of P7, on the same sampling grid as the canvas; the anchor
+generator (`paa_tf.ops.anchors.feature_sizes`) makes the same ceil sizes, so anchors and head
+outputs line up at every multiple of 32.
 """
 
 import numpy as np
@@ -24,12 +29,15 @@ import tensorflow as tf
 
 from paa_tf import config as config_lib
 
-STRIDE = 128
+STRIDE = 32
 MODES = config_lib.choices("data.buckets")
 
 
 def round_up(value, stride=STRIDE):
-    """The smallest multiple of `stride` >= `value` (Python int)."""
+    """The smallest multiple of `stride` >= `value`: a Python int, or an int32 tensor for a
+    tensor `value` (e.g. a runtime image size)."""
+    if isinstance(value, tf.Tensor):
+        return (value + stride - 1) // stride * stride
     return -(-int(value) // stride) * stride
 
 
@@ -104,21 +112,6 @@ def bucket_lookup(data_config, is_training):
                 table[portrait, column] = shapes.index(
                     orientation_shape(s, data_config.max_size, canvas, portrait))
     return shapes, table
-
-
-def smallest_holding(shapes, heights, widths):
-    """Index of the smallest-area bucket of `shapes` holding every (height, width); TF ints.
-
-    `heights`, `widths`: int32 [B] sizes of resized images. Returns an int32 scalar; -1 when
-    no bucket holds them all (the caller falls back to the square canvas).
-    """
-    order = sorted(range(len(shapes)), key=lambda i: (shapes[i][0] * shapes[i][1], i))
-    choice = tf.constant(-1, tf.int32)
-    for index in reversed(order):  # the smallest fitting bucket is assigned last
-        fits = tf.logical_and(tf.reduce_all(heights <= shapes[index][0]),
-                              tf.reduce_all(widths <= shapes[index][1]))
-        choice = tf.where(fits, tf.constant(index, tf.int32), choice)
-    return choice
 
 
 def group_into_batches(dataset, key_fn, num_buckets, batch_size):

@@ -7,6 +7,7 @@ the authors' placement; 0 = cell corner, mmdetection's).
 """
 
 import numpy as np
+import tensorflow as tf
 
 
 def feature_sizes(height, width, min_level=3, max_level=7):
@@ -48,3 +49,32 @@ def generate_anchors(height, width, min_level=3, max_level=7, octave_base_scale=
         all_anchors.append(boxes)
         all_levels.append(np.full(h * w, index, dtype=np.int32))
     return np.concatenate(all_anchors).astype(np.float32), np.concatenate(all_levels)
+
+
+def generate_anchors_tf(height, width, min_level=3, max_level=7, octave_base_scale=8.0,
+                        center_offset=0.5, plus_one=False):
+    """`generate_anchors` for a runtime input size (int32 scalar tensors), in TensorFlow.
+
+    The exported SavedModel pads each request to its own size (a multiple of 32), known only
+    when the graph runs. Same sizes (ceil per stride-2 stage), order and coordinates as
+    `generate_anchors`: every value is a multiple of 0.5 far below 2**24, exact in float32.
+
+    Returns:
+      anchors: float32 [A, 4] yxyx pixels.
+      level_sizes: list of int32 scalars, anchors per level (`min_level` first; sum = A).
+    """
+    all_anchors, level_sizes = [], []
+    h, w = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    for level in range(1, max_level + 1):
+        h, w = (h + 1) // 2, (w + 1) // 2
+        if level < min_level:
+            continue
+        stride = 2.0 ** level
+        half = (octave_base_scale * stride - (1.0 if plus_one else 0.0)) / 2.0
+        cy = (tf.range(h, dtype=tf.float32) + center_offset) * stride
+        cx = (tf.range(w, dtype=tf.float32) + center_offset) * stride
+        cy, cx = tf.meshgrid(cy, cx, indexing="ij")
+        boxes = tf.stack([cy - half, cx - half, cy + half, cx + half], axis=-1)
+        all_anchors.append(tf.reshape(boxes, [-1, 4]))
+        level_sizes.append(h * w)
+    return tf.concat(all_anchors, axis=0), level_sizes
