@@ -21,7 +21,8 @@ import argparse
 import os
 import time
 import warnings
-from types import SimpleNamespace
+
+from paa_tf.config import AssignConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -148,7 +149,7 @@ def bench_full(batch, gts, size, repeats, rng, classes=80):
     logits = rng.normal(-4.0, 1.0, (batch, len(anchors), classes)).astype(np.float32)
     pred = (anchors[None] + rng.normal(0, 0.05 * size, (batch, len(anchors), 4))).astype(
         np.float32)
-    config = SimpleNamespace(method="paa", max_gt_per_batch=256)
+    config = AssignConfig(method="paa", max_gt_per_batch=256)
     inputs = [tf.constant(t) for t in (gt, cls, logits, pred)]
 
     full = tf.function(lambda g, c, z, p: assign(config, anchors, levels, 5, g, c, z, p).labels,

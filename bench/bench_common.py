@@ -52,12 +52,15 @@ def load_photos(count, tf):
             for path in paths]
 
 
-def alternating_rounds(calls, inputs, rounds, warmup=1):
-    """{name: median over rounds of seconds per input} of each callable in `calls`.
+def alternating_rounds(calls, inputs, rounds, warmup=1, cpu=None):
+    """{name: median over rounds of wall seconds per input} of each callable in `calls`.
 
     Each round calls every one of `calls` (name -> callable(input)) on all `inputs`; the order
     of the callables is reversed every other round, so that load drift and cache effects hit
     all of them alike. `warmup` untimed rounds first (graph loading, kernel selection).
+    If `cpu` is a dict, it receives {name: median over rounds of this process's CPU seconds
+    per input} (user + system time of all its threads): unlike wall time, it does not grow
+    when other processes take the cores, so it is the steadier figure on a shared machine.
     """
     names = list(calls)
     for _ in range(warmup):
@@ -65,10 +68,14 @@ def alternating_rounds(calls, inputs, rounds, warmup=1):
             for item in inputs:
                 calls[name](item)
     per_round = {name: [] for name in names}
+    cpu_round = {name: [] for name in names}
     for index in range(rounds):
         for name in (names if index % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for item in inputs:
                 calls[name](item)
+            cpu_round[name].append((time.process_time() - start_cpu) / len(inputs))
             per_round[name].append((time.perf_counter() - start) / len(inputs))
+    if cpu is not None:
+        cpu.update({name: statistics.median(times) for name, times in cpu_round.items()})
     return {name: statistics.median(times) for name, times in per_round.items()}

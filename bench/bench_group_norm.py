@@ -10,16 +10,22 @@ outputs are checked to agree, then, on several real COCO photos:
                   + backward (gradients of the head's variables: what a training step pays)
   end to end      each detector exported with `paa_tf.export` (score voting on) and reloaded;
                   its `image_tensor` signature on each photo (uint8 [1, h, w, 3])
-  XLA (--xla)     the lean detector's network (backbone, FPN, head) as a `tf.function` with
-                  and without `jit_compile=True`, the other way to make the GroupNorm cheap
+  layer (--layer) GroupNorm + ReLU alone on each photo's five FPN maps (the head's GroupNorm
+                  input shapes): keras, lean, lean under `jit_compile=True`, and a one-pass
+                  variant (sum and sum of squares of the map minus one of its values per
+                  channel), to see whether another formulation of the layer is cheaper
+  XLA (--xla)     the lean detector's network (backbone, FPN, head), and its head alone, as a
+                  `tf.function` with and without `jit_compile=True`, the other way to make the
+                  GroupNorm cheap
   op-time shares  a `tf.profiler` trace of the exported signature over the photos; every op's
                   time summed by part: GroupNorm (the ops under a `*_gn<i>` name scope), the
                   rest of the head, FPN, backbone, and pre-/post-processing (everything else)
 
 Timed calls run in rounds; each round runs both variants over all photos, and the order of the
 two variants alternates from one round to the next so load drift hits both alike. Reported:
-the median over rounds of each variant's time per photo, and the ratio keras / lean (> 1: the
-lean layer is faster).
+the median over rounds of each variant's wall time and of this process's CPU time per photo,
+and the ratios keras / lean (> 1: the lean layer is faster). On a shared machine the CPU time
+is the steadier figure: other processes stretch the wall time, not the work done.
 
     .venv/bin/python bench/bench_group_norm.py                       # 640x640, 4 photos
     .venv/bin/python bench/bench_group_norm.py --size 256 --photos 2 --rounds 2  # smoke run
@@ -46,6 +52,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from bench_common import alternating_rounds  # noqa: E402
 
+from paa_tf.modeling import group_norm  # noqa: E402
 from paa_tf.modeling import head as head_module  # noqa: E402
 
 VARIANTS = ("keras", "lean")
@@ -115,6 +122,50 @@ def head_calls(models, pyramids):
     return calls
 
 
+class OnePassGroupNorm(group_norm.GroupNorm):
+    """The lean layer with each channel's moments from the means of d and d^2, d = x minus the
+    channel's first value, both taken without waiting for the mean (the shift keeps
+    E[d^2] - E[d]^2 from cancelling when the mean is large against the spread; not a guarantee,
+    hence not the layer's way)."""
+
+    @staticmethod
+    def channel_moments(features):
+        shift = tf.stop_gradient(features[:, :1, :1, :])
+        deviation = features - shift
+        mean = tf.reduce_mean(deviation, axis=[1, 2])
+        second = tf.reduce_mean(tf.square(deviation), axis=[1, 2])
+        return shift[:, 0, 0, :] + mean, tf.maximum(second - tf.square(mean), 0.0)
+
+
+def layer_calls(models, pyramids):
+    """{variant: callable(pyramid)}: the first GroupNorm of each detector's class tower + ReLU
+    on every level of a pyramid, and two other formulations of the lean layer's function."""
+    keras_gn, lean_gn = models["keras"].head.cls_tower[1], models["lean"].head.cls_tower[1]
+
+    one_pass = OnePassGroupNorm(groups=lean_gn.groups, epsilon=lean_gn.epsilon,
+                                dtype="float32", name="one_pass_gn")
+    one_pass.build(pyramids[0][min(pyramids[0])].shape)
+    one_pass.set_weights(lean_gn.get_weights())
+
+    def run(layer):
+        return lambda p: [tf.nn.relu(layer(feature)) for feature in p.values()]
+
+    functions = {"keras": tf.function(run(keras_gn)), "lean": tf.function(run(lean_gn)),
+                 "lean, XLA": tf.function(run(lean_gn), jit_compile=True),
+                 "one-pass": tf.function(run(one_pass))}
+    for pyramid in pyramids:
+        want = functions["keras"](pyramid)
+        for name, function in functions.items():
+            for got, expected in zip(function(pyramid), want):
+                error = float(tf.reduce_max(tf.abs(got - expected)))
+                scale = float(tf.reduce_max(tf.abs(expected)))
+                if error > 1e-4 * max(scale, 1.0):
+                    raise SystemExit(f"GroupNorm variant {name!r} differs from the Keras "
+                                     f"layer by {error} (scale {scale})")
+    return {name: lambda p, f=function: [y.numpy() for y in f(p)]
+            for name, function in functions.items()}
+
+
 def part_of(op_name):
     """Which part of `PARTS` an op of the exported graph belongs to, by its name scope."""
     scopes = op_name.split("/")
@@ -179,8 +230,12 @@ def main():
                         help="TF inter-op threads; 1 runs one op at a time, so an op's time in "
                              "the profile is its own, not shared with ops running beside it")
     parser.add_argument("--skip-head", action="store_true", help="skip the head-alone rows")
+    parser.add_argument("--layer", action="store_true",
+                        help="also time GroupNorm + ReLU alone in four formulations")
+    parser.add_argument("--skip-end-to-end", action="store_true",
+                        help="skip the exported models' timing and profile")
     parser.add_argument("--xla", action="store_true",
-                        help="also time the lean network XLA-compiled (jit_compile=True)")
+                        help="also time the lean network and head XLA-compiled (jit_compile=True)")
     args = parser.parse_args()
     if args.size % 128:
         parser.error(f"--size {args.size} must be a multiple of 128 (PAA's padded bucket)")
@@ -214,54 +269,78 @@ def main():
                                  f"(scale {scale})")
     print("outputs of the two detectors agree to float32 round-off on every photo")
 
-    results = {}
+    results, cpu_results = {}, {}
+    if args.layer:
+        cpu = {}
+        layer = alternating_rounds(layer_calls(models, pyramids), pyramids, args.rounds,
+                                   cpu=cpu)
+        print("GroupNorm + ReLU alone, 5 levels, median per photo: " + "; ".join(
+            f"{name} {layer[name] * 1e3:.2f} ms ({cpu[name] * 1e3:.2f} CPU ms)"
+            for name in layer), flush=True)
     for kind, calls in ({} if args.skip_head else head_calls(models, pyramids)).items():
-        medians = results[f"head alone, {kind}"] = alternating_rounds(calls, pyramids,
-                                                                      args.rounds)
-        print(f"head alone, {kind}: keras / lean = {medians['keras'] / medians['lean']:.2f}x",
-              flush=True)
+        row = f"head alone, {kind}"
+        cpu = cpu_results[row] = {}
+        medians = results[row] = alternating_rounds(calls, pyramids, args.rounds, cpu=cpu)
+        print(f"{row}: keras / lean = {medians['keras'] / medians['lean']:.2f}x wall, "
+              f"{cpu['keras'] / cpu['lean']:.2f}x CPU", flush=True)
 
     if args.xla:
-        network = {"plain": tf.function(lambda x: lean(x, training=False)),
-                   "XLA": tf.function(lambda x: lean(x, training=False), jit_compile=True)}
-        start = time.perf_counter()
-        network["XLA"](inputs[0])
-        print(f"XLA compilation of the network: {time.perf_counter() - start:.0f} s")
-        xla = alternating_rounds({name: lambda x, f=f: f(x)["cls_logits"].numpy()
-                                  for name, f in network.items()}, inputs, args.rounds)
-        print(f"lean network, tf.function {xla['plain'] * 1e3:.1f} ms/photo, with jit_compile "
-              f"{xla['XLA'] * 1e3:.1f} ms/photo: plain / XLA = {xla['plain'] / xla['XLA']:.2f}x",
-              flush=True)
+        head = lean.head
+        for part, function, feed in (
+                ("network", lambda x: lean(x, training=False), inputs),
+                ("head", lambda p: head(p, training=False), pyramids)):
+            compiled = {"plain": tf.function(function),
+                        "XLA": tf.function(function, jit_compile=True)}
+            start = time.perf_counter()
+            compiled["XLA"](feed[0])
+            print(f"XLA compilation of the lean {part}: {time.perf_counter() - start:.0f} s")
+            cpu = {}
+            xla = alternating_rounds({name: lambda x, f=f: f(x)["cls_logits"].numpy()
+                                      for name, f in compiled.items()}, feed, args.rounds,
+                                     cpu=cpu)
+            print(f"lean {part}, tf.function {xla['plain'] * 1e3:.1f} ms/photo "
+                  f"({cpu['plain'] * 1e3:.1f} CPU ms), with jit_compile {xla['XLA'] * 1e3:.1f} "
+                  f"ms/photo ({cpu['XLA'] * 1e3:.1f} CPU ms): plain / XLA = "
+                  f"{xla['plain'] / xla['XLA']:.2f}x wall, {cpu['plain'] / cpu['XLA']:.2f}x CPU",
+                  flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="bench_group_norm_") as scratch:
-        signatures = {}
-        for name, model in models.items():
-            folder = os.path.join(scratch, name)
-            os.makedirs(folder)
-            directory = bench_inference.export_paa(config, model, folder, votings=(True,))[True]
-            signatures[name] = tf.saved_model.load(directory).signatures["image_tensor"]
-        calls = {name: lambda image, s=signature: [v.numpy() for v in s(inputs=image).values()]
-                 for name, signature in signatures.items()}
-        results["end to end (SavedModel)"] = alternating_rounds(calls, images, args.rounds)
-        shares = {}
-        for name in signatures:
-            shares[name] = profile_op_time(calls[name], images,
-                                           os.path.join(scratch, f"profile_{name}"))
+    shares = {}
+    if not args.skip_end_to_end:
+        with tempfile.TemporaryDirectory(prefix="bench_group_norm_") as scratch:
+            signatures = {}
+            for name, model in models.items():
+                folder = os.path.join(scratch, name)
+                os.makedirs(folder)
+                directory = bench_inference.export_paa(config, model, folder, votings=(True,))[True]
+                signatures[name] = tf.saved_model.load(directory).signatures["image_tensor"]
+            calls = {name: lambda image, s=signature: [v.numpy() for v in s(inputs=image).values()]
+                     for name, signature in signatures.items()}
+            cpu = cpu_results["end to end (SavedModel)"] = {}
+            results["end to end (SavedModel)"] = alternating_rounds(calls, images, args.rounds,
+                                                                    cpu=cpu)
+            for name in signatures:
+                shares[name] = profile_op_time(calls[name], images,
+                                               os.path.join(scratch, f"profile_{name}"))
 
-    print(f"\n{'':44s}{'keras ms':>11s}{'lean ms':>11s}{'keras/lean':>12s}")
+    if results:
+        print(f"\n{'median per photo':44s}{'keras ms':>10s}{'lean ms':>10s}{'ratio':>8s}"
+              f"{'keras CPU ms':>14s}{'lean CPU ms':>13s}{'ratio':>8s}")
     for row, medians in results.items():
-        print(f"{row:44s}{medians['keras'] * 1e3:11.1f}{medians['lean'] * 1e3:11.1f}"
-              f"{medians['keras'] / medians['lean']:11.2f}x")
-    print(f"\nop time of the exported model over {len(images)} photos (tf.profiler), share:")
-    print(f"{'':22s}" + "".join(f"{name + ' ms':>12s}{'%':>7s}" for name in VARIANTS))
-    for part in PARTS:
-        cells = ""
-        for name in VARIANTS:
-            total = sum(shares[name].values())
-            cells += f"{shares[name][part] * 1e3:12.1f}{100 * shares[name][part] / total:7.1f}"
-        print(f"{part:22s}{cells}")
-    print(f"{'total':22s}" + "".join(f"{sum(shares[n].values()) * 1e3:12.1f}{100.0:7.1f}"
-                                     for n in VARIANTS))
+        cpu = cpu_results[row]
+        print(f"{row:44s}{medians['keras'] * 1e3:10.1f}{medians['lean'] * 1e3:10.1f}"
+              f"{medians['keras'] / medians['lean']:7.3f}x{cpu['keras'] * 1e3:14.1f}"
+              f"{cpu['lean'] * 1e3:13.1f}{cpu['keras'] / cpu['lean']:7.3f}x")
+    if shares:
+        print(f"\nop time of the exported model over {len(images)} photos (tf.profiler), share:")
+        print(f"{'':22s}" + "".join(f"{name + ' ms':>12s}{'%':>7s}" for name in VARIANTS))
+        for part in PARTS:
+            cells = ""
+            for name in VARIANTS:
+                total = sum(shares[name].values())
+                cells += f"{shares[name][part] * 1e3:12.1f}{100 * shares[name][part] / total:7.1f}"
+            print(f"{part:22s}{cells}")
+        print(f"{'total':22s}" + "".join(f"{sum(shares[n].values()) * 1e3:12.1f}{100.0:7.1f}"
+                                         for n in VARIANTS))
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

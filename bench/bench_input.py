@@ -31,9 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from paa_tf.cli import make_tfrecord  # noqa: E402
 from paa_tf.config import DataConfig  # noqa: E402
-from paa_tf.data import pipeline  # noqa: E402
+from paa_tf.data import (
+    pipeline,  # noqa: E402
+    tfrecord_convert,  # noqa: E402
+)
 
 
 def generated_coco(folder, count=64):
@@ -100,7 +102,7 @@ def main():
     else:
         image_dir, annotations = generated_coco(tmp)
         source = "generated 640x480 JPEGs"
-    make_tfrecord.convert("coco", os.path.join(tmp, "tf", "train"), 4,
+    tfrecord_convert.convert("coco", os.path.join(tmp, "tf", "train"), 4,
                           annotations=annotations, images=image_dir)
     with open(annotations) as f:
         paths = [os.path.join(image_dir, i["file_name"]) for i in json.load(f)["images"]]

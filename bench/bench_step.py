@@ -57,7 +57,10 @@ R50_LARGE_OVERRIDES = ("data.image_size=[896,1408],data.min_size=[800],data.max_
 def load_config(path, overrides):
     from paa_tf import config as config_lib
 
-    return config_lib.load_config(path, overrides)
+    config = config_lib.load_config(path, overrides)
+    if config.model.num_classes is None:  # quickstart.yaml takes it from its data: 6 shapes
+        config.model.num_classes = 6
+    return config
 
 
 def synthetic_batch(config, gts, seed=0):

@@ -19,7 +19,7 @@ import os
 import statistics
 from typing import Dict, List, Optional, Tuple
 
-import yaml
+from paa_tf.run_folder import RunFolder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,12 +139,11 @@ def check_budget(model_dir, steps):
 
     Runs of different budgets must not be resumed into each other or averaged together.
     """
-    path = os.path.join(model_dir, "config.yaml")
-    if not os.path.isfile(path):
+    run = RunFolder(model_dir)
+    if not run.has_config():
         return
-    with open(path) as f:
-        found = (yaml.safe_load(f) or {}).get("train", {}).get("total_steps")
-    if found is not None and found != steps:
+    found = run.config().train.total_steps
+    if found != steps:
         raise ValueError(f"{model_dir} holds a {found}-step training, not {steps} steps; give "
                          f"--steps {found} or another --output_dir")
 
@@ -276,9 +275,10 @@ def markdown_table(records) -> str:
 
 def bar_chart(records, path, title):
     """Horizontal bars of our mean AP (whiskers: min–max, dots: seeds) beside the paper's AP."""
+    # matplotlib only for the chart (slow to import; its file backend chosen first).
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # once the backend is chosen
 
     names = [r["name"] for r in records][::-1]
     ours = [r["AP"]["mean"] if r["AP"]["n"] else 0.0 for r in records][::-1]

@@ -11,11 +11,12 @@ checkpoints it could not read: it stops and says so.
 
 import os
 import pathlib
-import re
 import shutil
 
 import tensorflow as tf
 from absl import logging
+
+from paa_tf.run_folder import find_checkpoints
 
 
 def is_chief(strategy):
@@ -44,21 +45,6 @@ def _worker_dir(model_dir, strategy):
         return str(model_dir)
     resolver = strategy.cluster_resolver
     return os.path.join(str(model_dir), f".worker_{resolver.task_type}_{resolver.task_id}")
-
-
-_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
-
-
-def find_checkpoints(model_dir):
-    """Checkpoint prefixes in `model_dir` found from their index files, newest (highest step)
-    first: ['run/ckpt-300', 'run/ckpt-280', ...]. Whether each is readable is not checked."""
-    model_dir = pathlib.Path(model_dir)
-    found = []
-    for name in (os.listdir(model_dir) if model_dir.is_dir() else ()):
-        match = _INDEX.match(name)
-        if match:
-            found.append((int(match.group(1)), str(model_dir / f"ckpt-{match.group(1)}")))
-    return [path for _, path in sorted(found, reverse=True)]
 
 
 def latest_step(model_dir):

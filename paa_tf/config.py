@@ -43,9 +43,17 @@ def _yaml_load(text):
     return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
+def _choice(default, choices):
+    """A string field that takes one of `choices`: the one list `validate` checks, and that
+    the code reads back with `choices('section.key')`."""
+    if default not in choices:
+        raise AssertionError(f"default {default!r} is not one of {choices}")
+    return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
 @dataclasses.dataclass
 class DataConfig:
-    format: str = "coco"  # 'coco' | 'voc' | 'tfrecord'
+    format: str = _choice("coco", ("coco", "voc", "tfrecord"))
     train_images: str = ""  # COCO image folder for training
     train_annotations: str = ""  # COCO instances JSON for training
     val_images: str = ""
@@ -63,7 +71,7 @@ class DataConfig:
     # 'square': pad every image into image_size. 'orientation': pad landscape and portrait
     # images into their own buckets per scale, multiples of 32, and in the export each image
     # to its own multiple of 32 (paa_tf/data/buckets.py, README "Padded input").
-    buckets: str = "square"
+    buckets: str = _choice("square", ("square", "orientation"))
     max_instances: int = 100  # GT rows per image after padding
     flip_prob: float = 0.5
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
@@ -75,38 +83,49 @@ class DataConfig:
     seed: int = 0
     # Image check at load: 'none' | 'header' (+ end marker) | 'decode' (+ TensorFlow decode,
     # finds data corrupt behind a valid header) | 'full' (+ PIL decode).
-    verify_images: str = "decode"
+    verify_images: str = _choice("decode", ("none", "header", "decode", "full"))
     box_tolerance: float = 2.0  # px a box may cross the image border (clipped); more is bad
     voc_keep_difficult: bool = False  # train on VOC 'difficult' objects instead of as crowd
+
+    @property
+    def eval_shorter_side(self):
+        """The evaluation scale: the largest training shorter side of `min_size` (as the
+        authors evaluate). Evaluation, prediction and the export all resize to it."""
+        return max(int(s) for s in self.min_size)
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # 'tiny' | 'resnet18' | 'resnet34' | 'resnet50' | ...
+    backbone: str = _choice("resnet50", ("tiny", "resnet18", "resnet34", "resnet50", "resnet101",
+                                         "resnet152"))
     backbone_checkpoint: Optional[str] = None  # local checkpoint or .h5/.keras weights
     # Load a backbone checkpoint that does not cover the backbone exactly (reported, not refused).
     backbone_checkpoint_partial: bool = False
     # ResNet implementation: 'model_garden' (Model Garden's, TF 'same' padding), or a PyTorch
     # layout (symmetric padding) with the stride in the 3x3 conv ('torchvision', mmdetection)
     # or in the first 1x1 conv ('msra', the authors' maskrcnn-benchmark). See resnet_torch.py.
-    backbone_style: str = "model_garden"
+    backbone_style: str = _choice("model_garden", ("model_garden", "torchvision", "msra"))
     # BatchNorm epsilon of the ResNet backbones: the value the pretrained weights were trained
     # with (Model Garden's ImageNet ResNets and torchvision: 1e-5, although Model Garden's ResNet
     # class defaults to 1e-3; 0 for the authors' FrozenBatchNorm).
     bn_epsilon: float = 1e-5
-    input_channels: str = "rgb"  # 'bgr': the backbone reverses the normalised RGB input
+    # 'bgr': the backbone reverses the normalised RGB input
+    input_channels: str = _choice("rgb", ("rgb", "bgr"))
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + first stage
     frozen_bn: bool = True
-    num_classes: int = 80
+    # None: the number of classes of the training label map (paa_train fills it in and
+    # saves it in the run's config.yaml); a value that disagrees with the data is refused.
+    num_classes: Optional[int] = None
     min_level: int = 3
     max_level: int = 7
     fpn_channels: int = 256
-    fpn_init: str = "lecun_uniform"  # KK: kaiming_uniform(a=1) = lecun_uniform; MM: glorot_uniform
+    # KK: kaiming_uniform(a=1) = lecun_uniform; MM: glorot_uniform
+    fpn_init: str = _choice("lecun_uniform", ("lecun_uniform", "glorot_uniform"))
     p7_from_relu: bool = True  # KK: P7 from ReLU(P6); MM: from P6
     head_convs: int = 4
     head_channels: int = 256
-    head_norm: str = "group"  # 'group' | 'none'
-    aux_head: str = "iou"  # 'iou' | 'centerness' | 'none'
+    head_norm: str = _choice("group", ("group", "none"))
+    aux_head: str = _choice("iou", ("iou", "centerness", "none"))
     prior_prob: float = 0.01
     octave_base_scale: float = 8.0
     anchor_center_offset: float = 0.5
@@ -114,37 +133,38 @@ class ModelConfig:
     # box coding, clipping, NMS, voting and the COCO output. The one switch for it.
     plus_one: bool = False
     box_weights: Tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
-    delta_clamp: str = "kk"  # 'kk' (upper only) | 'mm' (both sides)
+    delta_clamp: str = _choice("kk", ("kk", "mm"))  # 'kk' upper bound only, 'mm' both sides
 
 
 @dataclasses.dataclass
 class AssignConfig:
-    method: str = "paa"  # 'paa' | 'iou' | 'atss'
+    method: str = _choice("paa", ("paa", "iou", "atss"))
     candidate_iou: float = 0.1
-    low_quality: str = "kk"  # 'kk' | 'mm' low-quality rescue
+    low_quality: str = _choice("kk", ("kk", "mm"))  # low-quality rescue
     topk: int = 9  # candidates per GT per level
     score_lambda: float = 1.0  # weight of the GIoU term in the anchor score
-    separation: str = "kk_c"  # 'kk_c' | 'mm_c' | 'a' | 'b' | 'b_orig' | 'd' | 'fnp' | 'fsr'
+    # The positive/negative split of the fitted GMM (paa_tf/assign/separation.py): Fig. 3's
+    # schemes (a)-(d) and two ways to run (c), or the score-free 'fnp' / 'fsr'.
+    separation: str = _choice("kk_c", ("kk_c", "mm_c", "a", "b", "b_orig", "d", "fnp", "fsr"))
     fnp_count: int = 10
     fsr_threshold: float = 0.1
-    single_candidate: str = "pos"  # 'pos' (KK) | 'neg' (MM)
-    no_component0: str = "all_pos"  # 'all_pos' (KK) | 'none' (MM)
+    single_candidate: str = _choice("pos", ("pos", "neg"))  # 'pos' (KK) | 'neg' (MM)
+    no_component0: str = _choice("all_pos", ("all_pos", "none"))  # 'all_pos' (KK) | 'none' (MM)
     max_gt_per_batch: int = 0  # padded G for the EM; 0 = batch size x max_instances
     iou_positive: float = 0.5  # IoU baseline thresholds (RetinaNet)
     iou_negative: float = 0.4
     iou_low_quality: bool = True  # IoU baseline: give each GT its best anchors too
     atss_topk: int = 9
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
 
 
 @dataclasses.dataclass
 class LossConfig:
+    # The focal loss (Eq. 8's classification term), also in PAA's anchor score (Eq. 3).
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     reg_weight: float = 1.3
     iou_weight: float = 0.5
-    normalizer: str = "all_reduce"  # 'all_reduce' (KK) | 'per_replica' (MM)
+    normalizer: str = _choice("all_reduce", ("all_reduce", "per_replica"))  # KK | MM
 
 
 @dataclasses.dataclass
@@ -159,7 +179,7 @@ class TrainConfig:
     bias_lr_factor: float = 2.0
     bias_weight_decay: float = 0.0
     warmup_steps: int = 500
-    warmup_method: str = "constant"  # 'constant' (KK) | 'linear' (MM)
+    warmup_method: str = _choice("constant", ("constant", "linear"))  # KK | MM
     warmup_factor: float = 1.0 / 3.0
     lr_steps: Tuple[int, ...] = (60000, 80000)
     lr_decay: float = 0.1
@@ -177,11 +197,12 @@ class EvalConfig:
     batch_size: int = 8
     score_threshold: float = 0.05
     pre_nms_topk: int = 1000
-    candidate_rule: str = "kk"  # 'kk' | 'mm'
-    score: str = "sqrt"  # 'sqrt' (sqrt(p*q)) | 'product' (paper Eq. 1) | 'cls' (p alone)
+    candidate_rule: str = _choice("kk", ("kk", "mm"))
+    # How detections are ranked: sqrt(p*q), p*q (paper Eq. 1), or p alone.
+    score: str = _choice("sqrt", ("sqrt", "product", "cls"))
     nms_iou: float = 0.6
     max_detections: int = 100
-    score_voting: bool = True
+    score_voting: bool = True  # evaluation and the export
     voting_sigma: float = 0.025
     voting_iou: float = 0.01
     tta_scales: Tuple[int, ...] = ()  # shorter sides of the test-time views (all of them)
@@ -191,7 +212,6 @@ class EvalConfig:
 @dataclasses.dataclass
 class ExportConfig:
     version: int = 1
-    score_voting: bool = True
     max_image_size: int = 0  # 0 = data.image_size
     # Largest height x width of a request image, read from its header before decoding.
     max_pixels: int = 40_000_000
@@ -252,7 +272,9 @@ def _coerce(value, annotation, key):
 # Keys that were removed, with the key that now decides the same thing. An old config (e.g.
 # a run's saved config.yaml) may still hold one: accepted when it agrees with its
 # replacement, an error naming both when it does not.
-_REMOVED = {"eval.plus_one": "model.plus_one"}
+_REMOVED = {"eval.plus_one": "model.plus_one",
+            "assign.focal_alpha": "loss.focal_alpha", "assign.focal_gamma": "loss.focal_gamma",
+            "export.score_voting": "eval.score_voting"}
 
 
 def _apply(obj, updates, prefix="", removed=None):
@@ -389,8 +411,25 @@ def load_config(path=None, overrides=None):
     return config
 
 
-# Ways to rank detections (eval.score): sqrt(p*q), p*q (paper Eq. 1), or p alone.
-SCORES = ("sqrt", "product", "cls")
+def _choice_fields():
+    """{'section.key': choices} of every `_choice` field of `ExperimentConfig`."""
+    found = {}
+    for section in dataclasses.fields(ExperimentConfig):
+        for field in dataclasses.fields(section.default_factory):
+            if "choices" in field.metadata:
+                found[f"{section.name}.{field.name}"] = field.metadata["choices"]
+    return found
+
+
+_CHOICES = _choice_fields()
+
+
+def choices(key):
+    """The values config key `key` ('section.name') may take, e.g. choices('eval.score')."""
+    return _CHOICES[key]
+
+
+SCORES = choices("eval.score")  # ways to rank detections
 
 # Counts that must be at least 1: zero or a negative value would fail deep inside TensorFlow.
 _POSITIVE = ("data.max_instances", "model.num_classes", "model.fpn_channels",
@@ -406,8 +445,7 @@ _INTERVALS = {
     "model.box_weights": "(0, inf)",
     "assign.candidate_iou": "[0, 1]", "assign.score_lambda": "[0, inf)",
     "assign.fsr_threshold": "[0, 1]", "assign.iou_positive": "[0, 1]",
-    "assign.iou_negative": "[0, 1]", "assign.focal_alpha": "[0, 1]",
-    "assign.focal_gamma": "[0, inf)",
+    "assign.iou_negative": "[0, 1]",
     "loss.focal_alpha": "[0, 1]", "loss.focal_gamma": "[0, inf)", "loss.reg_weight": "[0, inf)",
     "loss.iou_weight": "[0, inf)",
     "train.base_lr": "(0, inf)", "train.momentum": "[0, 1)", "train.weight_decay": "[0, inf)",
@@ -451,27 +489,6 @@ def _check_numbers(config):
                                   f"{_describe(interval)}")
 
 
-_CHOICES = {
-    "data.format": ("coco", "voc", "tfrecord"),
-    "data.buckets": ("square", "orientation"),
-    "model.aux_head": ("iou", "centerness", "none"),
-    "model.backbone_style": ("model_garden", "torchvision", "msra"),
-    "model.input_channels": ("rgb", "bgr"),
-    "model.fpn_init": ("lecun_uniform", "glorot_uniform"),
-    "model.delta_clamp": ("kk", "mm"),
-    "model.head_norm": ("group", "none"),
-    "assign.method": ("paa", "iou", "atss"),
-    "assign.low_quality": ("kk", "mm"),
-    "assign.separation": ("kk_c", "mm_c", "a", "b", "b_orig", "d", "fnp", "fsr"),
-    "assign.single_candidate": ("pos", "neg"),
-    "assign.no_component0": ("all_pos", "none"),
-    "loss.normalizer": ("all_reduce", "per_replica"),
-    "train.warmup_method": ("constant", "linear"),
-    "eval.candidate_rule": ("kk", "mm"),
-    "eval.score": SCORES,
-}
-
-
 def validate(config):
     """Check the choices and the cross-field rules; raise ConfigError naming the key."""
     for key, choices in _CHOICES.items():
@@ -482,7 +499,7 @@ def validate(config):
     for key in _POSITIVE:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"config key '{key}' is {value}; it must be at least 1")
     _check_numbers(config)
     for key in ("train.warmup_steps", "eval.tta_scales", "data.min_size", "data.max_size"):

@@ -1,460 +1,24 @@
-"""COCO evaluation: detections -> COCO results JSON -> pycocotools `COCOeval` (bbox).
+"""Evaluation of a model on the val split: run it over the images, score with pycocotools.
 
-Detections arrive as the padded dict of `paa_tf.postprocess.postprocess` (boxes yxyx in
-original-image pixels, contiguous classes, -1 pads); this module turns them into COCO
-results (`[x, y, w, h]`, original image ids, the dataset's own category ids via a label map
-{contiguous index -> dataset id}), runs pycocotools, and writes `results.json` and
-`metrics.json`. Only the model-running functions (`make_predict_fn`,
-`make_tta_predict_fn`, `evaluate_model`) import TensorFlow and the model/data packages; the
-rest needs no TensorFlow.
-
-Test-time augmentation (`eval.tta_scales`, `eval.tta_flip`): each view (shorter side,
-mirrored or not) is pre-processed from the undecoded image, run through the network, and its
-pre-NMS candidates are mapped to the original image; the candidates of all views are merged
-before class-aware NMS and score voting (`paa_tf.postprocess.merge_tta`).
+`evaluate_model` reads the val split of `config.data` (COCO, VOC or TFRecord), runs the
+detector over it (`paa_tf.inference.make_predict_fn`, or test-time augmentation with
+`paa_tf.tta` when `eval.tta_scales` / `eval.tta_flip` ask for it) and scores the detections
+against the ground truth with `paa_tf.coco_scoring`. `evaluate_exported` does the same for
+an exported SavedModel (`paa_tf.export_reader`).
 """
 
-import contextlib
-import io
-import json
-import math
-import os
-from typing import Callable, Dict, Iterable, List, Optional
-
-import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
-# The 12 numbers of `COCOeval.stats`, in order, under their usual names.
-METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
-                "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-
-def load_coco(annotations, quiet=True):
-    """A pycocotools `COCO` from an instances JSON path (or return a `COCO` unchanged)."""
-    if isinstance(annotations, COCO):
-        return annotations
-    path = os.fspath(annotations)
-    if not os.path.isfile(path):
-        raise ValueError(f"COCO annotations file not found: {path!r}; pass the instances JSON, "
-                         "e.g. data/coco/annotations/instances_val2017.json")
-    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-        return COCO(path)
-
-
-def coco_label_map(coco):
-    """{contiguous index -> COCO category id}, the ids sorted ascending (1..90 -> 0..79)."""
-    return {index: int(cat_id) for index, cat_id in enumerate(sorted(coco.getCatIds()))}
-
-
-def _image_id(value):
-    """An image id from a `source_id` (int, numeric bytes/str, or a 0-d array)."""
-    value = np.asarray(value).item() if not isinstance(value, (bytes, str)) else value
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"image id {value!r} is not an integer COCO image id; the dataset's "
-                         "source_id must carry the original COCO id") from None
-
-
-def _id_map(label_map):
-    """{contiguous index -> dataset id} from a dict or a `paa_tf.data.label_map.LabelMap`."""
-    if hasattr(label_map, "ids"):
-        return {index: int(cat_id) for index, cat_id in enumerate(label_map.ids)}
-    return {int(k): int(v) for k, v in label_map.items()}
-
-
-def detections_to_coco(detections, image_ids, label_map, plus_one=False):
-    """COCO results records from a batch of padded detections.
-
-    Args:
-      detections: dict of arrays: `detection_boxes` [B, D, 4] yxyx original pixels,
-        `detection_scores` [B, D], `detection_classes` [B, D] contiguous (-1 pads),
-        `num_detections` [B].
-      image_ids: [B] original image ids.
-      label_map: {contiguous index -> dataset category id} (or a `LabelMap`).
-      plus_one: KK's "+1" convention, width = xmax - xmin + 1 (docs/CONVENTIONS.md, "Pixels").
-    Returns:
-      list of {"image_id", "category_id", "bbox": [x, y, w, h], "score"}.
-    """
-    boxes = np.asarray(detections["detection_boxes"], np.float64)
-    scores = np.asarray(detections["detection_scores"], np.float64)
-    classes = np.asarray(detections["detection_classes"]).astype(np.int64)
-    counts = np.asarray(detections["num_detections"]).astype(np.int64).reshape(-1)
-    one = 1.0 if plus_one else 0.0
-    label_map = _id_map(label_map)
-    records = []
-    for b, image_id in enumerate(image_ids):
-        image_id = _image_id(image_id)
-        for d in range(int(counts[b])):
-            label = int(classes[b, d])
-            if label < 0:
-                continue
-            if label not in label_map:
-                raise ValueError(f"detection class {label} of image {image_id} is not in the "
-                                 f"label map (classes 0..{len(label_map) - 1}); does the model's "
-                                 "num_classes match the dataset?")
-            ymin, xmin, ymax, xmax = boxes[b, d]
-            records.append({
-                "image_id": image_id,
-                "category_id": int(label_map[label]),
-                "bbox": [round(float(xmin), 3), round(float(ymin), 3),
-                         round(float(xmax - xmin + one), 3), round(float(ymax - ymin + one), 3)],
-                "score": round(float(scores[b, d]), 5),
-            })
-    return records
-
-
-def gt_as_detections(coco, exclude_crowd=True):
-    """The ground truth itself as COCO results (score 1): a perfect detector, AP = 1."""
-    records = []
-    for ann in coco.dataset["annotations"]:
-        if exclude_crowd and ann.get("iscrowd", 0):
-            continue
-        records.append({"image_id": int(ann["image_id"]), "category_id": int(ann["category_id"]),
-                        "bbox": [float(v) for v in ann["bbox"]], "score": 1.0})
-    return records
-
-
-def write_json(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f)
-
-
-def load_results(path):
-    """COCO results records from a JSON file, with a clear error for a wrong layout."""
-    with open(path) as f:
-        records = json.load(f)
-    if not isinstance(records, list) or any(
-            not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(r)
-            for r in records):
-        raise ValueError(f"{path}: a COCO results file is a JSON list of records with "
-                         "image_id, category_id, bbox [x, y, w, h] and score")
-    return records
-
-
-def _per_category_ap(coco_eval, coco_gt):
-    """{category name: AP over IoU .5:.95, all areas, 100 dets}; None without GT."""
-    precision = coco_eval.eval["precision"]  # [T, R, K, A, M]
-    out = {}
-    for k, cat_id in enumerate(coco_eval.params.catIds):
-        values = precision[:, :, k, 0, -1]
-        values = values[values > -1]
-        name = coco_gt.cats[cat_id]["name"]
-        out[name] = float(np.mean(values)) if values.size else None
-    return out
-
-
-def coco_evaluate(coco_gt, results, output_dir=None, image_ids=None, verbose=True):
-    """Run pycocotools `COCOeval` (bbox) on `results`; write results.json and metrics.json.
-
-    Args:
-      coco_gt: `COCO` or path of the instances JSON.
-      results: list of COCO results records (see `detections_to_coco`).
-      output_dir: where to write `results.json` and `metrics.json` (None: nothing written).
-      image_ids: evaluate only these images (e.g. a partial pass); default all GT images.
-    Returns:
-      dict with the 12 `METRIC_NAMES` (floats), `per_category_AP` {name: AP or None},
-      `num_images`, `num_detections`.
-    """
-    coco_gt = load_coco(coco_gt)
-    results = [dict(r) for r in results]  # pycocotools' loadRes adds keys to the records
-    if output_dir:
-        write_json(results, os.path.join(output_dir, "results.json"))
-    ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(set(image_ids))
-    if results:
-        unknown = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
-        if unknown:
-            raise ValueError(f"results name {len(unknown)} image ids absent from the ground "
-                             f"truth, e.g. {sorted(unknown)[:5]}; evaluate against the "
-                             "annotations the images came from")
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(results)
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        coco_eval.params.imgIds = ids
-        with contextlib.redirect_stdout(io.StringIO()) as log:
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-            coco_eval.summarize()
-        if verbose:
-            print(_summary_lines(log.getvalue()))
-        stats = [float(v) for v in coco_eval.stats]
-        per_category = _per_category_ap(coco_eval, coco_gt)
-    else:
-        # pycocotools cannot load an empty results list; nothing detected scores 0.
-        stats = [0.0] * len(METRIC_NAMES)
-        per_category = {coco_gt.cats[c]["name"]: 0.0 for c in sorted(coco_gt.getCatIds())}
-    metrics = dict(zip(METRIC_NAMES, stats))
-    metrics["per_category_AP"] = per_category
-    metrics["num_images"] = len(ids)
-    metrics["num_detections"] = len(results)
-    if verbose:
-        print(format_metrics(metrics))
-    if output_dir:
-        write_json(_json_safe(metrics), os.path.join(output_dir, "metrics.json"))
-    return metrics
-
-
-def _summary_lines(log):
-    """The 12 'Average Precision/Recall' lines of `COCOeval.summarize`."""
-    return "\n".join(line for line in log.splitlines() if line.lstrip().startswith("Average"))
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    return obj
-
-
-def format_metrics(metrics):
-    """The 12 COCO numbers by name, then per-category AP, as printable text."""
-    lines = [f"{name:>6}: {metrics[name]:.4f}" for name in METRIC_NAMES]
-    per_category = metrics.get("per_category_AP") or {}
-    if per_category:
-        lines.append("per-category AP:")
-        lines.extend(f"  {name:<16} {'n/a' if ap is None else f'{ap:.4f}'}"
-                     for name, ap in per_category.items())
-    return "\n".join(lines)
-
-
-def run_detection_loop(dataset: Iterable[dict], predict_fn: Callable[[dict], Dict],
-                       label_map, image_id_key="source_id", max_batches=None,
-                       plus_one=False, log_every=0):
-    """Run `predict_fn` over `dataset` and collect COCO results records.
-
-    Args:
-      dataset: iterable of batch dicts (e.g. a `tf.data.Dataset`) carrying `image_id_key`
-        ([B] original image ids) and whatever `predict_fn` reads.
-      predict_fn: batch -> detections dict (see `detections_to_coco`), boxes in original
-        image pixels.
-      label_map: {contiguous index -> dataset category id}.
-    Returns:
-      (records, image_ids) lists.
-    """
-    records: List[dict] = []
-    image_ids: List[int] = []
-    for step, batch in enumerate(dataset):
-        if max_batches is not None and step >= max_batches:
-            break
-        if image_id_key not in batch:
-            raise ValueError(f"evaluation batch has no {image_id_key!r} key (keys: "
-                             f"{sorted(batch)}); the dataset must carry the original image ids")
-        ids = [_image_id(v) for v in np.asarray(batch[image_id_key]).reshape(-1)]
-        detections = {k: np.asarray(v) for k, v in predict_fn(batch).items()}
-        records.extend(detections_to_coco(detections, ids, label_map, plus_one=plus_one))
-        image_ids.extend(ids)
-        if log_every and (step + 1) % log_every == 0:
-            print(f"evaluated {len(image_ids)} images, {len(records)} detections", flush=True)
-    return records, image_ids
-
-
-def evaluate_dataset(dataset, predict_fn, coco_gt, label_map=None, output_dir=None,
-                     image_id_key="source_id", max_batches=None, plus_one=False,
-                     verbose=True) -> dict:
-    """Detections of `predict_fn` over `dataset`, scored by pycocotools on the seen images.
-
-    `label_map` defaults to `coco_label_map(coco_gt)`. Returns `coco_evaluate`'s metrics.
-    """
-    coco_gt = load_coco(coco_gt)
-    label_map = coco_label_map(coco_gt) if label_map is None else _id_map(label_map)
-    records, image_ids = run_detection_loop(dataset, predict_fn, label_map, image_id_key,
-                                            max_batches, plus_one)
-    if not image_ids:
-        raise ValueError("evaluation dataset yielded no batches")
-    return coco_evaluate(coco_gt, records, output_dir=output_dir, image_ids=image_ids,
-                         verbose=verbose)
-
-
-def metrics_from_file(path) -> Optional[dict]:
-    """metrics.json written by `coco_evaluate`, or None if absent."""
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def coco_from_dict(content):
-    """A pycocotools `COCO` built from an in-memory instances dict."""
-    coco = COCO()
-    coco.dataset = content
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+from paa_tf import coco_scoring, eval_inputs, export_reader, inference, tta
+from paa_tf.data import pipeline
+from paa_tf.data import records as records_lib
 
 
 def val_ground_truth(data_config, label_map):
     """`COCO` ground truth of the val split: `data.val_annotations` for COCO data, else the
     validated val records converted to COCO (`paa_tf.data.records.to_coco_dict`)."""
     if data_config.format == "coco":
-        return load_coco(data_config.val_annotations)
-    from paa_tf.data import pipeline
-    from paa_tf.data import records as records_lib
-
+        return coco_scoring.load_coco(data_config.val_annotations)
     records, _, _ = pipeline.load_records(data_config, "val", is_training=False)
-    return coco_from_dict(records_lib.to_coco_dict(records, label_map))
-
-
-def make_predict_fn(config, model, params=None):
-    """`predict_fn(batch) -> detections dict` (original pixels) for a `PAADetector`.
-
-    The network and the whole post-processing run in one `tf.function` per padded shape
-    (the square canvas, or each orientation bucket of `data.buckets`); `params` defaults to
-    `PostprocessParams.from_config(config)`.
-    """
-    import tensorflow as tf
-
-    from paa_tf import postprocess
-
-    params = postprocess.PostprocessParams.from_config(config) if params is None else params
-    detectors = {}
-
-    def detector_for(height, width):
-        # One traced function per bucket shape (data.buckets), with that shape's anchors.
-        if (height, width) not in detectors:
-            anchors, level_ids = model.anchors_for(height, width)
-            level_sizes = postprocess.level_sizes_from_ids(level_ids)
-
-            @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32),
-                                          tf.TensorSpec([None, 4, 2], tf.float32)])
-            def detect(images, image_info):
-                outputs = model(images, training=False)
-                return postprocess.postprocess(outputs["cls_logits"], outputs["box_deltas"],
-                                               outputs.get("iou_logits"), anchors, image_info,
-                                               level_sizes=level_sizes, params=params)
-            detectors[(height, width)] = detect
-        return detectors[(height, width)]
-
-    def predict_fn(batch):
-        height, width = (int(s) for s in np.shape(batch["image"])[1:3])
-        return detector_for(height, width)(batch["image"], batch["image_info"])
-
-    return predict_fn
-
-
-def tta_views(config, scales=None, flip=None):
-    """Test-time views [(shorter_side, flipped)] of `eval.tta_scales` and `eval.tta_flip`.
-
-    `scales` lists every scale to run (the evaluation scale is not added); without scales
-    but with `flip`, the evaluation scale (the largest `data.min_size`) is run plain and
-    mirrored. Returns [] when there is no test-time augmentation.
-    """
-    scales = tuple(config.eval.tta_scales if scales is None else scales)
-    flip = bool(config.eval.tta_flip if flip is None else flip)
-    if not scales and not flip:
-        return []
-    if any(int(s) <= 0 for s in scales):
-        raise ValueError(f"eval.tta_scales is {list(scales)}; give positive shorter sides")
-    scales = scales or (max(int(s) for s in config.data.min_size),)
-    return [(int(s), f) for s in scales for f in ((False, True) if flip else (False,))]
-
-
-def view_geometry(config, shorter_side):
-    """(max_size, padded bucket (H, W)) of a test-time view at `shorter_side`.
-
-    Up to the evaluation scale: `data.max_size` and `data.image_size`, so the evaluation
-    scale itself is exactly the evaluation input. Above it, the longer-side limit grows in
-    proportion (1333 at 800 -> 1667 at 1000) and the bucket grows to hold it (a multiple of
-    128); the network runs at any such size with that size's anchors (`anchors_for`).
-    With `data.buckets: orientation` each view runs on its orientation's bucket inside this
-    canvas (`buckets.orientation_shape`).
-    """
-    data = config.data
-    eval_side = max(int(s) for s in data.min_size)
-    bucket = tuple(int(s) for s in data.image_size)
-    if shorter_side <= eval_side:
-        return int(data.max_size), bucket
-    max_size = int(math.ceil(data.max_size * shorter_side / eval_side))
-    side = -(-max_size // 128) * 128
-    return max_size, (max(bucket[0], side), max(bucket[1], side))
-
-
-def make_tta_predict_fn(config, model, views, params=None):
-    """`predict_fn(batch) -> detections dict` (original pixels) with test-time augmentation.
-
-    `batch["encoded"]` is tf.string [B] undecoded images (`paa_tf.export.encoded_eval_dataset`).
-    Each view (shorter side, flipped) pre-processes them as the evaluation pipeline does at
-    that scale (`view_geometry`; a flipped view is mirrored after resizing, before padding;
-    with orientation buckets a batch of one orientation is padded to its bucket, a mixed one
-    to the canvas),
-    runs the network and selects its pre-NMS candidates (`select_candidates`); the
-    candidates of all views are mapped to the original image and merged before NMS and score
-    voting (`paa_tf.postprocess.merge_tta`).
-    """
-    import tensorflow as tf
-
-    from paa_tf import postprocess, serving_preprocess
-    from paa_tf.data import buckets, transforms
-
-    if not views:
-        raise ValueError("make_tta_predict_fn: give at least one (shorter_side, flipped) view")
-    params = postprocess.PostprocessParams.from_config(config) if params is None else params
-    data = config.data
-    bucketed = buckets.mode_of(data) == "orientation"
-
-    def plan_for(portrait):
-        """Per view: (side, flipped, max_size, padded shape, level sizes, anchors); the
-        view's orientation bucket when `portrait` is a bool, its square canvas when None."""
-        plan = []
-        for side, flipped in views:
-            max_size, shape = view_geometry(config, int(side))
-            if portrait is not None:
-                shape = buckets.orientation_shape(int(side), max_size, shape, portrait)
-            anchors, level_ids = model.anchors_for(*shape)
-            plan.append((int(side), bool(flipped), max_size, shape,
-                         postprocess.level_sizes_from_ids(level_ids), anchors))
-        return plan
-
-    def view_inputs(encoded, side, flipped, max_size, bucket):
-        def one(item):
-            image = transforms.normalize(transforms.decode_image(item), data.pixel_mean,
-                                         data.pixel_std)
-            resized, info = transforms.resize_image(image, side, max_size, bucket)
-            if flipped:
-                resized = tf.reverse(resized, axis=[1])
-            return transforms.pad_image(resized, bucket), info
-
-        return tf.map_fn(one, encoded, fn_output_signature=(
-            tf.TensorSpec([bucket[0], bucket[1], 3], tf.float32),
-            tf.TensorSpec([4, 2], tf.float32)))
-
-    def make_detect(plan):
-        @tf.function(reduce_retracing=True)
-        def detect(encoded):
-            merged = []
-            for side, flipped, max_size, bucket, level_sizes, anchors in plan:
-                images, info = view_inputs(encoded, side, flipped, max_size, bucket)
-                outputs = model(images, training=False)
-                candidates = postprocess.select_candidates(
-                    outputs["cls_logits"], outputs["box_deltas"], outputs.get("iou_logits"),
-                    anchors, level_sizes, info, params)
-                merged.append({"candidates": candidates, "image_info": info,
-                               "flipped": flipped})
-            return postprocess.merge_tta(merged, params)
-        return detect
-
-    detectors = {}
-
-    def predict_fn(batch):
-        encoded = tf.convert_to_tensor(batch["encoded"], tf.string)
-        key = None  # the square canvas: data.buckets square, or a batch of both orientations
-        if bucketed:
-            if "original_size" in batch:
-                sizes = np.asarray(batch["original_size"]).reshape(-1, 2)
-            else:
-                sizes = tf.map_fn(serving_preprocess.encoded_image_size, encoded,
-                                  fn_output_signature=tf.TensorSpec([2], tf.int32)).numpy()
-            portrait = {bool(h > w) for h, w in sizes}
-            key = portrait.pop() if len(portrait) == 1 else None
-        if key not in detectors:
-            detectors[key] = make_detect(plan_for(key))
-        return detectors[key](encoded)
-
-    return predict_fn
+    return coco_scoring.coco_from_dict(records_lib.to_coco_dict(records, label_map))
 
 
 def evaluate_model(config, model, output_dir=None, max_batches=None, params=None,
@@ -462,24 +26,33 @@ def evaluate_model(config, model, output_dir=None, max_batches=None, params=None
     """COCO evaluation of `model` on the val split of `config.data` (COCO, VOC or TFRecord).
 
     Ground truth from `val_ground_truth`. With `eval.tta_scales` / `eval.tta_flip` the
-    images are evaluated with test-time augmentation (`make_tta_predict_fn`). Returns
-    `coco_evaluate`'s metrics.
+    images are evaluated with test-time augmentation (`tta.make_tta_predict_fn`). Returns
+    `coco_scoring.coco_evaluate`'s metrics.
     """
-    from paa_tf.data import pipeline
-
     data_cfg = config.data
     label_map = pipeline.dataset_label_map(data_cfg)
     coco_gt = val_ground_truth(data_cfg, label_map)
-    views = tta_views(config)
+    views = tta.tta_views(config)
     if views:
-        from paa_tf import export
-
-        dataset, _ = export.encoded_eval_dataset(data_cfg, config.eval.batch_size)
-        predict_fn = make_tta_predict_fn(config, model, views, params)
+        dataset, _ = eval_inputs.encoded_eval_dataset(data_cfg, config.eval.batch_size)
+        predict_fn = tta.make_tta_predict_fn(config, model, views, params)
     else:
         dataset, _ = pipeline.build_dataset(data_cfg, split="val", is_training=False,
                                             batch_size=config.eval.batch_size, repeat=False)
-        predict_fn = make_predict_fn(config, model, params)
-    return evaluate_dataset(dataset, predict_fn, coco_gt, label_map=label_map,
-                            output_dir=output_dir, max_batches=max_batches,
-                            plus_one=config.model.plus_one, verbose=verbose)
+        predict_fn = inference.make_predict_fn(config, model, params)
+    return coco_scoring.evaluate_dataset(dataset, predict_fn, coco_gt, label_map=label_map,
+                                         output_dir=output_dir, max_batches=max_batches,
+                                         plus_one=config.model.plus_one, verbose=verbose)
+
+
+def evaluate_exported(config, saved_model, output_dir=None, max_batches=None, verbose=True):
+    """COCO evaluation of the SavedModel at `saved_model` (an export folder or one version
+    of it) on the val split of `config.data`, fed the undecoded image files. The export's
+    own label map names the classes. Returns `coco_scoring.coco_evaluate`'s metrics."""
+    predict_fn = export_reader.load_exported(saved_model)
+    dataset, _ = eval_inputs.encoded_eval_dataset(config.data, config.eval.batch_size)
+    coco_gt = val_ground_truth(config.data, predict_fn.label_map)
+    return coco_scoring.evaluate_dataset(dataset, predict_fn, coco_gt,
+                                         label_map=predict_fn.label_map, output_dir=output_dir,
+                                         max_batches=max_batches,
+                                         plus_one=config.model.plus_one, verbose=verbose)

@@ -23,31 +23,25 @@ with D = `eval.max_detections`. Classes and counts are float32 because OD API cl
 them as floats and cast (`.astype(int)`); float32 holds every integer below 2**24 exactly.
 The label map (`label_map.json`) and the resolved config (`config.yaml`) are saved as assets.
 
-`load_exported` reloads an export as a `predict_fn(batch) -> detections` in the project's
-internal conventions (boxes in original pixels, contiguous classes), for `paa_tf.evaluate`.
+`paa_tf.export_reader` reads an export back (`load_exported`: a `predict_fn(batch) ->
+detections` in the project's internal conventions, for evaluation).
 """
 
 import dataclasses
 import os
-import re
 import shutil
-import sys
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 
-from paa_tf import checkpoints, postprocess, serving_preprocess
 from paa_tf import config as config_lib
-from paa_tf.data import buckets as buckets_lib
-from paa_tf.data import label_map as label_map_lib
+from paa_tf import inference, postprocess, serving_preprocess
 from paa_tf.data import transforms
-from paa_tf.ops.anchors import generate_anchors_tf
+from paa_tf.export_reader import CONFIG_ASSET, INPUT_NAME
+from paa_tf.run_folder import RunFolder
 
-INPUT_NAME = "inputs"
 SIGNATURES = ("serving_default", "image_tensor")
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
-CONFIG_ASSET = "config.yaml"
 
 
 class _Holder:
@@ -126,25 +120,8 @@ class ExportedDetector(tf.Module):
         H and W may be dynamic: the anchors and their per-level counts are then computed from
         the runtime shape (`generate_anchors_tf`), else taken from the model's static cache.
         """
-        model = self._holder.model
-        height, width = images.shape[1], images.shape[2]
-        if height is not None and width is not None:
-            anchors, level_ids = model.anchors_for(height, width)
-            level_sizes = postprocess.level_sizes_from_ids(level_ids)
-        else:
-            cfg = model.config.model
-            shape = tf.shape(images)
-            anchors, level_sizes = generate_anchors_tf(
-                shape[1], shape[2], cfg.min_level, cfg.max_level,
-                octave_base_scale=cfg.octave_base_scale,
-                center_offset=cfg.anchor_center_offset, plus_one=cfg.plus_one)
-        outputs = model(images, training=False)
-        iou_logits = outputs.get("iou_logits")
-        detections = postprocess.postprocess(
-            tf.cast(outputs["cls_logits"], tf.float32), tf.cast(outputs["box_deltas"], tf.float32),
-            None if iou_logits is None else tf.cast(iou_logits, tf.float32),
-            anchors, image_info, level_sizes=level_sizes, params=self._params)
-        return to_client_outputs(detections, image_info, self.class_ids)
+        return to_client_outputs(inference.detect(self._holder.model, images, image_info,
+                                                  self._params), image_info, self.class_ids)
 
 
 def to_client_outputs(detections, image_info, class_ids):
@@ -168,54 +145,6 @@ def to_client_outputs(detections, image_info, class_ids):
         "detection_classes": tf.where(valid, ids, -1.0),
         "num_detections": tf.cast(detections["num_detections"], tf.float32),
     }
-
-
-def restore_model(config, checkpoint, image_size):
-    """A `PAADetector` for the padded input `image_size` with `checkpoint`'s weights.
-
-    The backbone's pretrained file is not read (the checkpoint holds every weight).
-    Raises ValueError when the checkpoint is damaged or does not hold the model's variables.
-    """
-    from paa_tf.modeling.detector import build_detector
-
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, backbone_checkpoint=None))
-    model = build_detector(config, image_size=image_size)
-    try:
-        status = tf.train.Checkpoint(model=model).restore(checkpoint)
-        status.expect_partial()  # optimizer slots and the step counter are not needed
-        status.assert_existing_objects_matched()
-    # A damaged file surfaces as an IndexError, OpError, ValueError... depending on where the
-    # reader trips; a checkpoint of another model as an AssertionError.
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"checkpoint {checkpoint} does not match the model built from the "
-                         f"config (backbone {config.model.backbone}, {config.model.num_classes} "
-                         f"classes) or is damaged: {type(error).__name__}: {str(error)[:300]}. "
-                         "Use the config.yaml of the run that wrote the checkpoint and the "
-                         "model code it was trained with") from None
-    return model
-
-
-def restore_newest_model(config, model_dir, image_size):
-    """(model, checkpoint path) from the newest readable checkpoint of `model_dir`.
-
-    Like a resumed training run: a checkpoint that cannot be restored is skipped with a
-    warning and the next older one is tried. Raises ValueError when none is left.
-    """
-    candidates = checkpoints.find_checkpoints(model_dir)
-    if not candidates:
-        raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
-    problems = []
-    for index, path in enumerate(candidates):
-        try:
-            return restore_model(config, path, image_size), path
-        except ValueError as error:
-            problems.append(str(error))
-            older = candidates[index + 1] if index + 1 < len(candidates) else "none left"
-            print(f"WARNING: checkpoint {path} cannot be restored; falling back to {older}",
-                  file=sys.stderr, flush=True)
-    raise ValueError(f"none of the checkpoints in {model_dir} can be restored; the newest: "
-                     f"{problems[0]}")
 
 
 def save_exported(module, export_dir, version, assets=(), overwrite=False):
@@ -262,173 +191,30 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
       export_dir: TF Serving model base path; the version folder is created under it.
       checkpoint: checkpoint prefix; default the latest in `model_dir`.
       version: integer version; default `export.version` of the config.
-      score_voting: bool; default `export.score_voting` of the config.
+      score_voting: bool; default `eval.score_voting` of the config.
       overwrite: replace an existing version folder.
       config_overrides: dotted overrides applied to the run's config (e.g.
         'eval.max_detections=300').
     """
-    model_dir = os.fspath(model_dir)
-    config_path = os.path.join(model_dir, "config.yaml")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{config_path} not found: --model_dir must be a training folder "
-                         "(bin/paa_train writes config.yaml, label_map.json and checkpoints)")
-    config = config_lib.load_config(config_path, overrides=config_overrides)
-    label_map_path = os.path.join(model_dir, label_map_lib.LABEL_MAP_FILENAME)
-    label_map = label_map_lib.load_label_map(label_map_path)
-    if label_map.num_classes != config.model.num_classes:
-        raise ValueError(f"{label_map_path} has {label_map.num_classes} classes but the model "
-                         f"predicts {config.model.num_classes} (model.num_classes in "
-                         f"{config_path}); export the label map the model was trained with")
-    if not checkpoint and not checkpoints.find_checkpoints(model_dir):  # before the slow part
+    run = RunFolder(model_dir)
+    config = run.config(overrides=config_overrides)  # num_classes checked against the map
+    label_map = run.label_map()
+    if not checkpoint and not run.checkpoints():  # before the slow part
         raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
     version = config.export.version if version is None else int(version)
     target = os.path.join(os.fspath(export_dir), str(version))
     if os.path.exists(target) and not overwrite:  # before the slow part
         raise ValueError(f"{target} exists; pass --overwrite to replace it or --version with a "
                          "new number (TF Serving serves the highest version)")
-    voting = config.export.score_voting if score_voting is None else bool(score_voting)
+    voting = config.eval.score_voting if score_voting is None else bool(score_voting)
     # The exported config records what the graph does.
-    config = dataclasses.replace(
-        config, export=dataclasses.replace(config.export, score_voting=voting),
-        eval=dataclasses.replace(config.eval, score_voting=voting))
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
+                                                                  score_voting=voting))
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
-    if checkpoint:
-        model = restore_model(config, checkpoint, preprocess.image_size)
-    else:
-        model, checkpoint = restore_newest_model(config, model_dir, preprocess.image_size)
+    model, checkpoint = run.restore(config, preprocess.image_size, checkpoint)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
     module = ExportedDetector(model, preprocess, params, label_map)
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,
-                             assets=(label_map_path, config_copy), overwrite=overwrite)
-
-
-def resolve_version_dir(path):
-    """The SavedModel folder of `path`: itself, or its highest numeric version subfolder."""
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [int(name) for name in (os.listdir(path) if os.path.isdir(path) else ())
-                if re.fullmatch(r"\d+", name)
-                and os.path.isfile(os.path.join(path, name, "saved_model.pb"))]
-    if not versions:
-        raise ValueError(f"{path} is neither a SavedModel nor a folder of numeric versions "
-                         "holding one; pass the --export_dir of bin/paa_export or a version "
-                         "folder inside it")
-    return os.path.join(path, str(max(versions)))
-
-
-def exported_label_map(path):
-    """The `LabelMap` saved as an asset of the export at `path`."""
-    return label_map_lib.load_label_map(
-        os.path.join(resolve_version_dir(path), "assets", label_map_lib.LABEL_MAP_FILENAME))
-
-
-def exported_config(path):
-    """The resolved `ExperimentConfig` saved as an asset of the export at `path`."""
-    return config_lib.load_config(
-        os.path.join(resolve_version_dir(path), "assets", CONFIG_ASSET))
-
-
-def _original_sizes(batch, key):
-    """float32 [B, 2] original (height, width) of the images of `batch`."""
-    if "original_size" in batch:
-        return np.asarray(batch["original_size"], np.float32).reshape(-1, 2)
-    if "image_info" in batch:
-        return np.asarray(batch["image_info"], np.float32)[:, 0, :]
-    if key == "image":
-        shape = np.shape(batch["image"])
-        return np.tile(np.array([shape[1:3]], np.float32), [shape[0], 1])
-    sizes = tf.map_fn(serving_preprocess.encoded_image_size,
-                      tf.convert_to_tensor(batch["encoded"], tf.string),
-                      fn_output_signature=tf.TensorSpec([2], tf.int32))
-    return sizes.numpy().astype(np.float32)
-
-
-def load_exported(path):
-    """`predict_fn(batch) -> detections` running an exported model's signatures.
-
-    `batch` holds `encoded` (tf.string [B], run through `serving_default`) or `image`
-    (uint8 [B, h, w, 3], run through `image_tensor`), and optionally `original_size` [B, 2]
-    or `image_info` [B, 4, 2] (else the size is read from the images). The result follows
-    `paa_tf.postprocess.postprocess`: `detection_boxes` float32 [B, D, 4] yxyx original
-    pixels, `detection_scores` [B, D], `detection_classes` int32 [B, D] contiguous (-1 pads),
-    `num_detections` int32 [B], NumPy arrays. `predict_fn.label_map` is the export's map.
-    """
-    version_dir = resolve_version_dir(path)
-    loaded = tf.saved_model.load(version_dir)
-    label_map = exported_label_map(version_dir)
-    index_of_id = {float(cid): index for index, cid in enumerate(label_map.ids)}
-    to_index = np.vectorize(lambda cid: index_of_id.get(float(cid), -1), otypes=[np.int32])
-
-    def predict_fn(batch):
-        if "encoded" in batch:
-            key, signature = "encoded", loaded.signatures["serving_default"]
-            inputs = tf.convert_to_tensor(batch["encoded"], tf.string)
-        elif "image" in batch and tf.as_dtype(np.asarray(batch["image"]).dtype) == tf.uint8:
-            key, signature = "image", loaded.signatures["image_tensor"]
-            inputs = tf.convert_to_tensor(batch["image"], tf.uint8)
-        else:
-            raise ValueError("an exported model takes the images themselves: give the batch an "
-                             "'encoded' key (tf.string [B] JPEG/PNG bytes, see "
-                             "paa_tf.export.encoded_eval_dataset) or a uint8 'image' [B, h, w, 3];"
-                             f" got keys {sorted(batch)}")
-        outputs = {k: v.numpy() for k, v in signature(**{INPUT_NAME: inputs}).items()}
-        size = _original_sizes(batch, key)
-        boxes = outputs["detection_boxes"] * np.tile(size, [1, 2])[:, None, :]
-        classes = to_index(outputs["detection_classes"])
-        return {"detection_boxes": np.where(classes[..., None] >= 0, boxes, 0.0)
-                .astype(np.float32),
-                "detection_scores": outputs["detection_scores"],
-                "detection_classes": classes,
-                "num_detections": outputs["num_detections"].astype(np.int32)}
-
-    predict_fn.label_map = label_map
-    predict_fn.loaded = loaded
-    return predict_fn
-
-
-def encoded_eval_dataset(data_config, batch_size, images_dir=None, annotations=None):
-    """Evaluation batches of the *undecoded* images, for an exported model.
-
-    The records (COCO, VOC or TFRecord `val` split) are read and validated as by
-    `paa_tf.data.pipeline.load_records`; each batch holds `encoded` tf.string [B],
-    `source_id` int64 [B] and `original_size` int32 [B, 2] (height, width of the file).
-    `images_dir`/`annotations` replace `data.val_images`/`data.val_annotations`.
-    Returns (dataset, BadRecordReport).
-    """
-    from paa_tf.data import pipeline
-
-    replace = {k: v for k, v in (("val_images", images_dir), ("val_annotations", annotations))
-               if v}
-    data_config = dataclasses.replace(data_config, **replace)
-    records, report, layout = pipeline.load_records(data_config, "val", is_training=False)
-    source_ids = np.array([r.image_id for r in records], np.int64)
-    if layout is None:
-        paths = np.array([r.path for r in records], object).astype(str)
-        data = tf.data.Dataset.from_tensor_slices((paths, source_ids)).map(
-            lambda p, i: (tf.io.read_file(p), i))
-    else:
-        files, counts = layout
-        row_of = np.full(max(int(np.sum(counts)), 1), -1, np.int64)
-        row_of[[r.tfrecord_index for r in records]] = np.arange(len(records))
-        row_of, ids = tf.constant(row_of), tf.constant(source_ids)
-        spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
-        shards = tf.data.Dataset.from_tensor_slices((list(files), np.array(counts, np.int64)))
-        data = (shards.flat_map(lambda f, n: tf.data.TFRecordDataset(f).take(n)).enumerate()
-                .map(lambda index, s: (row_of[index], s)).filter(lambda row, s: row >= 0)
-                .map(lambda row, s: (tf.io.parse_single_example(s, spec)["image/encoded"],
-                                     ids[row])))
-    data = data.map(lambda encoded, i: {
-        "encoded": encoded, "source_id": i,
-        "original_size": serving_preprocess.encoded_image_size(encoded)},
-        num_parallel_calls=tf.data.AUTOTUNE)
-    if buckets_lib.mode_of(data_config) == "orientation":
-        # Batches of one orientation, so test-time views run on its bucket, not the canvas.
-        data = data.group_by_window(
-            lambda item: tf.cast(item["original_size"][0] > item["original_size"][1], tf.int64),
-            lambda _, window: window.batch(int(batch_size)), window_size=int(batch_size))
-    else:
-        data = data.batch(int(batch_size))
-    return data.prefetch(tf.data.AUTOTUNE), report
+                             assets=(run.label_map_path, config_copy), overwrite=overwrite)

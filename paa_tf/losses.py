@@ -181,11 +181,9 @@ def paa_losses(cls_logits, pred_boxes, aux_logits, labels, target_boxes, positiv
       the replica's share described in the module docstring, and ``num_positives`` (global
       count over replicas).
     """
-    mode = getattr(loss_config, "normalizer", "all_reduce")
-    alpha = getattr(loss_config, "focal_alpha", 0.25)
-    gamma = getattr(loss_config, "focal_gamma", 2.0)
-    reg_weight = getattr(loss_config, "reg_weight", 1.3)
-    aux_weight = getattr(loss_config, "iou_weight", 0.5)
+    mode = loss_config.normalizer
+    alpha, gamma = loss_config.focal_alpha, loss_config.focal_gamma
+    reg_weight, aux_weight = loss_config.reg_weight, loss_config.iou_weight
 
     positive = tf.cast(positive_mask, tf.float32)
     local_pos = tf.reduce_sum(positive)

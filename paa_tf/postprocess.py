@@ -35,10 +35,10 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from paa_tf.config import SCORES, EvalConfig
+from paa_tf.config import SCORES, EvalConfig, ExperimentConfig, ModelConfig, choices
 from paa_tf.ops import boxes as box_ops
 
-_EVAL = EvalConfig()
+_EVAL, _MODEL = EvalConfig(), ModelConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class PostprocessParams:
     `plus_one`, `box_weights` and `delta_clamp` must match how the model was trained
     (`model.*` in the config); `plus_one` governs decoding, clipping, NMS and voting.
     """
-    # Defaults come from `EvalConfig`, the one place the project's defaults are written.
+    # Defaults come from `EvalConfig` and `ModelConfig`, where the project's defaults are.
     score_threshold: float = _EVAL.score_threshold
     pre_nms_topk: int = _EVAL.pre_nms_topk
     candidate_rule: str = _EVAL.candidate_rule  # 'kk' | 'mm'
@@ -58,12 +58,12 @@ class PostprocessParams:
     score_voting: bool = _EVAL.score_voting
     voting_sigma: float = _EVAL.voting_sigma
     voting_iou: float = _EVAL.voting_iou
-    plus_one: bool = False
-    box_weights: Tuple[float, ...] = box_ops.BOX_WEIGHTS
-    delta_clamp: str = "kk"
+    plus_one: bool = _MODEL.plus_one
+    box_weights: Tuple[float, ...] = _MODEL.box_weights
+    delta_clamp: str = _MODEL.delta_clamp
 
     def __post_init__(self):
-        if self.candidate_rule not in ("kk", "mm"):
+        if self.candidate_rule not in choices("eval.candidate_rule"):
             raise ValueError(f"postprocess: candidate_rule must be 'kk' or 'mm' "
                              f"(config key eval.candidate_rule), got {self.candidate_rule!r}")
         if self.score not in SCORES:
@@ -76,16 +76,15 @@ class PostprocessParams:
     @classmethod
     def from_config(cls, config, **overrides):
         """Params from an `ExperimentConfig` (eval + model sections) or an `EvalConfig`."""
-        eval_cfg = getattr(config, "eval", config)
-        model_cfg = getattr(config, "model", None)
-        values = {}
-        for field in dataclasses.fields(cls):
-            if hasattr(eval_cfg, field.name):
-                values[field.name] = getattr(eval_cfg, field.name)
-        if model_cfg is not None:
-            values["plus_one"] = getattr(model_cfg, "plus_one", False)
-            values["box_weights"] = tuple(getattr(model_cfg, "box_weights", box_ops.BOX_WEIGHTS))
-            values["delta_clamp"] = getattr(model_cfg, "delta_clamp", "kk")
+        whole = isinstance(config, ExperimentConfig)
+        eval_cfg = config.eval if whole else config
+        names = {field.name for field in dataclasses.fields(eval_cfg)}
+        values = {field.name: getattr(eval_cfg, field.name)
+                  for field in dataclasses.fields(cls) if field.name in names}
+        if whole:
+            values["plus_one"] = config.model.plus_one
+            values["box_weights"] = tuple(config.model.box_weights)
+            values["delta_clamp"] = config.model.delta_clamp
         values.update(overrides)
         return cls(**values)
 

@@ -24,11 +24,12 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from paa_tf.config import ExportConfig
 from paa_tf.data import buckets, exif, transforms
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-DEFAULT_MAX_PIXELS = 40_000_000  # a 40 Mpx photo decodes to 120 MB of uint8 RGB
+DEFAULT_MAX_PIXELS = ExportConfig().max_pixels  # 40 Mpx: a photo decodes to 120 MB of RGB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,20 +56,20 @@ class ServingPreprocess:
         canvas `data.image_size` by a square one of that side (a multiple of 128)."""
         data = config.data
         image_size = tuple(int(s) for s in data.image_size)
-        side = int(getattr(config.export, "max_image_size", 0) or 0)
+        side = int(config.export.max_image_size)
         if side:
             if side % 128:
                 raise ValueError(f"config key 'export.max_image_size' is {side}; give a "
                                  "multiple of 128 (the padded bucket side), or 0 to use "
                                  "data.image_size")
             image_size = (side, side)
-        max_pixels = int(getattr(config.export, "max_pixels", DEFAULT_MAX_PIXELS))
+        max_pixels = int(config.export.max_pixels)
         if max_pixels < 1:
             raise ValueError(f"config key 'export.max_pixels' is {max_pixels}; give the largest "
                              "height x width a request image may have (default "
                              f"{DEFAULT_MAX_PIXELS})")
         own = buckets.mode_of(data) == "orientation"
-        return cls(shorter_side=max(int(s) for s in data.min_size),
+        return cls(shorter_side=data.eval_shorter_side,
                    max_size=int(data.max_size), image_size=image_size,
                    pixel_mean=tuple(float(v) for v in data.pixel_mean),
                    pixel_std=tuple(float(v) for v in data.pixel_std), max_pixels=max_pixels,

@@ -18,8 +18,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from paa_tf import checkpoints, schedules
-from paa_tf import config as config_lib
+from paa_tf import checkpoints, run_folder, schedules
+from paa_tf import evaluate as evaluate_lib
+from paa_tf.data import pipeline
+from paa_tf.modeling import detector
+from paa_tf.modeling.weights import load_backbone_weights
 
 _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
 
@@ -81,15 +84,13 @@ def progress_line(step, total, elapsed, steps_done, images_per_step, logs, lr):
     return " | ".join(parts)
 
 
-def _write_run_files(config, model_dir, label_map=None):
-    """Resolved config and label map beside the checkpoints (chief only, atomic writes)."""
-    from paa_tf.data import label_map as label_map_lib
-
-    model_dir = pathlib.Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save_config(config, model_dir / "config.yaml")
-    if label_map is not None:
-        label_map_lib.write_label_map(label_map, model_dir / label_map_lib.LABEL_MAP_FILENAME)
+def _label_map_source(data):
+    """Where the training classes come from, for messages: the label map or the data."""
+    if data.label_map:
+        return data.label_map
+    source = {"coco": data.train_annotations, "voc": data.voc_root,
+              "tfrecord": data.train_tfrecords}.get(data.format, "")
+    return f"the training data ({source})" if source else "the training data"
 
 
 class Trainer:
@@ -132,8 +133,13 @@ class Trainer:
         if dataset_fn is None:
             seed_offset = 0 if self.exact_data_resume else resume_step
             dataset_fn, label_map = self._pipeline_fn(seed_offset)
+        if label_map is not None:  # before anything is built: a wrong count stops here
+            run_folder.check_num_classes(config, label_map, _label_map_source(config.data))
+        elif config.model.num_classes is None:
+            raise ValueError("model.num_classes is not set and there is no label map to take "
+                             "it from (a dataset_fn was given): set model.num_classes")
         if self.chief:
-            _write_run_files(config, self.model_dir, label_map)
+            run_folder.RunFolder(self.model_dir).write(config, label_map)
         if self.multi_worker:
             self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
         else:
@@ -164,8 +170,6 @@ class Trainer:
         self._state_variables = None  # checked for NaN/inf before each save
 
     def _pipeline_fn(self, seed_offset=0):
-        from paa_tf.data import pipeline
-
         data_config = copy.deepcopy(self.config.data)
         data_config.seed += seed_offset
         per_replica = self.global_batch // self.strategy.num_replicas_in_sync
@@ -180,8 +184,6 @@ class Trainer:
         return dataset_fn, label_map
 
     def _build_model(self):
-        from paa_tf.modeling import detector
-
         # The backbone checkpoint is loaded by restore_or_initialise, on a fresh start only.
         config = copy.deepcopy(self.config)
         config.model.backbone_checkpoint = None
@@ -225,8 +227,6 @@ class Trainer:
                       "the resumed run sees other batches than an uninterrupted one would",
                       flush=True)
         elif self.config.model.backbone_checkpoint:
-            from paa_tf.modeling.weights import load_backbone_weights
-
             path = self.config.model.backbone_checkpoint
             report = load_backbone_weights(
                 self.model.backbone, path,
@@ -237,7 +237,8 @@ class Trainer:
     def train(self, total_steps=None, stop_after=None):
         """Trains until `total_steps` updates (default `train.total_steps`).
 
-        `stop_after` ends this call after that many updates (used to split a run).
+        `stop_after` ends this call after that many updates, with a checkpoint there, so
+        that a new run resumes from it (used to split a run).
         Returns the last logs as floats. Raises NonFiniteLossError on a NaN/inf loss,
         without saving the damaged weights.
         """
@@ -275,7 +276,8 @@ class Trainer:
                     print(progress_line(step, total, elapsed, done, self.global_batch, logs, lr),
                           flush=True)
                     self.model.reset_metrics()
-                if step % cfg.checkpoint_every == 0 or step == total:
+                stopping = stop_after is not None and step - start_step >= stop_after
+                if step % cfg.checkpoint_every == 0 or step == total or stopping:
                     self._check_finite_weights(step)
                     self.keeper.save()
                 if cfg.eval_every and (step % cfg.eval_every == 0) and step != total:
@@ -309,8 +311,6 @@ class Trainer:
 
     def evaluate(self, step=None):
         """COCO evaluation of the current weights on the val split; summaries under eval/."""
-        from paa_tf import evaluate as evaluate_lib
-
         metrics = evaluate_lib.evaluate_model(self.config, self.model,
                                               output_dir=self.model_dir / "eval")
         if self.chief:

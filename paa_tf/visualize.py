@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw, ImageFont
 
+from paa_tf.run_folder import RunFolder
+
 # Distinct, saturated colours for classes (index modulo the list length).
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
@@ -44,6 +46,17 @@ def _font(size):
         return ImageFont.load_default()
 
 
+def label_font_size(short_side):
+    """Label text height in pixels for a picture whose shorter side is `short_side` pixels.
+
+    It grows with the square root of the size: a large photo is looked at scaled down, so
+    its labels may take a smaller share of it, while a fixed fraction (1/22 of the shorter
+    side: 62 px on a 1371-px photo) hides the neighbouring objects of a busy scene.
+    256 px -> 10, 1371 px -> 19, 4000 px -> 32.
+    """
+    return max(10, round(0.5 * math.sqrt(max(int(short_side), 1))))
+
+
 def draw_detections(image, boxes, scores, classes, class_names=None, score_threshold=0.0,
                     line_width=None, font_size=None):
     """Draw boxes with "name score" labels on a copy of `image`.
@@ -54,7 +67,7 @@ def draw_detections(image, boxes, scores, classes, class_names=None, score_thres
       scores: float [N]; classes: int [N] contiguous (-1 = padding, not drawn).
       class_names: names by contiguous index (default: the index).
       score_threshold: detections scoring below it are not drawn.
-      line_width, font_size: pixels; default from the image size.
+      line_width, font_size: pixels; default from the image size (`label_font_size`).
     Returns:
       uint8 [h, w, 3] RGB, the input's size. Lower scores are drawn first, so the best
       detection's label is on top.
@@ -68,7 +81,7 @@ def draw_detections(image, boxes, scores, classes, class_names=None, score_thres
                          f"classes {classes.shape} must have the same length")
     short = min(picture.size)
     line_width = line_width or max(1, round(short / 160))
-    font = _font(font_size or max(10, round(short / 22)))
+    font = _font(font_size or label_font_size(short))
     draw = ImageDraw.Draw(picture)
     keep = np.flatnonzero((classes >= 0) & (scores >= score_threshold))
     for i in keep[np.argsort(scores[keep], kind="stable")]:
@@ -124,17 +137,17 @@ class AssignmentView:
 
     @property
     def positive(self):
-        from paa_tf.assign.labels import CANDIDATE_POSITIVE
+        from paa_tf.assign.labels import CANDIDATE_POSITIVE  # TensorFlow, not at import
         return self.decisions == CANDIDATE_POSITIVE
 
     @property
     def negative(self):
-        from paa_tf.assign.labels import CANDIDATE_NEGATIVE
+        from paa_tf.assign.labels import CANDIDATE_NEGATIVE  # TensorFlow, not at import
         return self.decisions == CANDIDATE_NEGATIVE
 
     @property
     def ignored(self):
-        from paa_tf.assign.labels import CANDIDATE_IGNORE
+        from paa_tf.assign.labels import CANDIDATE_IGNORE  # TensorFlow, not at import
         return self.decisions == CANDIDATE_IGNORE
 
     def density(self, x, component):
@@ -161,6 +174,7 @@ def assignment_data(model, image, gt_boxes, gt_classes, gt_index, assign_config=
     Returns:
       `AssignmentView`.
     """
+    # Drawing pictures needs no TensorFlow; running the model here does.
     import tensorflow as tf
 
     from paa_tf.assign import paa_candidates_and_gmm
@@ -177,7 +191,7 @@ def assignment_data(model, image, gt_boxes, gt_classes, gt_index, assign_config=
     config = assign_config if assign_config is not None else model.config.assign
     _, diag = paa_candidates_and_gmm(config, model.anchors, model.level_ids, model.num_levels,
                                      gt_boxes[None], gt_classes[None], cls_logits, pred_boxes,
-                                     plus_one=model.plus_one)
+                                     plus_one=model.plus_one, loss_config=model.config.loss)
     mask = diag.candidate_mask.numpy()[0, gt_index]
     index = diag.candidate_anchors.numpy()[0, gt_index][mask].astype(np.int64)
     costs = diag.candidate_costs.numpy()[0, gt_index][mask].astype(np.float64)
@@ -316,7 +330,7 @@ def read_scalars(log_dir, tags: Sequence[str] = SCALAR_TAGS) -> Dict[str, Tuple]
     Reads both `tf.summary.scalar` (TF2, tensor values) and TF1 `simple_value` summaries.
     Raises ValueError when there is no event file or none of `tags` was written.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # reading event files only: drawing pictures needs no TensorFlow
 
     files = sorted(glob.glob(os.path.join(os.fspath(log_dir), "events.out.tfevents.*")),
                    key=os.path.getmtime)
@@ -398,3 +412,93 @@ def upscale(image, min_side: Optional[int]):
     size = (round(width * factor), round(height * factor))
     enlarged = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
     return enlarged, np.array([size[1] / height, size[0] / width] * 2)
+
+
+def _find_record(config, split, image=None, index=None):
+    """(record, tfrecord layout or None) of the image chosen by `image` or `index`."""
+    from paa_tf.data import pipeline  # TensorFlow: drawing pictures needs none
+
+    if index is not None:
+        records, _, layout = pipeline.load_records(config.data, split, is_training=False)
+        if index >= len(records):
+            raise ValueError(f"--data_index={index} but the {split} split has {len(records)} "
+                             f"usable images (0..{len(records) - 1})")
+        return records[index], layout
+    wanted = os.path.realpath(image)
+    for name in (split, "val" if split == "train" else "train"):
+        try:
+            records, _, layout = pipeline.load_records(config.data, name, is_training=False)
+        except ValueError:
+            continue  # e.g. no val split configured
+        by_path = [r for r in records if r.path and os.path.realpath(r.path) == wanted]
+        by_name = [r for r in records if r.path
+                   and os.path.basename(r.path) == os.path.basename(image)]
+        if by_path or by_name:
+            return (by_path or by_name)[0], layout
+    raise ValueError(f"{image} is not an image of the run's data (data.train_* / data.val_* "
+                     "of its config.yaml), so its GT boxes are unknown; pick a training image "
+                     "or use --data_index")
+
+
+def _encoded_bytes(record, layout):
+    """The image file bytes of `record` (from its file, or its TFRecord shard)."""
+    import tensorflow as tf  # reading a TFRecord shard: drawing pictures needs none
+
+    if record.path:
+        with open(record.path, "rb") as f:
+            return f.read()
+    files, counts = layout
+    offset = record.tfrecord_index
+    for path, count in zip(files, counts):
+        if offset < count:
+            serialized = next(iter(tf.data.TFRecordDataset(path).skip(offset).take(1)))
+            spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
+            return tf.io.parse_single_example(serialized, spec)["image/encoded"].numpy()
+        offset -= count
+    raise ValueError(f"{record.describe()}: record {record.tfrecord_index} not in the shards")
+
+
+def assignment_picture(model_dir, output, checkpoint=None, image=None, data_index=None,
+                       split="train", gt_index=None, dpi=110):
+    """Write the assignment picture of one GT of a training run; returns the `AssignmentView`.
+
+    Restores the checkpoint (default: the newest readable one in `model_dir`), pre-processes
+    the image as the evaluation does (no flip, `data.eval_shorter_side`), runs the network
+    in inference mode and then PAA's assignment on the image's GT boxes with the run's
+    `assign` settings. `gt_index` picks the GT (default: the largest box).
+    """
+    # Running the model needs TensorFlow; drawing pictures does not.
+    import tensorflow as tf
+
+    from paa_tf.data import transforms
+
+    if (image is None) == (data_index is None):
+        raise ValueError("give exactly one of --image and --data_index")
+    run = RunFolder(model_dir)
+    config = run.config()
+    label_map = run.label_map()
+    record, layout = _find_record(config, split, image, data_index)
+    if not len(record.boxes):
+        raise ValueError(f"{record.describe()} has no GT box to show; pick another image")
+    data = config.data
+    image_size = tuple(int(s) for s in data.image_size)
+    model, checkpoint = run.restore(config, image_size, checkpoint)
+    pixels = transforms.decode_image(tf.constant(_encoded_bytes(record, layout)))
+    network_input, info = transforms.preprocess(
+        pixels, shorter_side=data.eval_shorter_side, max_size=data.max_size,
+        image_size=image_size, pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)
+    gt_boxes = transforms.scale_boxes(tf.constant(record.boxes, tf.float32), info,
+                                      config.model.plus_one).numpy()
+    if gt_index is None:
+        areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+        gt_index = int(np.argmax(areas))
+    scaled_h, scaled_w = (int(v) for v in info.numpy()[1])
+    display = denormalize(network_input.numpy()[:scaled_h, :scaled_w],
+                                    data.pixel_mean, data.pixel_std)
+    figure, view = assignment_figure(
+        model, network_input.numpy(), gt_boxes, record.classes, gt_index,
+        display_image=display, class_names=label_map.names,
+        title=f"PAA assignment of GT {gt_index} in {record.name} "
+              f"({os.path.basename(checkpoint)}, separation '{config.assign.separation}')")
+    save_figure(figure, output, dpi=dpi)
+    return view

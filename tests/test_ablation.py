@@ -145,7 +145,7 @@ def test_tiny_ablation_run_trains_scores_reuses_and_records_failures(tmp_path):
     def ablate(rows, extra_overrides):
         command = [sys.executable, str(REPO / "bin" / "paa_ablate"), "--output_dir", str(out),
                    "--steps", "2", "--seeds", "0", "--rows", rows,
-                   "--extra_overrides", extra_overrides]
+                   "--override", extra_overrides]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
                               timeout=600)
@@ -162,7 +162,7 @@ def test_tiny_ablation_run_trains_scores_reuses_and_records_failures(tmp_path):
                             / "results.json").read_text())
         assert len(saved) == metrics["num_detections"]
     log = (model_dir / "ablate.log").read_text()
-    assert "--score_voting=true" in log and "--score=cls" in log
+    assert "eval.score_voting=true " in log and "eval.score_voting=false,eval.score=cls" in log
     saved = config_lib.load_config(str(model_dir / "config.yaml"))
     assert (saved.train.total_steps, saved.model.head_channels) == (2, 32)
 
@@ -183,7 +183,7 @@ def test_tiny_ablation_run_trains_scores_reuses_and_records_failures(tmp_path):
     # Another budget in the same folder stops with the folder named, before any training.
     result = subprocess.run(
         [sys.executable, str(REPO / "bin" / "paa_ablate"), "--output_dir", str(out), "--steps",
-         "3", "--seeds", "0", "--rows", "paa_ioupred", "--extra_overrides", extra],
+         "3", "--seeds", "0", "--rows", "paa_ioupred", "--override", extra],
         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode != 0
     assert "holds a 2-step training, not 3 steps" in result.stderr

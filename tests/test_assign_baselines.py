@@ -1,11 +1,10 @@
 """Baseline assigners (paper Table 1 ablations): RetinaNet IoU assignment and ATSS."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 from paa_tf.assign import BACKGROUND, IGNORE, assign, atss_assign, iou_assign
+from paa_tf.config import AssignConfig
 from paa_tf.ops.anchors import generate_anchors
 
 
@@ -26,18 +25,18 @@ def test_iou_assignment_thresholds_and_rescue():
     gts = np.array([[yxyx(0, 0, 100, 100), yxyx(200, 200, 250, 250), [-1, -1, -1, -1]]],
                    np.float32)
     cls = np.array([[2, 5, -1]], np.int32)
-    result = iou_assign(SimpleNamespace(), anchors, gts, cls)
+    result = iou_assign(AssignConfig(), anchors, gts, cls)
     assert result.labels.numpy()[0].tolist() == [2, 2, IGNORE, BACKGROUND, 5, BACKGROUND]
     assert result.matched_gt.numpy()[0].tolist() == [0, 0, -1, -1, 1, -1]
     assert result.num_positives_per_gt.numpy()[0].tolist() == [2, 1, 0]
     np.testing.assert_array_equal(result.matched_boxes.numpy()[0, 4], gts[0, 1])
-    no_rescue = iou_assign(SimpleNamespace(iou_low_quality=False), anchors, gts, cls)
+    no_rescue = iou_assign(AssignConfig(iou_low_quality=False), anchors, gts, cls)
     assert no_rescue.labels.numpy()[0, 4] == BACKGROUND
 
 
 def test_iou_assignment_rejects_inverted_thresholds():
     with pytest.raises(ValueError, match="iou_negative"):
-        iou_assign(SimpleNamespace(iou_positive=0.4, iou_negative=0.5),
+        iou_assign(AssignConfig(iou_positive=0.4, iou_negative=0.5),
                    np.zeros((1, 4), np.float32), np.zeros((1, 1, 4), np.float32), [[0]])
 
 
@@ -82,7 +81,7 @@ def test_atss_matches_numpy_reference(seed):
         h, w = rng.uniform(8, 160 - max(y, x), 2)
         gts[0, m] = [y, x, y + h, x + w]
         cls[0, m] = m % 3
-    result = atss_assign(SimpleNamespace(), anchors, levels, 5, gts, cls)
+    result = atss_assign(AssignConfig(), anchors, levels, 5, gts, cls)
     labels = result.labels.numpy()
     np.testing.assert_array_equal(labels, reference_atss(anchors, levels, gts, cls))
     assert (labels[1] == BACKGROUND).all()  # image without GT
@@ -95,7 +94,7 @@ def test_dispatch_by_config_method(method):
     gts = np.array([[yxyx(4, 4, 40, 36), [-1] * 4]], np.float32)
     cls = np.array([[1, -1]], np.int32)
     logits = np.full((1, len(anchors), 3), -4.6, np.float32)
-    config = SimpleNamespace(method=method, max_gt_per_batch=4)
+    config = AssignConfig(method=method, max_gt_per_batch=4)
     result = assign(config, anchors, levels, 5, gts, cls, logits, anchors[None])
     if method == "iou":
         expected = iou_assign(config, anchors, gts, cls)
@@ -111,5 +110,5 @@ def test_dispatch_by_config_method(method):
 def test_unknown_method_is_rejected():
     anchors, levels = generate_anchors(64, 64)
     with pytest.raises(ValueError, match="assign.method"):
-        assign(SimpleNamespace(method="fcos"), anchors, levels, 5, np.zeros((1, 1, 4), np.float32),
+        assign(AssignConfig(method="fcos"), anchors, levels, 5, np.zeros((1, 1, 4), np.float32),
                [[0]], np.zeros((1, len(anchors), 2), np.float32), anchors[None])

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from paa_tf.assign import BACKGROUND, IGNORE, assign, paa_candidates_and_gmm
 from paa_tf.assign.iou_match import anchor_gt_iou, match_anchors
 from paa_tf.assign.paa import anchor_costs, level_bounds, select_from_costs
 from paa_tf.assign.separation import separate
+from paa_tf.config import AssignConfig
 from paa_tf.ops.anchors import generate_anchors
 from paa_tf.ops.gmm import fit_gmm_1d
 
@@ -111,7 +111,7 @@ TOY_COST = [0.30, 0.25, 0.90, np.inf, 0.40, 1.50, 0.35, 1.20, 0.45, np.inf, 2.00
 
 
 def run_toy(matched, costs, classes, **options):
-    config = SimpleNamespace(topk=2, max_gt_per_batch=4, **options)
+    config = AssignConfig(topk=2, max_gt_per_batch=4, **options)
     return select_from_costs(config, tf.constant([costs], tf.float32),
                              tf.constant([matched], tf.int32), tf.constant([classes], tf.int32),
                              level_bounds(TOY_LEVELS, 3))
@@ -253,7 +253,7 @@ def reference_paa(costs, matched, cls, levels, topk, scheme):
 @pytest.mark.parametrize("seed,scheme", [(0, "kk_c"), (1, "kk_c"), (2, "mm_c")])
 def test_assign_matches_reference_pipeline(seed, scheme):
     anchors, levels, gt, cls, logits, pred = make_batch(seed)
-    config = SimpleNamespace(method="paa", separation=scheme, max_gt_per_batch=8)
+    config = AssignConfig(method="paa", separation=scheme, max_gt_per_batch=8)
     result, diag = paa_candidates_and_gmm(config, anchors, levels, 5, gt, cls, logits, pred)
     costs = diag.anchor_costs.numpy()
     matched = diag.matched_gt_iou.numpy()
@@ -298,7 +298,7 @@ def test_assign_matches_reference_pipeline(seed, scheme):
 @pytest.mark.parametrize("scheme", ["b", "b_orig", "d"])
 def test_ignore_schemes_reach_the_anchor_labels(scheme):
     anchors, levels, gt, cls, logits, pred = make_batch(3)
-    config = SimpleNamespace(separation=scheme, max_gt_per_batch=8)
+    config = AssignConfig(separation=scheme, max_gt_per_batch=8)
     result, diag = paa_candidates_and_gmm(config, anchors, levels, 5, gt, cls, logits, pred)
     dec = diag.decisions.numpy()
     cand = diag.candidate_anchors.numpy()
@@ -310,7 +310,7 @@ def test_ignore_schemes_reach_the_anchor_labels(scheme):
 
 def test_no_gradient_flows_and_whole_assignment_compiles_with_xla():
     anchors, levels, gt, cls, logits, pred = make_batch(4)
-    config = SimpleNamespace(max_gt_per_batch=16)
+    config = AssignConfig(max_gt_per_batch=16)
     logits_v, pred_v = tf.Variable(logits), tf.Variable(pred)
     with tf.GradientTape(persistent=True) as tape:
         result, diag = paa_candidates_and_gmm(config, anchors, levels, 5, gt, cls, logits_v,
@@ -328,7 +328,7 @@ def test_no_gradient_flows_and_whole_assignment_compiles_with_xla():
 
 MIRRORED_SCRIPT = textwrap.dedent("""
     import sys
-    from types import SimpleNamespace
+    from paa_tf.config import AssignConfig
     import numpy as np
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -341,7 +341,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     data = tf.data.Dataset.from_tensor_slices((gt, cls, logits, pred)).batch(4)
     for method in ("paa", "iou", "atss"):
-        config = SimpleNamespace(method=method, max_gt_per_batch=16)
+        config = AssignConfig(method=method, max_gt_per_batch=16)
         fn = lambda g, c, z, p: assign(config, anchors, levels, 5, g, c, z, p)
         step = tf.function(lambda inputs: strategy.run(fn, args=inputs))
         out = step(next(iter(strategy.experimental_distribute_dataset(data))))

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow  # one export and a fresh process: ~1 min
 
 OVERRIDES = ["data.image_size=[256,256]", "data.min_size=[128]", "data.max_size=200",
              "data.buckets=orientation", "model.prior_prob=0.2", "eval.max_detections=100",
-             "eval.score_threshold=0.5"]
+             "eval.score_threshold=0.5", "model.num_classes=6"]
 CANVAS = (256, 256)
 # (height, width) -> resized (S = 128, L = 200) -> own padded shape:
 # 100x150 -> 128x192 -> 128x192; 150x100 -> 192x128; 90x90 -> 128x128; 60x200 -> 60x200 -> 64x224.

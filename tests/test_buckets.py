@@ -81,8 +81,10 @@ def test_bucket_shapes_for_the_coco_scales():
         buckets.mode_of(DataConfig(buckets="round"))
 
 
-def test_eval_batches_hold_one_bucket_and_the_square_content(tmp_path):
-    config = make_mixed_coco(tmp_path)
+@pytest.mark.parametrize("min_size", [(128,), (100, 128)])
+def test_eval_batches_hold_one_bucket_and_the_square_content(tmp_path, min_size):
+    # With a training range the evaluation runs at its largest scale (data.eval_shorter_side).
+    config = make_mixed_coco(tmp_path, min_size=min_size)
     bucketed = numpy_batches(pipeline.build_dataset(config, "val", False, batch_size=3)[0])
     plain = numpy_batches(pipeline.build_dataset(square(config), "val", False, 3)[0])
     by_id = {int(sid): (b, i) for b in plain for i, sid in enumerate(b["source_id"])}

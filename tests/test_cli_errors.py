@@ -9,15 +9,15 @@ import pytest
 import tensorflow as tf
 
 from paa_tf import config as config_lib
-from paa_tf import export
-from paa_tf.cli import eval as eval_cli
-from paa_tf.cli import predict as predict_cli
+from paa_tf import export, predict
 from paa_tf.data import label_map as label_map_lib
 from paa_tf.modeling.detector import build_detector
+from paa_tf.run_folder import RunFolder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = ["data.image_size=[128,128]", "data.min_size=[128]", "data.max_size=128",
-             "model.fpn_channels=32", "model.head_channels=32", "model.head_convs=1"]
+             "model.fpn_channels=32", "model.head_channels=32", "model.head_convs=1",
+             "model.num_classes=6"]
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +39,21 @@ def run_with_damaged_newest(tmp_path_factory):
     return config, model_dir
 
 
-def test_eval_falls_back_past_a_damaged_newest_checkpoint(run_with_damaged_newest, capsys):
+def test_the_run_folder_falls_back_past_a_damaged_newest_checkpoint(run_with_damaged_newest,
+                                                                     capsys):
     config, model_dir = run_with_damaged_newest
-    eval_cli.restore_detector(config, str(model_dir))
-    captured = capsys.readouterr()
+    _, path = RunFolder(model_dir).restore(config, (128, 128))
+    assert path == str(model_dir / "ckpt-7")
     assert f"checkpoint {model_dir / 'ckpt-8'} cannot be restored; falling back to " \
-           f"{model_dir / 'ckpt-7'}" in captured.err
-    assert f"restored {model_dir / 'ckpt-7'}" in captured.out
+           f"{model_dir / 'ckpt-7'}" in capsys.readouterr().err
+    # A checkpoint the user names is restored or refused, never replaced by another.
+    with pytest.raises(ValueError, match=r"ckpt-8 does not match .* or is damaged"):
+        RunFolder(model_dir).restore(config, (128, 128), str(model_dir / "ckpt-8"))
 
 
 def test_predict_falls_back_past_a_damaged_newest_checkpoint(run_with_damaged_newest, capsys):
     _, model_dir = run_with_damaged_newest
-    predictor = predict_cli.Predictor(model_dir)
+    predictor = predict.Predictor(model_dir)
     assert predictor.checkpoint == str(model_dir / "ckpt-7")
     assert "ckpt-8 cannot be restored" in capsys.readouterr().err
 

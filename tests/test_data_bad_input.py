@@ -275,9 +275,9 @@ def write_records(path, examples):
 
 def tfrecord_dataset(root):
     """Two shards from the tiny COCO set plus the records of `make_coco`."""
-    from paa_tf.cli import make_tfrecord
+    from paa_tf.data import tfrecord_convert
     config = make_coco(root)
-    paths, _ = make_tfrecord.convert("coco", str(root / "tf" / "data"), 1,
+    paths, _ = tfrecord_convert.convert("coco", str(root / "tf" / "data"), 1,
                                      annotations=config.val_annotations,
                                      images=config.val_images)
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(paths[0])]

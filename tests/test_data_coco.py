@@ -335,7 +335,7 @@ def test_iterator_checkpoint_resumes_exactly_and_stays_small(tmp_path):
 def test_plus_one_ground_truth_is_inclusive_like_the_authors_and_round_trips(tmp_path):
     """model.plus_one: COCO [x, y, w, h] -> x2 = x + w - 1 before resizing (the authors'
     xywh -> xyxy), flip x -> W - 1 - x, and back to COCO with w = x2 - x1 + 1."""
-    from paa_tf import evaluate, postprocess
+    from paa_tf import coco_scoring, postprocess
 
     config = make_coco(tmp_path, num_images=1)  # bbox [4, 6, 30, 20] in a 64x48 image
     sy, sx = 64 / 48, 85 / 64  # scaled to 64x85 (see test_resize_rule_hand_computed)
@@ -351,7 +351,7 @@ def test_plus_one_ground_truth_is_inclusive_like_the_authors_and_round_trips(tmp
                                                plus_one=plus_one)
         detections = {"detection_boxes": original.numpy(), "detection_scores": [[0.9]],
                       "detection_classes": [[0]], "num_detections": [1]}
-        records = evaluate.detections_to_coco(detections, [10], {0: 1}, plus_one=plus_one)
+        records = coco_scoring.detections_to_coco(detections, [10], {0: 1}, plus_one=plus_one)
         np.testing.assert_allclose(records[0]["bbox"], [4, 6, 30, 20], atol=1e-4)
     train = dataclasses.replace(config, flip_prob=1.0)
     flipped, _ = pipeline.build_dataset(train, "train", is_training=True, batch_size=1,

@@ -110,39 +110,38 @@ def test_corrupt_image_in_a_tfrecord_is_named_or_skipped(tmp_path):
 
 
 def test_make_tfrecord_decodes_every_image_before_writing(tmp_path):
-    from absl import app
-
-    from paa_tf.cli import make_tfrecord
+    from paa_tf.data import tfrecord_convert
 
     config, name = corrupt_image_1(tmp_path, "png")
     prefix = str(tmp_path / "tf" / "data")
     with pytest.raises(BadRecordError, match=rf"(?s)image id 11 \({name}\).*corrupt.*{name}"):
-        make_tfrecord.convert("coco", prefix, 1, annotations=config.val_annotations,
-                              images=config.val_images)
-    with pytest.raises(app.UsageError, match="choose decode or full"):
-        make_tfrecord.convert("coco", prefix, 1, annotations=config.val_annotations,
-                              images=config.val_images, verify_images="header")
-    paths, report = make_tfrecord.convert("coco", prefix, 1, annotations=config.val_annotations,
-                                          images=config.val_images, skip_bad_records=True)
+        tfrecord_convert.convert("coco", prefix, 1, annotations=config.val_annotations,
+                                 images=config.val_images)
+    with pytest.raises(ValueError, match="choose decode or full"):
+        tfrecord_convert.convert("coco", prefix, 1, annotations=config.val_annotations,
+                                 images=config.val_images, verify_images="header")
+    paths, report = tfrecord_convert.convert("coco", prefix, 1,
+                                             annotations=config.val_annotations,
+                                             images=config.val_images, skip_bad_records=True)
     assert report.skipped_ids == [11] and report.num_images == 2
     assert sum(1 for _ in tf.data.TFRecordDataset(paths)) == 2
 
 
 def test_evaluation_of_undecoded_images_names_or_skips_corrupt_data(tmp_path):
     """The batches of `encoded_eval_dataset` (test-time augmentation, exported models)."""
-    from paa_tf import export
+    from paa_tf import eval_inputs
 
     config, name = corrupt_image_1(tmp_path, "jpeg")
     with pytest.raises(BadRecordError, match=rf"image id 11 \({name}\)"):
-        export.encoded_eval_dataset(config, batch_size=2)
-    dataset, report = export.encoded_eval_dataset(
+        eval_inputs.encoded_eval_dataset(config, batch_size=2)
+    dataset, report = eval_inputs.encoded_eval_dataset(
         coco_config(tmp_path, skip_bad_records=True), batch_size=2)
     ids = sorted(int(i) for batch in dataset for i in batch["source_id"].numpy())
     assert ids == [10, 12] and report.skipped_ids == [11]
 
 
 def test_predict_names_a_file_it_cannot_decode(tmp_path):
-    from paa_tf.cli import predict
+    from paa_tf import predict
 
     path = tmp_path / "broken.jpg"
     path.write_bytes(broken_huffman_jpeg())

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from paa_tf.cli import make_tfrecord
-from paa_tf.data import pipeline, records
+from paa_tf.data import pipeline, records, tfrecord_convert
 from tests.test_data_bad_input import HEIGHT, WIDTH, coco_config, make_coco
 from tests.test_data_coco import coco_mini_config
 from tests.test_data_voc import bccd_config
@@ -71,7 +70,7 @@ def test_coco_tfrecord_round_trip_gives_the_same_tensors(real_data, tmp_path):
 
 def test_records_use_model_garden_keys_and_coco_ids(real_data, tmp_path):
     config = coco_mini_config(real_data)
-    paths, _ = make_tfrecord.convert("coco", str(tmp_path / "val"), 2,
+    paths, _ = tfrecord_convert.convert("coco", str(tmp_path / "val"), 2,
                                      annotations=config.val_annotations,
                                      images=config.val_images)
     content = json.load(open(config.val_annotations))
@@ -113,7 +112,7 @@ def test_cli_help_and_usage_errors():
 
 def test_voc_tfrecord_round_trip_counts(real_data, tmp_path):
     config = bccd_config(real_data)
-    paths, report = make_tfrecord.convert("voc", str(tmp_path / "bccd"), 2,
+    paths, report = tfrecord_convert.convert("voc", str(tmp_path / "bccd"), 2,
                                           voc_root=config.voc_root, voc_split="val")
     direct, direct_report = elements(config)
     from_records, _ = elements(dataclasses.replace(
@@ -158,7 +157,7 @@ def test_foreign_records_without_size_or_numeric_id(tmp_path):
 @pytest.mark.parametrize("num_shards", [3, 1])  # by file, and by record within one file
 def test_tfrecord_shards_split_between_input_pipelines(tmp_path, num_shards):
     config = make_coco(tmp_path, num_images=5)
-    make_tfrecord.convert("coco", str(tmp_path / "tf" / "d"), num_shards,
+    tfrecord_convert.convert("coco", str(tmp_path / "tf" / "d"), num_shards,
                           annotations=config.val_annotations, images=config.val_images)
     config = coco_config(tmp_path, format="tfrecord", val_tfrecords=str(tmp_path / "tf/*"))
     seen = []
@@ -172,7 +171,7 @@ def test_tfrecord_shards_split_between_input_pipelines(tmp_path, num_shards):
 def test_tfrecord_training_iterator_resumes_exactly(tmp_path):
     """A checkpointed iterator over shuffled, interleaved shards continues where it stopped."""
     config = make_coco(tmp_path, num_images=7)
-    make_tfrecord.convert("coco", str(tmp_path / "tf" / "d"), 3,
+    tfrecord_convert.convert("coco", str(tmp_path / "tf" / "d"), 3,
                           annotations=config.val_annotations, images=config.val_images)
     config = coco_config(tmp_path, format="tfrecord", train_tfrecords=str(tmp_path / "tf/*"),
                          shuffle_buffer=4, min_size=(48, 64))

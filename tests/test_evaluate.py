@@ -11,7 +11,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from paa_tf import evaluate
+from paa_tf import coco_scoring, evaluate, inference, tta
 
 VAL_ANN = "coco_mini/annotations/instances_val2017.json"
 
@@ -42,16 +42,16 @@ def test_detections_to_coco_converts_boxes_ids_and_skips_padding():
         "num_detections": np.array([2, 1], np.int32),
     }
     label_map = {0: 1, 1: 3, 2: 90}
-    records = evaluate.detections_to_coco(detections, [b"42", np.int64(7)], label_map)
+    records = coco_scoring.detections_to_coco(detections, [b"42", np.int64(7)], label_map)
     assert records == [
         {"image_id": 42, "category_id": 1, "bbox": [20.0, 10.0, 60.0, 40.0], "score": 0.9},
         {"image_id": 42, "category_id": 90, "bbox": [2.0, 1.0, 2.0, 2.0], "score": 0.5},
         {"image_id": 7, "category_id": 3, "bbox": [5.0, 5.0, 20.0, 10.0], "score": 0.7},
     ]
-    plus_one = evaluate.detections_to_coco(detections, [42, 7], label_map, plus_one=True)
+    plus_one = coco_scoring.detections_to_coco(detections, [42, 7], label_map, plus_one=True)
     assert plus_one[0]["bbox"] == [20.0, 10.0, 61.0, 41.0]
     with pytest.raises(ValueError, match="label map"):
-        evaluate.detections_to_coco(detections, [42, 7], {0: 1})
+        coco_scoring.detections_to_coco(detections, [42, 7], {0: 1})
 
 
 def test_gt_as_detections_gives_ap_one_and_matches_pycocotools(real_data, repo_root, tmp_path):
@@ -67,8 +67,8 @@ def test_gt_as_detections_gives_ap_one_and_matches_pycocotools(real_data, repo_r
     annotations = json.loads(ann.read_text())["annotations"]
     assert len(results) == sum(1 for a in annotations if not a["iscrowd"])
     direct = _direct_cocoeval(ann, tmp_path / "results.json")
-    assert [metrics[n] for n in evaluate.METRIC_NAMES] == [float(v) for v in direct.stats]
-    for name, value in zip(evaluate.METRIC_NAMES, direct.stats):
+    assert [metrics[n] for n in coco_scoring.METRIC_NAMES] == [float(v) for v in direct.stats]
+    for name, value in zip(coco_scoring.METRIC_NAMES, direct.stats):
         assert f"{name:>6}: {value:.4f}" in proc.stdout
     assert all(ap is None or ap == pytest.approx(1.0)
                for ap in metrics["per_category_AP"].values())
@@ -100,7 +100,7 @@ def test_results_file_metrics_equal_direct_pycocotools(real_data, repo_root, tmp
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out_dir / "metrics.json").read_text())
     direct = _direct_cocoeval(ann, results_path)
-    assert [metrics[n] for n in evaluate.METRIC_NAMES] == [float(v) for v in direct.stats]
+    assert [metrics[n] for n in coco_scoring.METRIC_NAMES] == [float(v) for v in direct.stats]
     assert 0.2 < metrics["AP"] < 0.95
     person = direct.params.catIds.index(1)
     precision = direct.eval["precision"][:, :, person, 0, -1]
@@ -114,8 +114,8 @@ def test_evaluation_loop_over_tf_data(real_data, tmp_path):
     import tensorflow as tf
 
     ann = real_data / VAL_ANN
-    coco = evaluate.load_coco(ann)
-    label_map = evaluate.coco_label_map(coco)
+    coco = coco_scoring.load_coco(ann)
+    label_map = coco_scoring.coco_label_map(coco)
     index_of = {cat: index for index, cat in label_map.items()}
     image_ids = sorted(coco.getImgIds())[:6]
     max_det = 100
@@ -138,7 +138,7 @@ def test_evaluation_loop_over_tf_data(real_data, tmp_path):
                 "detection_scores": tf.cast(batch["classes"] >= 0, tf.float32),
                 "num_detections": batch["count"]}
 
-    metrics = evaluate.evaluate_dataset(dataset, predict_fn, ann, output_dir=str(tmp_path),
+    metrics = coco_scoring.evaluate_dataset(dataset, predict_fn, ann, output_dir=str(tmp_path),
                                         verbose=False)
     assert metrics["num_images"] == len(image_ids)
     assert metrics["AP"] == pytest.approx(1.0)
@@ -147,29 +147,28 @@ def test_evaluation_loop_over_tf_data(real_data, tmp_path):
 
 
 def test_empty_results_score_zero(real_data, tmp_path):
-    metrics = evaluate.coco_evaluate(real_data / VAL_ANN, [], output_dir=str(tmp_path),
+    metrics = coco_scoring.coco_evaluate(real_data / VAL_ANN, [], output_dir=str(tmp_path),
                                      verbose=False)
-    assert all(metrics[n] == 0.0 for n in evaluate.METRIC_NAMES)
+    assert all(metrics[n] == 0.0 for n in coco_scoring.METRIC_NAMES)
     assert json.loads((tmp_path / "results.json").read_text()) == []
 
 
 def test_unknown_image_id_is_a_clear_error(real_data):
     bad = [{"image_id": -5, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.5}]
     with pytest.raises(ValueError, match="image ids absent"):
-        evaluate.coco_evaluate(real_data / VAL_ANN, bad, verbose=False)
+        coco_scoring.coco_evaluate(real_data / VAL_ANN, bad, verbose=False)
 
 
 def test_cli_help_and_usage_errors(repo_root, tmp_path):
     help_out = _run_cli(repo_root, "--help")  # absl's --help exits with status 1
     for flag in ("results_file", "gt_as_detections", "model_dir", "checkpoint", "saved_model",
-                 "score_voting", "batch_size", "data", "config", "annotations", "tta_scales",
-                 "tta_flip"):
+                 "override", "split", "data", "config", "annotations"):
         assert f"--{flag}:" in help_out.stdout or f"--[no]{flag}:" in help_out.stdout, flag
     nothing = _run_cli(repo_root, f"--output_dir={tmp_path}")
     assert nothing.returncode != 0 and "nothing to evaluate" in nothing.stderr
     model = _run_cli(repo_root, "--model_dir=/nonexistent", "--data=x", "--annotations=y")
     assert model.returncode != 0
-    assert ("needs paa_tf.modeling" in model.stderr) or ("no checkpoint found" in model.stderr)
+    assert "config.yaml not found" in model.stderr
 
 
 def _tiny_run(real_data, model_dir):
@@ -190,11 +189,12 @@ def _tiny_run(real_data, model_dir):
         "model.head_channels=32", "model.octave_base_scale=4.0", "eval.batch_size=2",
         # A high prior so that the untrained head scores above the 0.05 threshold.
         "model.prior_prob=0.2"])
+    label_map = label_map_lib.from_coco_categories(
+        coco_lib.load_coco_json(str(ann))["categories"])
+    config.model.num_classes = label_map.num_classes
     model = build_detector(config)
     config_lib.save_config(config, model_dir / "config.yaml")
-    label_map_lib.write_label_map(
-        label_map_lib.from_coco_categories(coco_lib.load_coco_json(str(ann))["categories"]),
-        str(model_dir / "label_map.json"))
+    label_map_lib.write_label_map(label_map, str(model_dir / "label_map.json"))
     tf.train.Checkpoint(model=model).save(str(model_dir / "ckpt"))
     return config, model
 
@@ -211,7 +211,7 @@ def test_checkpoint_evaluation_matches_in_process(real_data, repo_root, tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     cli_results = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert cli_results == json.loads((tmp_path / "inproc" / "results.json").read_text())
-    coco = evaluate.load_coco(real_data / VAL_ANN)
+    coco = coco_scoring.load_coco(real_data / VAL_ANN)
     for record in cli_results:
         image = coco.imgs[record["image_id"]]
         x, y, w, h = record["bbox"]
@@ -240,7 +240,7 @@ def test_saved_model_evaluation_matches_checkpoint(real_data, repo_root, tmp_pat
     got = json.loads((tmp_path / "export_eval" / "metrics.json").read_text())
     assert got["num_images"] == want["num_images"]
     assert got["num_detections"] == want["num_detections"]
-    for name in evaluate.METRIC_NAMES:
+    for name in coco_scoring.METRIC_NAMES:
         assert got[name] == pytest.approx(want[name], abs=1e-3), name
 
 
@@ -249,37 +249,37 @@ def test_tta_views_and_geometry():
 
     config = config_lib.load_config(overrides=["data.min_size=[640,800]", "data.max_size=1333",
                                                "data.image_size=[1408,1408]"])
-    assert evaluate.tta_views(config) == []
-    assert evaluate.tta_views(config, flip=True) == [(800, False), (800, True)]
-    assert evaluate.tta_views(config, scales=[640, 1000], flip=True) == [
+    assert tta.tta_views(config) == []
+    assert tta.tta_views(config, flip=True) == [(800, False), (800, True)]
+    assert tta.tta_views(config, scales=[640, 1000], flip=True) == [
         (640, False), (640, True), (1000, False), (1000, True)]
-    assert evaluate.view_geometry(config, 800) == (1333, (1408, 1408))
-    assert evaluate.view_geometry(config, 640) == (1333, (1408, 1408))
+    assert tta.view_geometry(config, 800) == (1333, (1408, 1408))
+    assert tta.view_geometry(config, 640) == (1333, (1408, 1408))
     # Above the evaluation scale the longer side grows in proportion: 1333 * 1000 / 800.
-    assert evaluate.view_geometry(config, 1000) == (1667, (1792, 1792))
+    assert tta.view_geometry(config, 1000) == (1667, (1792, 1792))
     with pytest.raises(ValueError, match="positive"):
-        evaluate.tta_views(config, scales=[0])
+        tta.tta_views(config, scales=[0])
 
 
 def test_tta_at_the_evaluation_scale_equals_plain_evaluation(repo_root, tmp_path):
-    """`bin/paa_eval --tta_scales=<eval scale>` (one view, no flip: the undecoded images
-    pre-processed per view, candidates merged by `merge_tta`) writes exactly the detections
-    of the plain in-process evaluation. The images are scaled by exactly 2, so NMS and
-    voting in original pixels see the same IoUs as in input pixels."""
+    """`bin/paa_eval --override eval.tta_scales=[<eval scale>]` (one view, no flip: the
+    undecoded images pre-processed per view, candidates merged by `merge_tta`) writes exactly
+    the detections of the plain in-process evaluation. The images are scaled by exactly 2, so
+    NMS and voting in original pixels see the same IoUs as in input pixels."""
     from tests.test_predict import tiny_run
 
     config, model, model_dir, _ = tiny_run(tmp_path, num_val=4)
     plain = evaluate.evaluate_model(config, model, output_dir=str(tmp_path / "plain"),
                                     verbose=False)
     assert plain["num_images"] == 4 and plain["num_detections"] > 0
-    proc = _run_cli(repo_root, f"--model_dir={model_dir}", "--tta_scales=128",
+    proc = _run_cli(repo_root, f"--model_dir={model_dir}", "--override=eval.tta_scales=[128]",
                     f"--output_dir={tmp_path / 'tta'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = json.loads((tmp_path / "plain" / "results.json").read_text())
     got = json.loads((tmp_path / "tta" / "results.json").read_text())
     assert got == want
-    bad = _run_cli(repo_root, f"--model_dir={model_dir}", "--tta_scales=128,abc")
-    assert bad.returncode != 0 and "positive integers" in bad.stderr
+    bad = _run_cli(repo_root, f"--model_dir={model_dir}", "--override=eval.tta_scales=[128,0]")
+    assert bad.returncode == 2 and "eval.tta_scales" in bad.stderr
 
 
 def _encoded_png(image):
@@ -309,9 +309,9 @@ def test_flip_tta_on_a_symmetric_image_gives_mirrored_boxes(tmp_path):
     pre, info = transforms.preprocess(tf.constant(image), shorter_side=128, max_size=128,
                                       image_size=(128, 128), pixel_mean=data.pixel_mean,
                                       pixel_std=data.pixel_std)
-    plain = {k: np.asarray(v) for k, v in evaluate.make_predict_fn(config, model)(
+    plain = {k: np.asarray(v) for k, v in inference.make_predict_fn(config, model)(
         {"image": pre[None], "image_info": info[None]}).items()}
-    flipped = {k: np.asarray(v) for k, v in evaluate.make_tta_predict_fn(
+    flipped = {k: np.asarray(v) for k, v in tta.make_tta_predict_fn(
         config, model, [(128, True)])(batch).items()}
     count = int(plain["num_detections"][0])
     assert count > 0 and int(flipped["num_detections"][0]) == count
@@ -321,7 +321,7 @@ def test_flip_tta_on_a_symmetric_image_gives_mirrored_boxes(tmp_path):
     mirrored = np.stack([ymin, 64.0 - xmax, ymax, 64.0 - xmin], axis=-1)
     np.testing.assert_allclose(flipped["detection_boxes"][0, :count], mirrored, atol=1e-3)
 
-    both = {k: np.asarray(v)[0] for k, v in evaluate.make_tta_predict_fn(
+    both = {k: np.asarray(v)[0] for k, v in tta.make_tta_predict_fn(
         config, model, [(128, False), (128, True)])(batch).items()}
     count = int(both["num_detections"])
     boxes, scores, classes = (both["detection_boxes"][:count], both["detection_scores"][:count],

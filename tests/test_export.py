@@ -1,4 +1,4 @@
-"""SavedModel export for TensorFlow Serving (issue 8; docs/SERVING.md).
+"""SavedModel export for TensorFlow Serving (README.md, "Export and serve with TensorFlow Serving").
 
 One tiny random-weight detector is trained-for-zero-steps, checkpointed the way
 `bin/paa_train` does (config.yaml, label_map.json, CheckpointManager) and exported once per
@@ -18,17 +18,17 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from paa_tf import coco_scoring, eval_inputs, export, export_reader, postprocess
 from paa_tf import config as config_lib
-from paa_tf import evaluate, export, postprocess
+from paa_tf.data import buckets, pipeline, synthetic, transforms
 from paa_tf.data import label_map as label_map_lib
-from paa_tf.data import pipeline, synthetic, transforms
 from paa_tf.modeling.detector import build_detector
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # 128 px bucket, and a class prior of 0.2 so that a random-weight head gives detections
 # above the 0.05 threshold (the default 0.01 prior gives none).
 OVERRIDES = ["data.image_size=[128,128]", "data.min_size=[128]", "data.max_size=128",
-             "model.prior_prob=0.2", "eval.max_detections=50"]
+             "model.prior_prob=0.2", "eval.max_detections=50", "model.num_classes=6"]
 LABEL_MAP = label_map_lib.LabelMap(ids=(1, 3, 5, 7, 9, 11),
                                    names=("a", "b", "c", "d", "e", "f"))
 
@@ -110,7 +110,7 @@ def _python_path(config, model, decoded, score_voting=True):
     data = config.data
     inputs, infos = zip(*[transforms.preprocess(
         tf.constant(image), shorter_side=max(data.min_size), max_size=data.max_size,
-        image_size=pipeline.image_size_of(data), pixel_mean=data.pixel_mean,
+        image_size=buckets.image_size_of(data), pixel_mean=data.pixel_mean,
         pixel_std=data.pixel_std) for image in decoded])
     info = tf.stack(infos)
     outputs = model(tf.stack(inputs), training=False)
@@ -192,7 +192,7 @@ def test_saved_model_cli_lists_both_signatures(run):
     assets = run["version_dir"] + "/assets"
     assert json.loads(pathlib.Path(assets, "label_map.json").read_text()) == \
         LABEL_MAP.to_entries()
-    assert export.exported_label_map(run["export_dir"]) == LABEL_MAP
+    assert export_reader.exported_label_map(run["export_dir"]) == LABEL_MAP
 
 
 def test_both_signatures_match_the_python_model_path(run, images):
@@ -420,8 +420,8 @@ def test_pixel_limit_is_frozen_into_the_export(run, images, tmp_path):
     """`export.max_pixels` bounds each request image, by its header before decoding (encoded)
     or by the tensor's shape (uint8); the limit is the config's, saved with the export."""
     _cli(["--model_dir", str(run["model_dir"]), "--export_dir", str(tmp_path),
-          "--params_override", "export.max_pixels=10000"])
-    assert export.exported_config(tmp_path).export.max_pixels == 10000
+          "--override", "export.max_pixels=10000"])
+    assert export_reader.exported_config(tmp_path).export.max_pixels == 10000
     loaded = tf.saved_model.load(str(tmp_path / "1"))
     big, small = images["encoded"][0], images["encoded"][1]  # 150x100 JPEG, 40x61 PNG
     message = r"more than export.max_pixels=10000 pixels.*Index\] \[1\] \[height, width\] " \
@@ -466,7 +466,7 @@ def test_launcher_help_lists_the_flags():
     done = subprocess.run([sys.executable, str(REPO / "bin" / "paa_export"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 1), done.stderr[-2000:]  # absl's --help exits with 1
-    for flag in ("--model_dir", "--checkpoint", "--export_dir", "--version", "score_voting"):
+    for flag in ("--model_dir", "--checkpoint", "--export_dir", "--version", "--override"):
         assert flag in done.stdout
 
 
@@ -474,10 +474,10 @@ def test_cli_export_without_voting_as_a_new_version(run, images, capsys):
     args = ["--model_dir", str(run["model_dir"]), "--export_dir", str(run["export_dir"])]
     assert _cli(args) not in (0, None)  # version 1 exists: refused, nothing rebuilt
     assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert _cli(args + ["--version=2", "--score_voting=false"]) in (0, None)
+    assert _cli(args + ["--version=2", "--override=eval.score_voting=false"]) in (0, None)
     assert sorted(os.listdir(run["export_dir"])) == ["1", "2"]  # no staging folder left
-    assert export.exported_config(run["export_dir"]).export.score_voting is False
-    predict_fn = export.load_exported(run["export_dir"])  # the highest version: 2
+    assert export_reader.exported_config(run["export_dir"]).eval.score_voting is False
+    predict_fn = export_reader.load_exported(run["export_dir"])  # the highest version: 2
     out = predict_fn({"encoded": images["encoded"]})
     expected = _python_path(run["config"], run["model"], images["decoded"], score_voting=False)
     sizes = np.array([image.shape[:2] for image in images["decoded"]], np.float32)
@@ -498,8 +498,8 @@ def test_eval_of_the_export_equals_eval_of_the_checkpoint(run, tmp_path):
         f"data.val_images={shapes['val_image_dir']}",
         f"data.val_annotations={shapes['val_annotation_file']}",
         f"data.label_map={run['model_dir'] / 'label_map.json'}"]).data
-    coco = evaluate.load_coco(shapes["val_annotation_file"])
-    label_map = evaluate.coco_label_map(coco)
+    coco = coco_scoring.load_coco(shapes["val_annotation_file"])
+    label_map = coco_scoring.coco_label_map(coco)
     assert label_map == dict(enumerate(LABEL_MAP.ids))
     model, params = run["model"], postprocess.PostprocessParams.from_config(run["config"])
 
@@ -511,17 +511,18 @@ def test_eval_of_the_export_equals_eval_of_the_checkpoint(run, tmp_path):
                                        params=params)
 
     dataset, _ = pipeline.build_dataset(data, "val", is_training=False, batch_size=4)
-    by_checkpoint = evaluate.evaluate_dataset(dataset, checkpoint_predict, coco, verbose=False,
-                                              output_dir=str(tmp_path / "ckpt"))
-    encoded, _ = export.encoded_eval_dataset(data, batch_size=4)
-    by_export = evaluate.evaluate_dataset(encoded, export.load_exported(run["version_dir"]),
-                                          coco, verbose=False, output_dir=str(tmp_path / "sm"))
+    by_checkpoint = coco_scoring.evaluate_dataset(dataset, checkpoint_predict, coco,
+                                                  verbose=False, output_dir=str(tmp_path / "ckpt"))
+    encoded, _ = eval_inputs.encoded_eval_dataset(data, batch_size=4)
+    by_export = coco_scoring.evaluate_dataset(
+        encoded, export_reader.load_exported(run["version_dir"]), coco, verbose=False,
+        output_dir=str(tmp_path / "sm"))
     assert by_export["num_images"] == by_checkpoint["num_images"] == 6
     assert by_export["num_detections"] == by_checkpoint["num_detections"] > 0
-    for name in evaluate.METRIC_NAMES:
+    for name in coco_scoring.METRIC_NAMES:
         assert by_export[name] == pytest.approx(by_checkpoint[name], abs=1e-4), name
-    ckpt = evaluate.load_results(tmp_path / "ckpt" / "results.json")
-    exported = evaluate.load_results(tmp_path / "sm" / "results.json")
+    ckpt = coco_scoring.load_results(tmp_path / "ckpt" / "results.json")
+    exported = coco_scoring.load_results(tmp_path / "sm" / "results.json")
     assert len(ckpt) == len(exported)
     # Pair each detection with its nearest twin (same image and class, closest score and box),
     # not by rank: detections whose scores tie, or differ by float noise between the two
@@ -551,7 +552,8 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(run, tmp_path):
     with pytest.raises(ValueError, match="does not match the model built from the config"):
         export.export_from_model_dir(run["model_dir"], tmp_path,
                                      config_overrides="model.head_channels=32")
-    with pytest.raises(ValueError, match="has 6 classes but the model predicts 3"):
+    with pytest.raises(ValueError, match=r"model.num_classes is 3 but .*label_map.json has 6 "
+                                         "classes"):
         export.export_from_model_dir(run["model_dir"], tmp_path,
                                      config_overrides="model.num_classes=3")
     assert not os.listdir(tmp_path)  # nothing half-written

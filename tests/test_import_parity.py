@@ -18,7 +18,7 @@ import tensorflow as tf
 import torch
 
 from paa_tf import config as config_lib
-from paa_tf import export, postprocess
+from paa_tf import postprocess, run_folder
 from paa_tf.convert import coco_categories
 from tests.helpers import torch_references as ref
 
@@ -86,8 +86,8 @@ def imported(request, tmp_path_factory):
     run_dir = folder / "run"
     assert cli_import(["--checkpoint", checkpoint, "--output", run_dir]) == 0
     config = config_lib.load_config(run_dir / "config.yaml")
-    model = export.restore_model(config, tf.train.latest_checkpoint(str(run_dir)),
-                                 (HEIGHT, WIDTH))
+    model = run_folder.restore_model(config, tf.train.latest_checkpoint(str(run_dir)),
+                                     (HEIGHT, WIDTH))
     return {"source": source, "network": network, "checkpoint": checkpoint,
             "run_dir": run_dir, "config": config, "model": model}
 
@@ -273,15 +273,15 @@ def test_missing_pytorch_says_what_to_install(monkeypatch):
 
 
 def test_a_config_that_computes_something_else_is_refused():
-    from paa_tf.convert import run_folder
+    from paa_tf.convert import importer
     from paa_tf.convert.torch_file import CheckpointError
 
     authors = config_lib.load_config(REPO / "configs" / "paa_r50_fpn_1.5x_coco_authors.yaml")
     with pytest.raises(CheckpointError, match="model.backbone_style is 'msra'"):
-        run_folder.check_config(authors, "mmdet", 50, "authors.yaml")
+        importer.check_config(authors, "mmdet", 50, "authors.yaml")
     mmdet = config_lib.load_config(REPO / "configs" / "paa_r50_fpn_1x_coco_mmdet.yaml")
     with pytest.raises(CheckpointError, match="model.backbone is 'resnet50'"):
-        run_folder.check_config(mmdet, "mmdet", 101, "mmdet.yaml")
+        importer.check_config(mmdet, "mmdet", 101, "mmdet.yaml")
 
 
 # --- ImageNet initialisation (what mmdetection trains from). ---
@@ -330,14 +330,14 @@ def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_pa
     from absl import flags
 
     from paa_tf.cli import export as export_cli
-    from paa_tf.data import pipeline, transforms
+    from paa_tf.data import buckets, transforms
 
     export_dir = tmp_path / "export"
     before = set(flags.FLAGS)
     try:
         with pytest.raises(SystemExit) as done:
             export_cli.main(["paa_export", "--model_dir", str(imported["run_dir"]),
-                             "--export_dir", str(export_dir), "--params_override",
+                             "--export_dir", str(export_dir), "--override",
                              EXPORT_OVERRIDES])
     finally:
         for name in set(flags.FLAGS) - before:
@@ -352,11 +352,11 @@ def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_pa
     config = config_lib.load_config(imported["run_dir"] / "config.yaml",
                                     overrides=EXPORT_OVERRIDES)
     data = config.data
-    model = export.restore_model(config, tf.train.latest_checkpoint(str(imported["run_dir"])),
-                                 tuple(data.image_size))
+    model = run_folder.restore_model(
+        config, tf.train.latest_checkpoint(str(imported["run_dir"])), tuple(data.image_size))
     decoded = transforms.decode_image(encoded)
     resized, info = transforms.resize_image(
-        decoded, max(data.min_size), data.max_size, pipeline.image_size_of(data),
+        decoded, max(data.min_size), data.max_size, buckets.image_size_of(data),
         data.pixel_mean, data.pixel_std)
     # The COCO presets' export pads an image to its own multiples of 32 (data.buckets:
     # orientation, README "Padded input"): 183x256 -> 192x256 here.

@@ -1,18 +1,19 @@
 """PAA losses (paper Eq. 8; docs/PAA.md, "Losses") against the reference loss values
 (docs/CONVENTIONS.md, "Reference values") and hand-computed cases."""
 
+import dataclasses
 import math
-import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from paa_tf import losses
+from paa_tf.config import LossConfig
 
 PRIOR = -math.log(99.0)  # reference value: -4.595120
-KK_LOSS = types.SimpleNamespace(focal_alpha=0.25, focal_gamma=2.0, reg_weight=1.3,
-                                iou_weight=0.5, normalizer="all_reduce")
+KK_LOSS = LossConfig(focal_alpha=0.25, focal_gamma=2.0, reg_weight=1.3, iou_weight=0.5,
+                     normalizer="all_reduce")
 
 
 def _cls_sum(logits, labels):
@@ -148,7 +149,7 @@ def test_per_replica_normaliser_uses_max_of_positives_and_images():
     # Two images, one positive in total: MM divides the focal sum by max(1, 2) = 2.
     stack = lambda t: tf.concat([t, t], axis=0)  # noqa: E731
     no_pos = tf.zeros_like(positive)
-    mm = types.SimpleNamespace(**{**vars(KK_LOSS), "normalizer": "per_replica"})
+    mm = dataclasses.replace(KK_LOSS, normalizer="per_replica")
     args = (stack(cls_logits), stack(pred_boxes), stack(iou_logits),
             tf.concat([labels, -tf.ones_like(labels)], 0), stack(targets),
             tf.concat([positive, no_pos], 0), anchors)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paa_tf.cli import predict
+from paa_tf import predict
 
 
 def tiny_run(root, num_val=3, image_side=64, input_side=128):
@@ -104,7 +104,7 @@ def test_cli_writes_json_equal_to_in_process_postprocess(run, repo_root, tmp_pat
     proc = subprocess.run(
         [sys.executable, str(repo_root / "bin" / "paa_predict"), f"--model_dir={model_dir}",
          "--images", val_dir, str(extra), f"--output_dir={out_dir}", "--score_threshold=0.0",
-         "--batch_size=2"], capture_output=True, text=True, timeout=300)
+         "--override=eval.batch_size=2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out_dir / "detections.json").read_text())
     files = [e["file"] for e in result["images"]]

@@ -10,9 +10,8 @@ import pytest
 import tensorflow as tf
 
 from paa_tf import train as train_lib
-from paa_tf.cli import make_tfrecord
 from paa_tf.data import label_map as label_map_lib
-from paa_tf.data import pipeline
+from paa_tf.data import pipeline, tfrecord_convert
 from tests import train_utils
 from tests.test_data_bad_input import coco_config, make_coco
 
@@ -63,7 +62,7 @@ def test_coco_iterator_resumes_exactly_three_times_in_a_row(tmp_path):
 
 def test_tfrecord_iterator_resumes_exactly_three_times_in_a_row(tmp_path):
     config = make_coco(tmp_path, num_images=7)
-    make_tfrecord.convert("coco", str(tmp_path / "tf" / "d"), 3,
+    tfrecord_convert.convert("coco", str(tmp_path / "tf" / "d"), 3,
                           annotations=config.val_annotations, images=config.val_images)
     config = coco_config(tmp_path, format="tfrecord", train_tfrecords=str(tmp_path / "tf/*"),
                          shuffle_buffer=4, min_size=(48, 64))

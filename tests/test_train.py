@@ -26,16 +26,18 @@ def weights_of(model):
 def test_resume_continues_at_the_right_step_with_the_same_lr(tmp_path, capsys):
     first = make_trainer(tmp_path)
     assert first.restore_or_initialise() is None
-    first.train(stop_after=3)  # interrupted after 3 updates; checkpoints at 2 (and none at 3)
+    # Stopped after 3 updates: checkpoints at 2 (every 2) and at 3, where it stopped.
+    first.train(stop_after=3)
     assert first.step == 3
-    saved_at_2 = tf.train.load_checkpoint(str(tmp_path / "ckpt-2"))
-    assert saved_at_2.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 2
+    saved_at_3 = tf.train.load_checkpoint(str(tmp_path / "ckpt-3"))
+    assert saved_at_3.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 3
+    assert (tmp_path / "ckpt-2.index").is_file()
     second = make_trainer(tmp_path)
-    assert second.restore_or_initialise().endswith("ckpt-2")
-    assert second.step == 2
-    # Same weights as the first run had when it saved step 2 ...
+    assert second.restore_or_initialise().endswith("ckpt-3")
+    assert second.step == 3
+    # Same weights as the first run had when it stopped at step 3 ...
     kernel = [v for v in second.model.weights if "kernel" in v.name][0]
-    name = [n for n, _ in tf.train.list_variables(str(tmp_path / "ckpt-2"))
+    name = [n for n, _ in tf.train.list_variables(str(tmp_path / "ckpt-3"))
             if n.startswith("model/") and "kernel" in n][0]
     assert name  # the model's variables are in the checkpoint
     assert np.isfinite(kernel.numpy()).all()

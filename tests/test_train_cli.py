@@ -61,6 +61,9 @@ def test_override_reaches_the_model(tiny_experiment, tmp_path):
     assert [3, 3, 64, 6] in kernels  # class logits from a 64-channel tower, 6 shapes
     saved = (tmp_path / "config.yaml").read_text()
     assert "head_channels: 64" in saved
+    # The config names no model.num_classes: the label map's 6 are used and saved.
+    assert "num_classes" not in (REPO / "configs" / "quickstart.yaml").read_text()
+    assert "num_classes: 6" in saved
     label_map = json.loads((tmp_path / "label_map.json").read_text())
     assert len(label_map["classes"] if isinstance(label_map, dict) else label_map) == 6
 
@@ -111,10 +114,42 @@ def test_sigkill_then_resume_finishes_the_same_number_of_steps(tiny_experiment, 
 
 
 def test_mixed_precision_step_runs_with_finite_losses(tiny_experiment, tmp_path):
-    result = run_train(tiny_experiment, tmp_path, "train.total_steps=2", "--mixed_precision")
+    result = run_train(tiny_experiment, tmp_path, "train.total_steps=2,train.mixed_precision=true")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 2/2" in result.stdout and "nan" not in result.stdout.lower()
     assert "mixed_precision: true" in (tmp_path / "config.yaml").read_text()
+
+
+def test_a_wrong_num_classes_stops_before_step_1_naming_both_numbers(tiny_experiment, tmp_path):
+    result = run_train(tiny_experiment, tmp_path, "train.total_steps=2,model.num_classes=4")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "paa_train: error: model.num_classes is 4 but" in result.stderr
+    assert "has 6 classes" in result.stderr and "Traceback" not in result.stderr
+    assert "step 1/" not in result.stdout and not list(tmp_path.glob("ckpt-*"))
+
+
+def test_stop_after_checkpoints_where_it_stops_and_the_next_run_resumes(tiny_experiment,
+                                                                         tmp_path):
+    """`--stop_after 1` with checkpoints every 100 steps: ckpt-1 is written anyway, and the
+    same command without it resumes there. TensorFlow's INFO lines (a checkpoint's
+    'Saving symbolic checkpoint' and 'Sharding callback duration') appear only with
+    --verbosity=0."""
+    quiet = {k: v for k, v in env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = TRAIN + ["--config", str(tiny_experiment), "--model_dir", str(tmp_path),
+                       "--override", f"{SMALL},train.total_steps=3,train.checkpoint_every=100"]
+    first = subprocess.run(command + ["--stop_after", "1"], capture_output=True, text=True,
+                           env=quiet, timeout=300, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "ckpt-1.index").is_file()
+    assert f"stopped at step 1 of 3; checkpoint {tmp_path / 'ckpt-1'}" in first.stdout
+    chatter = ("Sharding callback duration", "Saving symbolic checkpoint")
+    assert not [line for line in chatter if line in first.stdout + first.stderr]
+    second = subprocess.run(command + ["--verbosity=0"], capture_output=True, text=True,
+                            env=quiet, timeout=300, cwd=REPO)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"Resumed from {tmp_path / 'ckpt-1'} at step 1" in second.stdout
+    assert "finished at step 3 of 3" in second.stdout and (tmp_path / "ckpt-3.index").is_file()
+    assert all(line in second.stdout + second.stderr for line in chatter), second.stderr[-3000:]
 
 
 def _free_port():

@@ -60,7 +60,7 @@ def _fixed_assignment(labels, boxes, num_pos_per_gt):
     positive = labels >= 0
 
     def assign_fn(config, anchors, level_ids, num_levels, gt_boxes, gt_classes, cls_logits,
-                  pred_boxes, plus_one=False):
+                  pred_boxes, plus_one=False, loss_config=None):
         assert not isinstance(cls_logits, tf.Variable)
         return AssignResult(labels=labels, matched_boxes=tf.constant(boxes, tf.float32),
                             positive_mask=positive,

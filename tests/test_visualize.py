@@ -44,6 +44,31 @@ def test_draw_detections_draws_boxes_and_labels_only():
         visualize.draw_detections(image, boxes, [0.9], [0, 1, 2])
 
 
+def _label_height(drawn, box, colour):
+    """Rows of the filled label above `box` (ymin, xmin, ...): class colour at column xmin."""
+    rows = 0
+    while rows < box[0] and np.all(drawn[box[0] - 1 - rows, box[1]] == colour):
+        rows += 1
+    return rows
+
+
+def test_labels_fit_a_large_photo_and_their_size_can_be_set():
+    """On a 2048x1371 photo the label is the size `label_font_size` gives (a fraction of
+    the old 1/22 of the shorter side, 62 px); an explicit size is drawn as asked."""
+    assert visualize.label_font_size(1371) == 19
+    assert visualize.label_font_size(256) == 10 and visualize.label_font_size(4000) == 32
+    photo = np.full((1371, 2048, 3), 90, np.uint8)
+    box = (700, 900, 900, 1200)
+    colour = visualize.class_colour(1)
+    def height(font_size=None):
+        return _label_height(visualize.draw_detections(photo, [box], [0.9], [1], ["pawn"],
+                                                       font_size=font_size), box, colour)
+
+    default, old_rule = height(), height(round(1371 / 22))
+    assert default == height(19) and 0 < default < old_rule / 2
+    assert height(50) > 2 * default  # --label_size of paa_predict
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     from paa_tf import config as config_lib
@@ -161,7 +186,6 @@ def test_positives_per_gt_plot_reads_the_training_scalars(tmp_path):
 def test_bin_paa_visualize_on_a_training_run(repo_root, tmp_path):
     """`bin/paa_visualize` draws the assignment picture of a run's training image and the
     positives plot of its logs; `--image` finds the same record as `--data_index`."""
-    from paa_tf.cli import visualize as cli
     from tests.test_predict import tiny_run
 
     _, _, model_dir, paths = tiny_run(tmp_path)
@@ -172,13 +196,13 @@ def test_bin_paa_visualize_on_a_training_run(repo_root, tmp_path):
                            f"--output={picture}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "candidates" in proc.stdout and Image.open(picture).format == "PNG"
-    by_index = cli.assignment_picture(model_dir, tmp_path / "a.png", data_index=1)
-    by_file = cli.assignment_picture(model_dir, tmp_path / "b.png",
+    by_index = visualize.assignment_picture(model_dir, tmp_path / "a.png", data_index=1)
+    by_file = visualize.assignment_picture(model_dir, tmp_path / "b.png",
                                      image=f"{paths['train_image_dir']}/train_000002.jpg")
     np.testing.assert_array_equal(by_index.anchor_indices, by_file.anchor_indices)
     np.testing.assert_array_equal(by_index.decisions, by_file.decisions)
     with pytest.raises(ValueError, match="not an image of the run's data"):
-        cli.assignment_picture(model_dir, tmp_path / "c.png", image=str(picture))
+        visualize.assignment_picture(model_dir, tmp_path / "c.png", image=str(picture))
     plot = tmp_path / "positives.png"
     proc = subprocess.run([sys.executable, script, f"--model_dir={model_dir}",
                            "--positives_plot", f"--output={plot}"], capture_output=True,

@@ -21,13 +21,7 @@ import tensorflow as tf
 from paa_tf.assign import iou_match
 from paa_tf.assign.labels import BACKGROUND, IGNORE, AssignResult
 from paa_tf.assign.paa import batch_size, level_bounds
-
-_DEFAULTS = {"iou_positive": 0.5, "iou_negative": 0.4, "low_quality": "kk",
-             "iou_low_quality": True, "atss_topk": 9}
-
-
-def _option(config, name):
-    return getattr(config, name, _DEFAULTS[name]) if config is not None else _DEFAULTS[name]
+from paa_tf.assign.paa import option as _option
 
 
 def _result(labels, matched_gt, gt_boxes, gt_classes):

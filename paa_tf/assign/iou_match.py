@@ -18,6 +18,7 @@ them (docs/CONVENTIONS.md, "Data filters"); this guard only keeps a bad box from
 
 import tensorflow as tf
 
+from paa_tf import config as config_lib
 from paa_tf.ops import boxes as box_ops
 
 
@@ -53,8 +54,9 @@ def match_anchors(iou, threshold, low_quality="kk", allow_low_quality=True):
       matched_gt: int32 [B, A], GT index or -1.
       best_iou: float32 [B, A], IoU with the anchor's argmax GT (-1 if there is no GT).
     """
-    if low_quality not in ("kk", "mm"):
-        raise ValueError(f"assign.low_quality must be 'kk' or 'mm', got {low_quality!r}")
+    if low_quality not in config_lib.choices("assign.low_quality"):
+        raise ValueError(f"assign.low_quality must be one of "
+                         f"{config_lib.choices('assign.low_quality')}, got {low_quality!r}")
     num_gt = tf.shape(iou)[1]
     best_iou = tf.reduce_max(iou, axis=1)  # [B, A]
     # argmax with ties to the smallest GT index, deterministic on every backend.

@@ -26,21 +26,15 @@ from paa_tf.assign.labels import (
     PaaDiagnostics,
 )
 from paa_tf.assign.separation import separate
+from paa_tf.config import AssignConfig, LossConfig
 from paa_tf.ops import gmm
 from paa_tf.ops.boxes import giou_loss
 from paa_tf.ops.focal import sigmoid_focal_loss
 
-_DEFAULTS = {
-    "candidate_iou": 0.1, "low_quality": "kk", "topk": 9, "score_lambda": 1.0,
-    "separation": "kk_c", "fnp_count": 10, "fsr_threshold": 0.1, "single_candidate": "pos",
-    "no_component0": "all_pos", "max_gt_per_batch": 256, "focal_alpha": 0.25,
-    "focal_gamma": 2.0,
-}
-
 
 def option(config, name):
-    """`config.<name>`, or the project default while the config lacks the field."""
-    return getattr(config, name, _DEFAULTS[name]) if config is not None else _DEFAULTS[name]
+    """`config.<name>` of an `AssignConfig`; its defaults when `config` is None."""
+    return getattr(AssignConfig() if config is None else config, name)
 
 
 def level_bounds(level_ids, num_levels):
@@ -217,11 +211,12 @@ def _check_shapes(anchors, gt_boxes, gt_classes, cls_logits, pred_boxes):
 
 
 def paa_candidates_and_gmm(config, anchors, level_ids, num_levels, gt_boxes, gt_classes,
-                           cls_logits, pred_boxes, plus_one=False):
+                           cls_logits, pred_boxes, plus_one=False, loss_config=None):
     """PAA assignment with everything it computed on the way.
 
     Arguments as `paa_tf.assign.assign`. Returns (AssignResult, PaaDiagnostics).
     """
+    loss_config = LossConfig() if loss_config is None else loss_config
     anchors = tf.convert_to_tensor(anchors, tf.float32)
     gt_boxes = tf.stop_gradient(tf.convert_to_tensor(gt_boxes, tf.float32))
     gt_classes = tf.convert_to_tensor(gt_classes, tf.int32)
@@ -235,7 +230,7 @@ def paa_candidates_and_gmm(config, anchors, level_ids, num_levels, gt_boxes, gt_
         iou, float(option(config, "candidate_iou")), option(config, "low_quality"))
     costs = anchor_costs(cls_logits, pred_boxes, gt_boxes, gt_classes, matched_iou,
                          float(option(config, "score_lambda")),
-                         float(option(config, "focal_alpha")), float(option(config, "focal_gamma")))
+                         float(loss_config.focal_alpha), float(loss_config.focal_gamma))
     labels, pos_gt, num_pos, diagnostics = select_from_costs(
         config, costs, matched_iou, gt_classes, bounds)
     return make_result(labels, pos_gt, num_pos, gt_boxes, gt_classes), diagnostics
@@ -253,7 +248,7 @@ def make_result(labels, matched_gt, num_pos, gt_boxes, gt_classes):
 
 
 def paa_assign(config, anchors, level_ids, num_levels, gt_boxes, gt_classes, cls_logits,
-               pred_boxes, plus_one=False):
+               pred_boxes, plus_one=False, loss_config=None):
     """PAA targets (see `paa_tf.assign.assign`)."""
     return paa_candidates_and_gmm(config, anchors, level_ids, num_levels, gt_boxes, gt_classes,
-                                  cls_logits, pred_boxes, plus_one)[0]
+                                  cls_logits, pred_boxes, plus_one, loss_config)[0]

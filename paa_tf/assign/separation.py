@@ -49,10 +49,11 @@ Policies, for the GMM-based schemes only ('fnp' and 'fsr' apply their rule as is
 
 import tensorflow as tf
 
+from paa_tf import config as config_lib
 from paa_tf.assign.labels import CANDIDATE_IGNORE, CANDIDATE_NEGATIVE, CANDIDATE_POSITIVE
 
-GMM_SCHEMES = ("kk_c", "mm_c", "a", "b", "b_orig", "d")
-SCHEMES = GMM_SCHEMES + ("fnp", "fsr")
+SCHEMES = config_lib.choices("assign.separation")
+GMM_SCHEMES = tuple(s for s in SCHEMES if s not in ("fnp", "fsr"))  # those using the GMM
 
 
 def _first_max_position(members, log_density, positions, size):
@@ -86,10 +87,10 @@ def separate(costs, mask, components, log_density, scheme="kk_c", single_candida
     """
     if scheme not in SCHEMES:
         raise ValueError(f"assign.separation must be one of {SCHEMES}, got {scheme!r}")
-    if single_candidate not in ("pos", "neg"):
+    if single_candidate not in config_lib.choices("assign.single_candidate"):
         raise ValueError(f"assign.single_candidate must be 'pos' or 'neg', got "
                          f"{single_candidate!r}")
-    if no_component0 not in ("all_pos", "none"):
+    if no_component0 not in config_lib.choices("assign.no_component0"):
         raise ValueError(f"assign.no_component0 must be 'all_pos' or 'none', got "
                          f"{no_component0!r}")
     mask = tf.convert_to_tensor(mask, tf.bool)

@@ -19,14 +19,25 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
-
 from paa_tf import ablation
-from paa_tf.cli import errors
+from paa_tf.cli import program
+from paa_tf.run_folder import RunFolder
 
 CONFIG = "configs/quickstart.yaml"
 
-FLAGS = flags.FLAGS
+FLAGS = program.FLAGS
+FLAG_SPECS = (
+    program.OUTPUT_DIR.with_help("Folder for the runs and the report.", default="runs/ablate"),
+    program.flag("integer", "steps", 800, "Training steps (of 8 images) per row and seed; the "
+                 "LR schedule is the quickstart's, scaled to this length.", lower_bound=1),
+    program.flag("list", "seeds", ["0"], "Seeds to train each row with (comma-separated)."),
+    program.flag("list", "rows", [], "Training keys to run (default all): "
+                 + ", ".join(ablation.trainings())),
+    program.CONFIG.with_help("Base experiment config.", default=CONFIG),
+    program.OVERRIDE.with_help("Overrides applied to every training (e.g. a smaller data set "
+                               "for a smoke test), as in bin/paa_train."),
+    program.flag("bool", "report_only", False, "Only write the report from the finished runs."),
+)
 
 
 def _run(command, log_path):
@@ -34,7 +45,7 @@ def _run(command, log_path):
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
@@ -50,7 +61,7 @@ def _ensure_shapes_dataset():
     if FLAGS.config != CONFIG or os.path.isfile("data/shapes/annotations/instances_val.json"):
         return
     print("[ablate] generating data/shapes (bin/paa_make_shapes)", flush=True)
-    subprocess.run([sys.executable, "-m", "paa_tf.cli.make_shapes", "--output_dir",
+    subprocess.run([sys.executable, "-m", "paa_tf.cli", "paa_make_shapes", "--output_dir",
                     "data/shapes"], check=True)
 
 
@@ -64,15 +75,16 @@ def _train_and_evaluate(training, overrides, seed, evaluations):
         return False
     ablation.check_budget(model_dir, FLAGS.steps)
     log_path = os.path.join(model_dir, "ablate.log")
-    all_overrides = (list(overrides) + list(ablation.budget_overrides(FLAGS.steps, seed))
-                     + list(FLAGS.extra_overrides))
+    all_overrides = list(overrides) + list(ablation.budget_overrides(FLAGS.steps, seed))
+    extra = [arg for override in FLAGS.override for arg in ("--override", override)]
     start = time.time()
-    final = os.path.join(model_dir, f"ckpt-{FLAGS.steps}.index")
-    if not os.path.isfile(final):
+    run = RunFolder(model_dir)
+    if not run.has_checkpoint(FLAGS.steps):
         print(f"[ablate] training {training} seed {seed} ({FLAGS.steps} steps)", flush=True)
-        code = _run([sys.executable, "-m", "paa_tf.cli.train", "--config", FLAGS.config,
-                     "--model_dir", model_dir, "--override", ",".join(all_overrides)], log_path)
-        if code != 0 or not os.path.isfile(final):
+        code = _run([sys.executable, "-m", "paa_tf.cli", "paa_train", "--config", FLAGS.config,
+                     "--model_dir", model_dir, "--override", ",".join(all_overrides)] + extra,
+                    log_path)
+        if code != 0 or not run.has_checkpoint(FLAGS.steps):
             reason = f"training exited with code {code}: {_last_line(log_path)} (log: {log_path})"
             with open(os.path.join(model_dir, "FAILED.json"), "w") as f:
                 json.dump({"reason": reason}, f)
@@ -82,9 +94,10 @@ def _train_and_evaluate(training, overrides, seed, evaluations):
         out = ablation.eval_dir(model_dir, voting, score)
         if os.path.isfile(os.path.join(out, "metrics.json")):
             continue
-        code = _run([sys.executable, "-m", "paa_tf.cli.eval", "--model_dir", model_dir,
-                     f"--score_voting={str(voting).lower()}", "--output_dir", out]
-                    + ([f"--score={score}"] if score else []), log_path)
+        eval_overrides = f"eval.score_voting={str(voting).lower()}" + (
+            f",eval.score={score}" if score else "")
+        code = _run([sys.executable, "-m", "paa_tf.cli", "paa_eval", "--model_dir", model_dir,
+                     "--override", eval_overrides, "--output_dir", out], log_path)
         if code != 0:
             raise RuntimeError(f"evaluation of {model_dir} failed with code {code}; see "
                                f"{log_path}")
@@ -95,8 +108,6 @@ def _train_and_evaluate(training, overrides, seed, evaluations):
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
     seeds = [int(s) for s in FLAGS.seeds]
     rows = ablation.select_rows(FLAGS.rows)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
@@ -118,29 +129,4 @@ def _run_all(seeds, rows):
     print(f"[ablate] report: {FLAGS.output_dir}/ablations.md, ablations.png", flush=True)
 
 
-def define_flags():
-    """Defines the flags at start-up, not on import: names like --config and --output_dir are
-    also defined by the other programs, whose modules may share a process with this one."""
-    flags.DEFINE_string("output_dir", "runs/ablate", "Folder for the runs and the report.")
-    flags.DEFINE_integer("steps", 800, "Training steps (of 8 images) per row and seed; the LR "
-                         "schedule is the quickstart's, scaled to this length.", lower_bound=1)
-    flags.DEFINE_list("seeds", ["0"], "Seeds to train each row with (comma-separated).")
-    flags.DEFINE_list("rows", [], "Training keys to run (default all): "
-                      + ", ".join(ablation.trainings()))
-    flags.DEFINE_string("config", CONFIG, "Base experiment config.")
-    flags.DEFINE_list("extra_overrides", [], "Overrides applied to every training (e.g. a smaller "
-                      "data set for a smoke test).")
-    flags.DEFINE_bool("report_only", False, "Only write the report from the finished runs.")
-    # absl's --help lists the key flags of the script named by sys.argv[0] only.
-    for name in ("output_dir", "steps", "seeds", "rows", "config", "extra_overrides",
-                 "report_only"):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-
-
-def main():
-    define_flags()
-    errors.run(_main, "paa_ablate")
-
-
-if __name__ == "__main__":
-    main()
+main = program.entry_point("paa_ablate", FLAG_SPECS, _main)

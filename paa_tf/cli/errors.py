@@ -9,8 +9,8 @@ Exit codes, the same for every program:
      `exit_code` attribute choose their own code)
 
 A bad-input error prints `<program>: error: <message>` and no traceback; `--traceback`
-shows the traceback as well (for a bug report). Use `run(main_fn, "paa_x")` instead of
-`absl.app.run(main_fn)`.
+shows the traceback as well (for a bug report). Programs get this through
+`paa_tf.cli.program.run`.
 """
 
 import sys
@@ -20,13 +20,6 @@ from absl import app, flags
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
-
-
-def define_traceback_flag(flag_values=flags.FLAGS):
-    if "traceback" not in flag_values:
-        flags.DEFINE_bool("traceback", False, "On an error, print the Python traceback as well "
-                          "as the message (for a bug report).", flag_values=flag_values)
-    flag_values.register_key_flag_for_module(sys.argv[0], flag_values["traceback"])
 
 
 def exit_code_of(error):
@@ -54,16 +47,6 @@ def message_of(error):
     return text
 
 
-def _parse_flags(program):
-    def parse(argv):
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as error:
-            print(f"{program}: error: {error} (run with --help for the flags)", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
-    return parse
-
-
 def guarded(main_fn, program):
     """`main_fn(argv)` returning its exit code, bad-input errors turned into a paragraph."""
     def wrapped(argv):
@@ -79,9 +62,3 @@ def guarded(main_fn, program):
             return code
     return wrapped
 
-
-def run(main_fn, program, argv=None):
-    """`absl.app.run` with the error convention of this module (see its docstring)."""
-    define_traceback_flag()
-    app.run(guarded(main_fn, program), argv=sys.argv if argv is None else argv,
-            flags_parser=_parse_flags(program))

@@ -8,236 +8,144 @@ Examples::
     bin/paa_eval --annotations=ANN.json --gt_as_detections --output_dir=/tmp/ev
     # a trained checkpoint (newest in model_dir, config from model_dir/config.yaml) on the
     # config's val split, or on a COCO image folder given here
-    bin/paa_eval --model_dir=runs/x [--checkpoint=runs/x/ckpt-2000] [--config=...] \
-        [--data=val2017/ --annotations=ANN.json] [--score_voting=false] [--batch_size=8]
+    bin/paa_eval --model_dir=runs/x [--checkpoint=runs/x/ckpt-2000] \
+        [--data=test/ --annotations=test/ANN.json] [--override eval.score_voting=false]
     # an exported SavedModel (bin/paa_export), run on the undecoded image files
     bin/paa_eval --saved_model=export/1 [--data=val2017/ --annotations=ANN.json]
     # test-time augmentation of a checkpoint: every listed shorter side, each also mirrored;
     # the views' candidates are merged before NMS and score voting
-    bin/paa_eval --model_dir=runs/x --tta_scales=640,800 --tta_flip
+    bin/paa_eval --model_dir=runs/x --override eval.tta_scales=[640,800],eval.tta_flip=true
 
-Writes ``results.json`` (COCO results) and ``metrics.json`` (the 12 COCO numbers by name and
-per-category AP) into ``--output_dir`` (default ``<model_dir>/eval``, or ``./paa_eval_output``).
+Each evaluation names the data it scored (``--split``, default the ``--data`` folder's name,
+else ``val``) and writes ``results.json`` (COCO results) and ``metrics.json`` (the 12 COCO
+numbers by name and per-category AP) into ``--output_dir``, by default
+``<model_dir>/eval/<split>/`` (``./paa_eval_output/<split>/`` without a run folder): two
+splits evaluated from one run leave two result sets.
 """
 
-import importlib.util
 import os
-import sys
 
-from absl import app, flags
+from absl import app
 
-from paa_tf import evaluate
-from paa_tf.cli import errors
-from paa_tf.config import SCORES
+from paa_tf.cli import program
 
-FLAGS = flags.FLAGS
-_FLAG_NAMES = ("annotations", "results_file", "gt_as_detections", "output_dir", "model_dir",
-               "checkpoint", "config", "data", "score_voting", "score", "batch_size", "saved_model",
-               "max_batches", "tta_scales", "tta_flip")
+FLAGS = program.FLAGS
+FLAG_SPECS = (
+    program.MODEL_DIR, program.CHECKPOINT, program.CONFIG, program.OVERRIDE,
+    program.flag("string", "data", None, "COCO image folder to evaluate on (default: config "
+                 "data.val_images)."),
+    program.flag("string", "annotations", None, "COCO instances JSON of the evaluated images "
+                 "(default: config data.val_annotations)."),
+    program.OUTPUT_DIR.with_help("Where results.json and metrics.json go (default "
+                                 "<model_dir>/eval/<split>, else ./paa_eval_output/<split>)."),
+    program.flag("string", "split", None, "Name of the evaluated data in the output and in the "
+                 "default output folder (default: the --data folder's name, else 'val')."),
+    program.flag("integer", "max_batches", None, "Stop after this many batches (quick checks); "
+                 "only the images seen are scored.", lower_bound=1),
+    program.flag("string", "saved_model", None, "Evaluate this exported SavedModel instead of "
+                 "a checkpoint."),
+    program.flag("string", "results_file", None, "Score this COCO results JSON instead of "
+                 "running a model."),
+    program.flag("bool", "gt_as_detections", False, "Use the ground truth (crowd boxes "
+                 "excluded) as detections: checks the evaluation path, AP must be 1.0."),
+)
 
-MODELING_MODULE = "paa_tf.modeling.detector"
-CHECKPOINT_UNAVAILABLE = "evaluating a checkpoint needs paa_tf.modeling (not available)"
 
-
-def define_flags(flag_values=FLAGS):
-    """Defines this command's flags once (importing several CLIs in one process is safe)."""
-    if "gt_as_detections" in flag_values:
-        return
-    flags.DEFINE_string("annotations", None, "COCO instances JSON of the evaluated images "
-                        "(default: config data.val_annotations).", flag_values=flag_values)
-    flags.DEFINE_string("results_file", None, "Score this COCO results JSON instead of running "
-                        "a model.", flag_values=flag_values)
-    flags.DEFINE_bool("gt_as_detections", False, "Use the ground truth (crowd boxes excluded) "
-                      "as detections: checks the evaluation path, AP must be 1.0.",
-                      flag_values=flag_values)
-    flags.DEFINE_string("output_dir", None, "Where results.json and metrics.json go (default "
-                        "<model_dir>/eval, else ./paa_eval_output).", flag_values=flag_values)
-    flags.DEFINE_string("model_dir", None, "Training folder (config and checkpoints).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("checkpoint", None, "Checkpoint path (default: latest in model_dir).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("config", None, "Experiment YAML (default: the one in model_dir).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("data", None, "COCO image folder to evaluate on (default: config "
-                        "data.val_images).", flag_values=flag_values)
-    flags.DEFINE_bool("score_voting", None, "Override eval.score_voting (true|false).",
-                      flag_values=flag_values)
-    flags.DEFINE_enum("score", None, list(SCORES), "Override eval.score: "
-                      "sqrt(p*q), p*q, or the class probability p alone.",
-                      flag_values=flag_values)
-    flags.DEFINE_integer("batch_size", None, "Override eval.batch_size.", lower_bound=1,
-                         flag_values=flag_values)
-    flags.DEFINE_string("saved_model", None, "Evaluate this exported SavedModel instead of a "
-                        "checkpoint.", flag_values=flag_values)
-    flags.DEFINE_integer("max_batches", None, "Stop after this many batches (quick checks); "
-                         "only the images seen are scored.", lower_bound=1,
-                         flag_values=flag_values)
-    flags.DEFINE_list("tta_scales", None, "Test-time augmentation: the shorter sides to run "
-                      "(comma-separated, e.g. 640,800; the evaluation scale is not added). "
-                      "Overrides eval.tta_scales.", flag_values=flag_values)
-    flags.DEFINE_bool("tta_flip", None, "Test-time augmentation: also run each scale mirrored "
-                      "(overrides eval.tta_flip).", flag_values=flag_values)
-    # absl's --help lists only the key flags of the script named by sys.argv[0]; these flags
-    # live in this module, so register them for the script as well.
-    for name in _FLAG_NAMES:
-        flag_values.register_key_flag_for_module(sys.argv[0], flag_values[name])
+def split_name():
+    """What the evaluated data is called: --split, else the --data folder's name, else 'val'."""
+    if FLAGS.split:
+        return FLAGS.split
+    if FLAGS.data:
+        return os.path.basename(os.path.normpath(FLAGS.data)) or "val"
+    return "val"
 
 
 def _output_dir():
     if FLAGS.output_dir:
         return FLAGS.output_dir
-    if FLAGS.model_dir:
-        return os.path.join(FLAGS.model_dir, "eval")
-    return "paa_eval_output"
+    base = os.path.join(FLAGS.model_dir, "eval") if FLAGS.model_dir else "paa_eval_output"
+    return os.path.join(base, split_name())
 
 
-def _overrides():
-    overrides = []
-    if FLAGS.score_voting is not None:
-        overrides.append(f"eval.score_voting={str(FLAGS.score_voting).lower()}")
-    if FLAGS.score is not None:
-        overrides.append(f"eval.score={FLAGS.score}")
-    if FLAGS.batch_size is not None:
-        overrides.append(f"eval.batch_size={FLAGS.batch_size}")
-    if FLAGS.tta_scales is not None:
-        overrides.append(f"eval.tta_scales=[{','.join(_tta_scales())}]")
-    if FLAGS.tta_flip is not None:
-        overrides.append(f"eval.tta_flip={str(FLAGS.tta_flip).lower()}")
-    return overrides or None
-
-
-def _tta_scales():
-    """--tta_scales as decimal strings; a usage error for anything but positive integers."""
-    scales = [s.strip() for s in FLAGS.tta_scales if s.strip()]
-    if not all(s.isdigit() and int(s) > 0 for s in scales):
-        raise app.UsageError(f"--tta_scales={','.join(FLAGS.tta_scales)}: give positive "
-                             "integers (shorter sides in pixels), e.g. --tta_scales=640,800")
-    return scales
-
-
-def _apply_flag_overrides(config):
-    if FLAGS.batch_size is not None:
-        config.eval.batch_size = FLAGS.batch_size
-    return config
-
-
-def _load_config():
-    """The experiment config: --config, else <model_dir>/config.yaml, else the defaults."""
+def _config():
+    """The experiment config: the run's (or --config), else the export's, else the defaults."""
     from paa_tf import config as config_lib
-    path = FLAGS.config
-    if path is None and FLAGS.model_dir:
-        candidate = os.path.join(FLAGS.model_dir, "config.yaml")
-        path = candidate if os.path.isfile(candidate) else None
-    return config_lib.load_config(path, overrides=_overrides())
+    from paa_tf.run_folder import RunFolder
 
-
-def evaluate_results(annotations, results, output_dir):
-    """Score COCO results records (the path shared by --results_file and --gt_as_detections)."""
-    return evaluate.coco_evaluate(annotations, results, output_dir=output_dir)
-
-
-def _module_available(name):
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
-def restore_detector(config, model_dir, checkpoint=None):
-    """A `PAADetector` built from `config` with the weights of `checkpoint`.
-
-    `checkpoint` defaults to the newest in `model_dir` (the trainer's `tf.train.Checkpoint`
-    with a `model` entry; the optimizer state is not needed and is left unrestored).
-    """
-    if not _module_available(MODELING_MODULE):
-        raise app.UsageError(CHECKPOINT_UNAVAILABLE)
-    from paa_tf import checkpoints, export
-
-    image_size = tuple(config.data.image_size)
-    if checkpoint:
-        model, path = export.restore_model(config, checkpoint, image_size), checkpoint
-    elif model_dir and checkpoints.find_checkpoints(model_dir):
-        model, path = export.restore_newest_model(config, model_dir, image_size)
-    else:
-        raise app.UsageError(f"no checkpoint found in --model_dir={model_dir!r}; train first "
-                             "or give --checkpoint=PATH (the prefix, e.g. run/ckpt-2000)")
-    print(f"restored {path}", flush=True)
-    return model
+    if FLAGS.model_dir:
+        return RunFolder(FLAGS.model_dir).config(FLAGS.override, config_path=FLAGS.config)
+    if FLAGS.saved_model and not FLAGS.config:
+        from paa_tf import export_reader
+        exported = config_lib.to_dict(export_reader.exported_config(FLAGS.saved_model))
+        return config_lib.build_config([exported], FLAGS.override)
+    return config_lib.load_config(FLAGS.config, overrides=FLAGS.override)
 
 
 def _run_model(output_dir):
-    """Evaluate a checkpoint or an exported SavedModel on the val split."""
-    if FLAGS.saved_model and not (FLAGS.config or FLAGS.model_dir):
-        from paa_tf import export
-        config = export.exported_config(FLAGS.saved_model)
-        config = _apply_flag_overrides(config)
-    else:
-        config = _load_config()
+    """Evaluate a checkpoint or an exported SavedModel on the chosen data."""
+    from paa_tf import evaluate
+
+    config = _config()
     if FLAGS.data:
         config.data.val_images = FLAGS.data
     if FLAGS.annotations:
         config.data.val_annotations = FLAGS.annotations
-    run_label_map = os.path.join(FLAGS.model_dir or "", "label_map.json")
-    if FLAGS.model_dir and not config.data.label_map and os.path.isfile(run_label_map):
-        # The classes the model was trained with, whatever data it is evaluated on.
-        config.data.label_map = run_label_map
     if config.data.format == "coco" and not (config.data.val_images and
                                              config.data.val_annotations):
         raise app.UsageError("give --data (image folder) and --annotations (instances JSON), "
                              "or set data.val_images / data.val_annotations in the config")
+    print(f"paa_eval: evaluating '{split_name()}' ({config.data.val_images or config.data.format}"
+          f") into {output_dir}", flush=True)
     if FLAGS.saved_model:
-        from paa_tf import export
-        if FLAGS.tta_scales or FLAGS.tta_flip:
-            raise app.UsageError("--tta_scales/--tta_flip need a checkpoint (--model_dir): an "
-                                 "exported SavedModel has its pre-processing built in")
-        if FLAGS.score_voting is not None or FLAGS.score is not None:
-            print("note: --score_voting and --score have no effect on a SavedModel (fixed at "
-                  "export)")
-        predict_fn = export.load_exported(FLAGS.saved_model)
-        dataset, _ = export.encoded_eval_dataset(config.data, config.eval.batch_size)
-        coco_gt = evaluate.val_ground_truth(config.data, predict_fn.label_map)
-        return evaluate.evaluate_dataset(dataset, predict_fn, coco_gt,
-                                         label_map=predict_fn.label_map, output_dir=output_dir,
-                                         max_batches=FLAGS.max_batches,
-                                         plus_one=config.model.plus_one)
-    model = restore_detector(config, FLAGS.model_dir, FLAGS.checkpoint)
+        if config.eval.tta_scales or config.eval.tta_flip:
+            raise app.UsageError("eval.tta_scales / eval.tta_flip need a checkpoint "
+                                 "(--model_dir): an exported SavedModel has its "
+                                 "pre-processing built in")
+        return evaluate.evaluate_exported(config, FLAGS.saved_model, output_dir=output_dir,
+                                          max_batches=FLAGS.max_batches)
+    if not FLAGS.model_dir and not FLAGS.checkpoint:
+        raise app.UsageError("give --model_dir (a training run folder) or --checkpoint")
+    from paa_tf.run_folder import RunFolder
+
+    model, path = RunFolder(FLAGS.model_dir or ".").restore(
+        config, tuple(config.data.image_size), FLAGS.checkpoint)
+    print(f"restored {path}", flush=True)
     return evaluate.evaluate_model(config, model, output_dir=output_dir,
                                    max_batches=FLAGS.max_batches)
 
 
+def _score_file(output_dir):
+    """Scores --results_file, or the ground truth itself (--gt_as_detections)."""
+    from paa_tf import coco_scoring  # no TensorFlow: scoring a file stays light
+
+    if FLAGS.results_file and FLAGS.gt_as_detections:
+        raise app.UsageError("give either --results_file or --gt_as_detections, not both")
+    if not FLAGS.annotations:
+        raise app.UsageError("--annotations (the COCO instances JSON) is required to score "
+                             "a results file")
+    coco_gt = coco_scoring.load_coco(FLAGS.annotations)
+    results_file = FLAGS.results_file
+    if FLAGS.gt_as_detections:
+        # Through the same file path a real results file takes.
+        results_file = os.path.join(output_dir, "gt_as_detections.json")
+        coco_scoring.write_json(coco_scoring.gt_as_detections(coco_gt), results_file)
+    records = coco_scoring.load_results(results_file)
+    return coco_scoring.coco_evaluate(coco_gt, records, output_dir=output_dir)
+
+
 def _run(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; all options are --flags.")
     output_dir = _output_dir()
     if FLAGS.results_file or FLAGS.gt_as_detections:
-        if FLAGS.results_file and FLAGS.gt_as_detections:
-            raise app.UsageError("give either --results_file or --gt_as_detections, not both")
-        if not FLAGS.annotations:
-            raise app.UsageError("--annotations (the COCO instances JSON) is required to score "
-                                 "a results file")
-        coco_gt = evaluate.load_coco(FLAGS.annotations)
-        results_file = FLAGS.results_file
-        if FLAGS.gt_as_detections:
-            # Through the same file path a real results file takes.
-            results_file = os.path.join(output_dir, "gt_as_detections.json")
-            evaluate.write_json(evaluate.gt_as_detections(coco_gt), results_file)
-        records = evaluate.load_results(results_file)
-        metrics = evaluate_results(coco_gt, records, output_dir)
-    else:
-        if not (FLAGS.model_dir or FLAGS.checkpoint or FLAGS.saved_model):
-            raise app.UsageError("nothing to evaluate: give --model_dir (or --saved_model), "
-                                 "--results_file, or --gt_as_detections")
+        metrics = _score_file(output_dir)
+    elif FLAGS.model_dir or FLAGS.checkpoint or FLAGS.saved_model:
         metrics = _run_model(output_dir)
+    else:
+        raise app.UsageError("nothing to evaluate: give --model_dir (or --saved_model), "
+                             "--results_file, or --gt_as_detections")
+    print(f"{split_name()}: AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}")
     print(f"results: {os.path.join(output_dir, 'results.json')}")
     print(f"metrics: {os.path.join(output_dir, 'metrics.json')}")
-    return 0 if metrics is not None else 1
+    return 0
 
 
-def main(argv=None):
-    """Entry point: parses ``argv`` (default ``sys.argv``) and evaluates."""
-    define_flags()
-    errors.run(_run, "paa_eval", argv)
-
-
-if __name__ == "__main__":
-    main()
+main = program.entry_point("paa_eval", FLAG_SPECS, _run)

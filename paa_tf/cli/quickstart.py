@@ -1,11 +1,9 @@
 """The README's first command: generate data, train, evaluate and export the small model.
 
-Each step runs the same command-line program a user would run, in order. A
-step whose program is not part of this version is reported as missing and
-the steps that depend on it are not run: nothing is faked.
+Each step runs the same command-line program a user would run (bin/paa_*), in order, and
+the first that fails stops the rest with its exit code.
 """
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -14,27 +12,21 @@ CONFIG = "configs/quickstart.yaml"
 MODEL_DIR = "runs/quickstart"
 
 STEPS = [
-    ("generate the shapes dataset", "paa_tf.cli.make_shapes",
+    ("generate the shapes dataset", "paa_make_shapes",
      ["--output_dir", "data/shapes"]),
-    ("train the quickstart model", "paa_tf.cli.train",
+    ("train the quickstart model", "paa_train",
      ["--config", CONFIG, "--model_dir", MODEL_DIR]),
-    ("evaluate it with pycocotools", "paa_tf.cli.eval",
+    ("evaluate it with pycocotools", "paa_eval",
      ["--model_dir", MODEL_DIR]),
-    ("export it as a SavedModel", "paa_tf.cli.export",
+    ("export it as a SavedModel", "paa_export",
      ["--model_dir", MODEL_DIR, "--export_dir", f"{MODEL_DIR}/export", "--overwrite"]),
 ]
 
 
 def main():
-    for index, (title, module, args) in enumerate(STEPS, start=1):
-        if importlib.util.find_spec(module) is None:
-            print(f"[quickstart] step {index} ({title}): NOT AVAILABLE in this version "
-                  f"({module} does not exist yet); stopping here.", flush=True)
-            for later_title, later_module, _ in STEPS[index:]:
-                print(f"[quickstart]   not run: {later_title} ({later_module})")
-            return 0
-        command = [sys.executable, "-m", module] + args
-        print(f"[quickstart] step {index}: {title}: {' '.join(command[2:])}", flush=True)
+    for index, (title, name, args) in enumerate(STEPS, start=1):
+        command = [sys.executable, "-m", "paa_tf.cli", name] + args
+        print(f"[quickstart] step {index}: {title}: bin/{' '.join(command[3:])}", flush=True)
         start = time.time()
         result = subprocess.run(command)
         if result.returncode != 0:

@@ -27,7 +27,7 @@ class CheckpointError(ValueError):
 
 def _torch():
     try:
-        import torch
+        import torch  # optional: only for importing PyTorch checkpoints
     except ModuleNotFoundError:
         raise CheckpointError(
             f"paa_import reads PyTorch checkpoints and needs PyTorch, which paa-tf does not "

@@ -27,8 +27,10 @@ outputs line up at every multiple of 32.
 import numpy as np
 import tensorflow as tf
 
+from paa_tf import config as config_lib
+
 STRIDE = 32
-MODES = ("square", "orientation")
+MODES = config_lib.choices("data.buckets")
 
 
 def round_up(value, stride=STRIDE):
@@ -40,25 +42,30 @@ def round_up(value, stride=STRIDE):
 
 
 def mode_of(data_config):
-    """`data.buckets` ('square' when the config predates the field)."""
-    mode = getattr(data_config, "buckets", "square") or "square"
+    """`data.buckets`, checked (a `DataConfig` built in code skips `config.validate`)."""
+    mode = data_config.buckets
     if mode not in MODES:
         raise ValueError(f"data.buckets is {mode!r}; choose one of {MODES}")
     return mode
 
 
-def _canvas(data_config):
-    from paa_tf.data.pipeline import image_size_of
-
-    return image_size_of(data_config)
+def image_size_of(data_config):
+    """The padded canvas (H, W): `data.image_size`, or max_size rounded up to 128 (square)."""
+    size = tuple(int(s) for s in (data_config.image_size or ()))
+    if not size:
+        side = round_up(data_config.max_size)
+        size = (side, side)
+    if len(size) != 2 or any(s <= 0 or s % STRIDE for s in size):
+        raise ValueError(f"data.image_size is {size}; give [H, W], positive multiples of 128")
+    return size
 
 
 def scale_sides(data_config, is_training):
     """Shorter sides S this split resizes to: the range of `min_size` (training) or its max."""
-    sizes = [int(s) for s in data_config.min_size]
     if is_training:
+        sizes = [int(s) for s in data_config.min_size]
         return list(range(min(sizes), max(sizes) + 1))
-    return [max(sizes)]
+    return [data_config.eval_shorter_side]
 
 
 def orientation_shape(shorter_side, max_size, canvas, portrait):
@@ -75,7 +82,7 @@ def bucket_shapes(data_config, is_training):
     'square': [data.image_size]. 'orientation': see the module docstring. Duplicates (a
     square bucket when S and L round to the same side) are listed once.
     """
-    canvas = _canvas(data_config)
+    canvas = image_size_of(data_config)
     if mode_of(data_config) == "square":
         return [canvas]
     shapes = []
@@ -99,7 +106,7 @@ def bucket_lookup(data_config, is_training):
     sides = scale_sides(data_config, is_training)
     table = np.zeros([2, len(sides)], np.int32)
     if len(shapes) > 1:
-        canvas = _canvas(data_config)
+        canvas = image_size_of(data_config)
         for column, s in enumerate(sides):
             for portrait in (0, 1):
                 table[portrait, column] = shapes.index(

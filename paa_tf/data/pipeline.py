@@ -44,23 +44,6 @@ from paa_tf.data import transforms
 from paa_tf.data import voc as voc_lib
 from paa_tf.data.label_map import load_label_map  # noqa: F401  (public API of this module)
 
-_DEFAULTS = {"verify_images": "decode", "box_tolerance": 2.0, "voc_keep_difficult": False}
-
-
-def _get(config, name):
-    return getattr(config, name, _DEFAULTS.get(name))
-
-
-def image_size_of(config):
-    """The padded bucket (H, W): `data.image_size`, or max_size rounded up to 128 (square)."""
-    size = tuple(int(s) for s in (_get(config, "image_size") or ()))
-    if not size:
-        side = -(-int(config.max_size) // 128) * 128
-        size = (side, side)
-    if len(size) != 2 or any(s <= 0 or s % 128 for s in size):
-        raise ValueError(f"data.image_size is {size}; give [H, W], positive multiples of 128")
-    return size
-
 
 def dataset_label_map(config):
     """The LabelMap of the data: `data.label_map` when set, else derived from the source."""
@@ -97,7 +80,7 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
     skip = config.skip_bad_records if skip_bad_records is None else bool(skip_bad_records)
     report = records_lib.BadRecordReport(split=split)
     label_map = label_map_lib.load_label_map(config.label_map) if config.label_map else None
-    level = _get(config, "verify_images")
+    level = config.verify_images
     layout = None
     if config.format == "coco":
         annotations = config.train_annotations if split == "train" else config.val_annotations
@@ -109,7 +92,7 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
         voc_split = config.voc_train_split if split == "train" else config.voc_val_split
         records, label_map = voc_lib.read_voc(
             config.voc_root, voc_split, report, skip_bad_records=skip, label_map=label_map,
-            keep_difficult=_get(config, "voc_keep_difficult"))
+            keep_difficult=config.voc_keep_difficult)
         records = records_lib.verify_images(records, report, level=level, skip_bad_records=skip)
     elif config.format == "tfrecord":
         files = tfrecord_lib.find_shards(
@@ -123,7 +106,7 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
     report.id_to_name = {r.image_id: r.name for r in records}
     records = records_lib.finalize(
         records, report, is_training=is_training, max_instances=config.max_instances,
-        box_tolerance=float(_get(config, "box_tolerance")), skip_bad_records=skip)
+        box_tolerance=float(config.box_tolerance), skip_bad_records=skip)
     if not records:
         raise ValueError(f"data '{split}' has no usable images after validation and filtering:"
                          f"\n{report.summary()}")
@@ -157,25 +140,30 @@ class _Table:
                    paths=np.array([r.path or "" for r in records], object))
 
 
-def _shorter_side(seed, counter, sizes, is_training):
-    """The shorter side S of element `counter`: drawn from `sizes` (training), else its max.
+def _shorter_side(seed, counter, config, is_training):
+    """The shorter side S of element `counter`: drawn from `config.min_size` (training), else
+    the evaluation scale `config.eval_shorter_side`.
 
     Stateless on (seed, counter), so the bucket grouping and the resize draw the same S.
     """
+    if not is_training:
+        return tf.constant(config.eval_shorter_side, tf.int32)
+    sizes = tuple(int(s) for s in config.min_size)
     min_s, max_s = min(sizes), max(sizes)
-    if is_training and max_s > min_s:
+    if max_s > min_s:
         key = tf.stack([tf.cast(seed, tf.int64), tf.cast(counter, tf.int64)])
         return tf.random.stateless_uniform([], key, min_s, max_s + 1, dtype=tf.int32)
-    return tf.constant(max_s, tf.int32)  # evaluation uses the largest training scale (KK)
+    return tf.constant(max_s, tf.int32)
 
 
 def _bucket_fn(config, table, is_training, seed):
     """(counter, row) -> int32 index of the element's bucket in `buckets.bucket_shapes`."""
-    sizes = tuple(int(s) for s in config.min_size)
+    # The table's columns are this split's scales (`buckets.scale_sides`), smallest first.
+    first = min(buckets_lib.scale_sides(config, is_training))
     _, lookup = buckets_lib.bucket_lookup(config, is_training)
     lookup, portrait = tf.constant(lookup), tf.constant(table.portrait)
     return lambda counter, row: lookup[
-        portrait[row], _shorter_side(seed, counter, sizes, is_training) - min(sizes)]
+        portrait[row], _shorter_side(seed, counter, config, is_training) - first]
 
 
 def _example_fn(config, table, is_training, seed, plus_one):
@@ -183,7 +171,6 @@ def _example_fn(config, table, is_training, seed, plus_one):
     `plus_one` as in `build_dataset`."""
     shapes, _ = buckets_lib.bucket_lookup(config, is_training)
     bucket_of = _bucket_fn(config, table, is_training, seed)
-    sizes = tuple(int(s) for s in config.min_size)
     splits, boxes_flat = tf.constant(table.splits), tf.constant(table.boxes)
     classes_flat, source_ids = tf.constant(table.classes), tf.constant(table.source_ids)
     shape_table = tf.constant(shapes, tf.int32)
@@ -193,7 +180,7 @@ def _example_fn(config, table, is_training, seed, plus_one):
         start, end = splits[row], splits[row + 1]
         boxes, classes = boxes_flat[start:end], classes_flat[start:end]
         key = tf.stack([tf.cast(seed, tf.int64), counter])
-        shorter = _shorter_side(seed, counter, sizes, is_training)
+        shorter = _shorter_side(seed, counter, config, is_training)
         # One bucket: its static Python shape; several: the element's own, chosen at run time.
         image_size = shapes[0] if len(shapes) == 1 else tf.unstack(
             shape_table[bucket_of(counter, row)])

@@ -21,10 +21,15 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
+from PIL import Image
+
+from paa_tf import config as config_lib
 
 LOGGER = logging.getLogger("paa_tf.data")
 MIN_BOX_SIZE = 1.0  # boxes with width or height <= this (px) are removed (docs/CONVENTIONS.md)
@@ -85,12 +90,15 @@ class BadRecordReport:
     def skipped_ids(self):
         return sorted({e[0] for e in self.entries if e[0] is not None})
 
-    def summary(self, max_listed=_MAX_LISTED):
+    def summary(self, max_listed=_MAX_LISTED,
+                filtered_title="documented filters (docs/CONVENTIONS.md)"):
+        """Printable report; `filtered_title` names the counts of `filtered` (e.g. 'counted'
+        where the records are kept, as in a TFRecord conversion)."""
         lines = [f"data '{self.split}': {self.num_images} images, {self.num_boxes} boxes; "
                  f"{self.num_skipped} bad records skipped"]
         if self.filtered:
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.filtered.items()))
-            lines.append(f"  documented filters (docs/CONVENTIONS.md): {counts}")
+            lines.append(f"  {filtered_title}: {counts}")
         for image_id, name, reason in self.entries[:max_listed]:
             lines.append(f"  skipped image id {image_id} ({name}): {reason}")
         if len(self.entries) > max_listed:
@@ -259,7 +267,7 @@ def to_coco_dict(records, label_map, raw=True):
 # --- image files ------------------------------------------------------------------------
 
 _PNG_END = b"IEND\xaeB`\x82"
-LEVELS = ("none", "header", "decode", "full")  # image checks, each doing more than the last
+LEVELS = config_lib.choices("data.verify_images")  # image checks, each doing more than the last
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -290,9 +298,6 @@ def image_problem(source, expected_hw=None, level="header"):
     """
     if level == "none":
         return None, expected_hw
-    import io
-
-    from PIL import Image
     try:
         if isinstance(source, (bytes, bytearray)):
             data = bytes(source)
@@ -354,6 +359,7 @@ def image_problem(source, expected_hw=None, level="header"):
 def _graph_decode():
     """`transforms.decode_image` as one compiled function (op by op, the EXIF parser's loop
     made the check 30x slower than the decode)."""
+    # TensorFlow only for 'decode' checks: reading records stays light without them.
     import tensorflow as tf
 
     from paa_tf.data import transforms
@@ -370,7 +376,7 @@ def _tensorflow_decode_problem(data, path):
     there without making the checkpointed iterator log a warning per element, so it is
     found here, before training.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # only for 'decode' checks: reading records stays light without
 
     if data is None:
         with open(path, "rb") as f:
@@ -391,8 +397,6 @@ def verify_images(records, report, *, level, skip_bad_records, workers=8):
     """
     if level not in LEVELS:
         raise ValueError(f"data.verify_images is {level!r}; choose one of {', '.join(LEVELS)}")
-    from concurrent.futures import ThreadPoolExecutor
-
     def check(record):
         return image_problem(record.path, (record.height, record.width), level)
 

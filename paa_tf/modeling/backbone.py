@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import tf_keras
 
-RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101,
-                 "resnet152": 152}
-BACKBONES = ("tiny",) + tuple(RESNET_DEPTHS)
+from paa_tf import config as config_lib
+from paa_tf.modeling.resnet_torch import build_torch_resnet
+
+BACKBONES = config_lib.choices("model.backbone")
+RESNET_DEPTHS = {name: int(name[len("resnet"):]) for name in BACKBONES
+                 if name.startswith("resnet")}
 
 # Channels of the tiny backbone's stages at strides 2, 4, 8, 16, 32.
 TINY_CHANNELS = (16, 32, 64, 96, 128)
@@ -100,6 +103,7 @@ def build_resnet_backbone(depth: int, input_shape=(None, None, 3), freeze_at: in
     Returns:
       tf_keras.Model: image float32 [B, H, W, 3] -> {3: C3, 4: C4, 5: C5}.
     """
+    # Model Garden's vision package takes seconds to import: only for its own ResNet.
     from official.vision.modeling.backbones import resnet
 
     if not 0 <= freeze_at <= 5:
@@ -121,29 +125,23 @@ def build_backbone(model_config, input_shape=(None, None, 3)) -> tf_keras.Model:
 
     Weights are not loaded here; see ``paa_tf.modeling.weights.load_backbone_weights``.
     """
-    name = getattr(model_config, "backbone", "resnet50")
+    name = model_config.backbone
     if name == "tiny":
-        return build_tiny_backbone(input_shape,
-                                   frozen_bn=getattr(model_config, "frozen_bn", True))
-    style = getattr(model_config, "backbone_style", "model_garden")
+        return build_tiny_backbone(input_shape, frozen_bn=model_config.frozen_bn)
+    style = model_config.backbone_style
     if name in RESNET_DEPTHS and style != "model_garden":
-        from paa_tf.modeling.resnet_torch import build_torch_resnet
-
         return build_torch_resnet(
-            RESNET_DEPTHS[name], style, input_shape,
-            freeze_at=getattr(model_config, "freeze_at", 2),
-            frozen_bn=getattr(model_config, "frozen_bn", True),
-            bn_epsilon=getattr(model_config, "bn_epsilon", 1e-5),
-            input_channels=getattr(model_config, "input_channels", "rgb"))
-    if getattr(model_config, "input_channels", "rgb") != "rgb":
+            RESNET_DEPTHS[name], style, input_shape, freeze_at=model_config.freeze_at,
+            frozen_bn=model_config.frozen_bn, bn_epsilon=model_config.bn_epsilon,
+            input_channels=model_config.input_channels)
+    if model_config.input_channels != "rgb":
         raise ValueError("model.input_channels = 'bgr' needs a PyTorch-layout ResNet "
                          "(model.backbone_style torchvision or msra)")
     if name in RESNET_DEPTHS:
         return build_resnet_backbone(
             RESNET_DEPTHS[name], input_shape,
-            freeze_at=getattr(model_config, "freeze_at", 2),
-            frozen_bn=getattr(model_config, "frozen_bn", True),
-            bn_epsilon=getattr(model_config, "bn_epsilon", 1e-5))
+            freeze_at=model_config.freeze_at, frozen_bn=model_config.frozen_bn,
+            bn_epsilon=model_config.bn_epsilon)
     raise ValueError(
         f"model.backbone = {name!r} is not supported; choose one of {', '.join(BACKBONES)}")
 

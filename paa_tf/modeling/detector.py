@@ -19,9 +19,11 @@ import tensorflow as tf
 import tf_keras
 
 from paa_tf import losses as paa_losses
+from paa_tf.assign import assign
 from paa_tf.modeling.backbone import build_backbone
 from paa_tf.modeling.fpn import FPN
 from paa_tf.modeling.head import PAAHead
+from paa_tf.modeling.weights import load_backbone_weights
 from paa_tf.ops.anchors import generate_anchors
 from paa_tf.ops.boxes import decode_boxes
 
@@ -33,12 +35,6 @@ BIAS_NAMES = ("bias", "beta")
 def is_bias(variable) -> bool:
     """True for conv biases and normalisation offsets (GroupNorm/BatchNorm 'beta')."""
     return variable.name.split("/")[-1].split(":")[0] in BIAS_NAMES
-
-
-def _default_assign(*args, **kwargs):
-    from paa_tf.assign import assign
-
-    return assign(*args, **kwargs)
 
 
 class _MetricHolder:
@@ -72,13 +68,13 @@ class PAADetector(tf_keras.Model):
         # The assignment needs the level of each anchor as static NumPy (it slices per level).
         self.level_ids = np.asarray(level_ids, np.int32)  # [A]
         self._anchor_cache = _MetricHolder({})  # {(H, W): (anchors, level_ids)}, untracked
-        self._assign_fn = assign_fn or _default_assign
+        self._assign_fn = assign_fn or assign
         model_cfg = config.model
         self.num_levels = model_cfg.max_level - model_cfg.min_level + 1
-        self.aux_head = getattr(model_cfg, "aux_head", "iou")
-        self.plus_one = getattr(model_cfg, "plus_one", False)
-        self.box_weights = tuple(getattr(model_cfg, "box_weights", (10.0, 10.0, 5.0, 5.0)))
-        self.delta_clamp = getattr(model_cfg, "delta_clamp", "kk")
+        self.aux_head = model_cfg.aux_head
+        self.plus_one = model_cfg.plus_one
+        self.box_weights = tuple(model_cfg.box_weights)
+        self.delta_clamp = model_cfg.delta_clamp
         aux_name = "loss_iou" if self.aux_head != "centerness" else "loss_centerness"
         self._loss_names = {"loss": "loss", "loss_cls": "loss_cls", "loss_reg": "loss_reg",
                             "loss_aux": aux_name}
@@ -151,7 +147,7 @@ class PAADetector(tf_keras.Model):
         assignment = self._assign_fn(
             self.config.assign, anchors, level_ids, self.num_levels,
             data["gt_boxes"], data["gt_classes"], tf.stop_gradient(cls_logits),
-            tf.stop_gradient(pred_boxes), plus_one=self.plus_one)
+            tf.stop_gradient(pred_boxes), plus_one=self.plus_one, loss_config=self.config.loss)
         losses = paa_losses.paa_losses(
             cls_logits, pred_boxes, aux_logits, assignment.labels, assignment.matched_boxes,
             assignment.positive_mask, anchors, self.config.loss, aux_head=self.aux_head,
@@ -170,9 +166,9 @@ class PAADetector(tf_keras.Model):
         parameter groups (KK: bias LR x2 and bias decay 0, both handled here).
         """
         train_cfg = self.config.train
-        weight_decay = getattr(train_cfg, "weight_decay", 1e-4)
-        bias_decay = getattr(train_cfg, "bias_weight_decay", 0.0)
-        bias_factor = getattr(train_cfg, "bias_lr_factor", 2.0)
+        weight_decay = train_cfg.weight_decay
+        bias_decay = train_cfg.bias_weight_decay
+        bias_factor = train_cfg.bias_lr_factor
         replicas = float(paa_losses.num_replicas())
         results = []
         for gradient, variable in zip(gradients, variables):
@@ -244,6 +240,10 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
       ``model.backbone_checkpoint`` is set.
     """
     model_cfg = config.model
+    if model_cfg.num_classes is None:
+        raise ValueError("model.num_classes is not set: paa_train takes it from the label map "
+                         "and saves it in the run's config.yaml; set it to build a model from "
+                         "a config outside a run folder")
     if image_size is None:
         image_size = tuple(config.data.image_size)
     height, width = (int(s) for s in image_size)
@@ -251,12 +251,11 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
     backbone = build_backbone(model_cfg, (None, None, 3))
     fpn = FPN(channels=model_cfg.fpn_channels, min_level=model_cfg.min_level,
               max_level=model_cfg.max_level, p7_from_relu=model_cfg.p7_from_relu,
-              kernel_init=getattr(model_cfg, "fpn_init", "lecun_uniform"), name="fpn")
+              kernel_init=model_cfg.fpn_init, name="fpn")
     head = PAAHead(num_classes=model_cfg.num_classes, channels=model_cfg.head_channels,
                    num_convs=model_cfg.head_convs, min_level=model_cfg.min_level,
                    max_level=model_cfg.max_level, prior_prob=model_cfg.prior_prob,
-                   aux_head=getattr(model_cfg, "aux_head", "iou"),
-                   norm=getattr(model_cfg, "head_norm", "group"), name="paa_head")
+                   aux_head=model_cfg.aux_head, norm=model_cfg.head_norm, name="paa_head")
     anchors, level_ids = generate_anchors(
         height, width, model_cfg.min_level, model_cfg.max_level,
         octave_base_scale=model_cfg.octave_base_scale,
@@ -270,12 +269,10 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
             f"the head produces {num_outputs} locations for a {height}x{width} input but the "
             f"anchor generator made {len(anchors)}; use an input size that is a multiple of "
             f"{2 ** model_cfg.max_level}")
-    checkpoint = getattr(model_cfg, "backbone_checkpoint", None)
+    checkpoint = model_cfg.backbone_checkpoint
     if checkpoint:
-        from paa_tf.modeling.weights import load_backbone_weights
-
         model.backbone_load_report = load_backbone_weights(
             backbone, checkpoint,
-            allow_partial=getattr(model_cfg, "backbone_checkpoint_partial", False))
+            allow_partial=model_cfg.backbone_checkpoint_partial)
         LOGGER.info("%s", model.backbone_load_report.summary())
     return model

@@ -34,7 +34,9 @@ import re
 import tensorflow as tf
 import tf_keras
 
-STYLES = ("torchvision", "msra")
+from paa_tf import config as config_lib
+
+STYLES = tuple(s for s in config_lib.choices("model.backbone_style") if s != "model_garden")
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 

@@ -28,6 +28,8 @@ import os
 import tensorflow as tf
 import tf_keras
 
+from paa_tf.modeling.backbone import resnet_inner_model
+
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _SLOT_MARK = "/.OPTIMIZER_SLOT/"  # optimizer slots stored beside their variable
 _SHOWN = 5  # variables named in the refusal message
@@ -188,8 +190,6 @@ def load_backbone_weights(backbone: tf_keras.Model, path: str,
       and ``IncompleteBackboneCheckpoint`` (nothing assigned) when a TensorFlow checkpoint
       does not cover the backbone exactly and ``allow_partial`` is False.
     """
-    from paa_tf.modeling.backbone import resnet_inner_model
-
     path = os.fspath(path)
     if path.endswith((".h5", ".keras")):
         if not os.path.isfile(path):

@@ -1,10 +1,11 @@
 """``bin/paa_import``'s work: a released checkpoint -> a paa-tf run folder.
 
-A detector checkpoint (mmdetection or the authors' code) becomes a folder laid out as
-``bin/paa_train`` leaves one — ``config.yaml`` (the resolved preset), ``label_map.json``
-(COCO's 80 categories), ``checkpoint`` + ``ckpt-0.*`` (``tf.train.Checkpoint(step, model)``
-written by a ``CheckpointManager``) — plus ``import.json`` saying what was converted, so
-``paa_eval``, ``paa_predict``, ``paa_visualize`` and ``paa_export`` use it like a trained run.
+A detector checkpoint (mmdetection or the authors' code) becomes a run folder
+(``paa_tf.run_folder.RunFolder``, as ``bin/paa_train`` leaves one): ``config.yaml`` (the
+resolved preset), ``label_map.json`` (COCO's 80 categories), ``checkpoint`` + ``ckpt-0.*``
+(``tf.train.Checkpoint(step, model)`` written by a ``CheckpointManager``), plus
+``import.json`` saying what was converted, so ``paa_eval``, ``paa_predict``,
+``paa_visualize`` and ``paa_export`` use it like a trained run.
 
 An ImageNet classification checkpoint (torchvision's ResNet) becomes a TensorFlow checkpoint
 of the backbone alone, for ``model.backbone_checkpoint`` (``paa_tf.modeling.weights`` reads
@@ -25,7 +26,9 @@ import tensorflow as tf
 from paa_tf import config as config_lib
 from paa_tf.convert import coco_categories, layouts, strict_load, torch_file
 from paa_tf.convert.torch_file import CheckpointError
-from paa_tf.data import label_map as label_map_lib
+from paa_tf.modeling.backbone import build_backbone
+from paa_tf.modeling.detector import build_detector
+from paa_tf.run_folder import RunFolder
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
 # Built at this input size for the conversion only (weights do not depend on it).
@@ -138,8 +141,6 @@ def import_checkpoint(path, output, source="auto", config_path=None, overrides=N
 
 
 def _import_detector(state, path, output, layout, depth, config_path, overrides):
-    from paa_tf.modeling.detector import build_detector
-
     config_path = pathlib.Path(config_path) if config_path else preset_path(layout, depth)
     config = config_lib.load_config(config_path, overrides=overrides)
     check_config(config, layout, depth, str(config_path))
@@ -149,8 +150,7 @@ def _import_detector(state, path, output, layout, depth, config_path, overrides)
     model = build_detector(build_config, image_size=_BUILD_SIZE)
     result = strict_load.load_strict(model, state, layout, source_name=str(path))
     strict_load.check_cell_anchors(state, model, source_name=str(path))
-    config_lib.save_config(config, output / "config.yaml")
-    label_map_lib.write_label_map(coco_categories.coco_label_map(), output)
+    RunFolder(output).write(config, coco_categories.coco_label_map())
     step = tf.Variable(0, dtype=tf.int64)
     saved = tf.train.CheckpointManager(tf.train.Checkpoint(step=step, model=model),
                                        str(output), max_to_keep=1).save(checkpoint_number=0)
@@ -159,8 +159,6 @@ def _import_detector(state, path, output, layout, depth, config_path, overrides)
 
 
 def _import_backbone(state, path, output, depth, config_path, overrides):
-    from paa_tf.modeling.backbone import build_backbone
-
     if config_path:
         model_cfg = config_lib.load_config(config_path, overrides=overrides).model
     else:

@@ -1,0 +1,172 @@
+"""The training run folder: what `bin/paa_train` and `bin/paa_import` write, and every other
+program (`paa_eval`, `paa_predict`, `paa_visualize`, `paa_export`, `paa_ablate`) reads.
+
+Layout of a run folder (`--model_dir`)::
+
+    config.yaml          the resolved experiment config (every key, `model.num_classes` set)
+    label_map.json       contiguous class index -> dataset category id and name
+    ckpt-<step>.index    a `tf.train.Checkpoint` with `step` and `model` (training adds
+    ckpt-<step>.data-*   `optimizer` and the input iterator `data`)
+    checkpoint           TensorFlow's list of checkpoints (bookkeeping only, see
+                         paa_tf/checkpoints.py: checkpoints are found from their index files)
+    train/, eval/        TensorBoard summaries; eval/<split>/ holds paa_eval's results
+
+`RunFolder` is the one place that knows this layout. Reading the config and the label map
+needs no TensorFlow (the ablation report reads many runs); restoring a model imports it.
+"""
+
+import dataclasses
+import os
+import pathlib
+import re
+import sys
+
+from paa_tf import config as config_lib
+from paa_tf.data import label_map as label_map_lib
+
+CONFIG_FILENAME = "config.yaml"
+_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+def find_checkpoints(model_dir):
+    """Checkpoint prefixes in `model_dir` found from their index files, newest (highest step)
+    first: ['run/ckpt-300', 'run/ckpt-280', ...]. Whether each is readable is not checked."""
+    model_dir = pathlib.Path(model_dir)
+    found = []
+    for name in (os.listdir(model_dir) if model_dir.is_dir() else ()):
+        match = _INDEX.match(name)
+        if match:
+            found.append((int(match.group(1)), str(model_dir / f"ckpt-{match.group(1)}")))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def check_num_classes(config, label_map, where):
+    """`config` with `model.num_classes` taken from `label_map` when unset; a ValueError naming
+    both numbers and the key when they disagree (`where` names the label map's origin)."""
+    given = config.model.num_classes
+    if given is None:
+        config.model.num_classes = label_map.num_classes
+    elif given != label_map.num_classes:
+        raise ValueError(
+            f"model.num_classes is {given} but {where} has {label_map.num_classes} classes "
+            f"({', '.join(map(str, label_map.names[:5]))}"
+            f"{', ...' if label_map.num_classes > 5 else ''}); remove model.num_classes from "
+            f"the config to take it from the label map, or set it to {label_map.num_classes}")
+    return config
+
+
+def restore_model(config, checkpoint, image_size):
+    """A `PAADetector` for the padded input `image_size` with `checkpoint`'s weights.
+
+    The backbone's pretrained file is not read (the checkpoint holds every weight).
+    Raises ValueError when the checkpoint is damaged or does not hold the model's variables.
+    """
+    # TensorFlow and the model code only to restore: reading a run folder stays light.
+    import tensorflow as tf
+
+    from paa_tf.modeling.detector import build_detector
+
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, backbone_checkpoint=None))
+    model = build_detector(config, image_size=image_size)
+    try:
+        status = tf.train.Checkpoint(model=model).restore(os.fspath(checkpoint))
+        status.expect_partial()  # optimizer slots and the step counter are not needed
+        status.assert_existing_objects_matched()
+    # A damaged file surfaces as an IndexError, OpError, ValueError... depending on where the
+    # reader trips; a checkpoint of another model as an AssertionError.
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"checkpoint {checkpoint} does not match the model built from the "
+                         f"config (backbone {config.model.backbone}, {config.model.num_classes} "
+                         f"classes) or is damaged: {type(error).__name__}: {str(error)[:300]}. "
+                         "Use the config.yaml of the run that wrote the checkpoint and the "
+                         "model code it was trained with") from None
+    return model
+
+
+class RunFolder:
+    """One training run folder (see the module docstring).
+
+    Args:
+      path: the folder (`--model_dir`); it need not exist yet for `write`.
+    """
+
+    def __init__(self, path):
+        self.path = pathlib.Path(os.fspath(path))
+        self.config_path = self.path / CONFIG_FILENAME
+        self.label_map_path = self.path / label_map_lib.LABEL_MAP_FILENAME
+
+    def __repr__(self):
+        return f"RunFolder({str(self.path)!r})"
+
+    def has_config(self):
+        return self.config_path.is_file()
+
+    def _require_config(self):
+        if not self.has_config():
+            raise ValueError(f"{self.config_path} not found: --model_dir must be a training "
+                             "folder (bin/paa_train writes config.yaml, label_map.json and "
+                             "checkpoints there)")
+
+    def config(self, overrides=None, config_path=None):
+        """The run's `ExperimentConfig` with dotted `overrides` applied.
+
+        `config_path` reads another experiment file instead of the run's `config.yaml`. When
+        the run has a label map, `data.label_map` points at it (the classes the model was
+        trained with, whatever data it is then run on) and `model.num_classes` must agree.
+        """
+        if config_path is None:
+            self._require_config()
+            config_path = self.config_path
+        config = config_lib.load_config(config_path, overrides=overrides)
+        if self.label_map_path.is_file():
+            config.data.label_map = str(self.label_map_path)
+            check_num_classes(config, self.label_map(), str(self.label_map_path))
+        return config
+
+    def label_map(self):
+        """The run's `LabelMap` (ValueError naming the file when it is missing or bad)."""
+        if not self.label_map_path.is_file():
+            raise ValueError(f"{self.label_map_path} not found: a run folder holds the label "
+                             "map it was trained with (bin/paa_train writes it)")
+        return label_map_lib.load_label_map(self.label_map_path)
+
+    def write(self, config, label_map=None):
+        """Save the resolved config and the label map (atomic writes; the chief's job)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        config_lib.save_config(config, self.config_path)
+        if label_map is not None:
+            label_map_lib.write_label_map(label_map, self.label_map_path)
+
+    def checkpoints(self):
+        """Checkpoint prefixes, newest first (`find_checkpoints`)."""
+        return find_checkpoints(self.path)
+
+    def has_checkpoint(self, step):
+        return (self.path / f"ckpt-{int(step)}.index").is_file()
+
+    def restore(self, config, image_size, checkpoint=None):
+        """(model, checkpoint path): `checkpoint`'s weights, or the newest readable ones.
+
+        Without `checkpoint` it is like a resumed training run: a checkpoint that cannot be
+        restored is skipped with a warning and the next older one is tried. A `checkpoint`
+        named by the user is restored or refused, never replaced by another. Raises
+        ValueError when there is nothing to restore.
+        """
+        if checkpoint:
+            return restore_model(config, checkpoint, image_size), os.fspath(checkpoint)
+        candidates = self.checkpoints()
+        if not candidates:
+            raise ValueError(f"no checkpoint in {self.path}; train first or pass --checkpoint "
+                             "(a checkpoint prefix, e.g. runs/x/ckpt-2000)")
+        problems = []
+        for index, path in enumerate(candidates):
+            try:
+                return restore_model(config, path, image_size), path
+            except ValueError as error:
+                problems.append(str(error))
+                older = candidates[index + 1] if index + 1 < len(candidates) else "none left"
+                print(f"WARNING: checkpoint {path} cannot be restored; falling back to {older}",
+                      file=sys.stderr, flush=True)
+        raise ValueError(f"none of the checkpoints in {self.path} can be restored; the newest: "
+                         f"{problems[0]}")
