@@ -359,3 +359,12 @@ def test_plus_one_ground_truth_is_inclusive_like_the_authors_and_round_trips(tmp
     y1, x1, y2, x2 = want[True]
     np.testing.assert_allclose(next(iter(flipped))["gt_boxes"][0, 0].numpy(),
                                [y1, 85 - 1 - x2, y2, 85 - 1 - x1], rtol=1e-6)
+
+
+def test_data_report_names_the_files_it_read(real_data):
+    # paa_eval may point the 'val' slot at any split: the report says which images it read.
+    config = coco_mini_config(real_data)
+    _, report, _ = pipeline.load_records(config, "val", is_training=False)
+    assert report.summary().startswith(f"data 'val: {config.val_images}'")
+    _, report, _ = pipeline.load_records(config, "train", is_training=True)
+    assert report.summary().startswith(f"data 'train: {config.train_images}'")

@@ -131,10 +131,8 @@ def unexplained_local_imports(path, root=REPO):
 
 def test_imports_inside_functions_say_why():
     # An import belongs at the top of its module; one inside a function must say why (it
-    # keeps TensorFlow, matplotlib or an optional package out of a light path). The programs
-    # in paa_tf/cli/ are left out here: their imports follow the command-line convention.
+    # keeps TensorFlow, matplotlib or an optional package out of a light path).
     found = [line for path in sorted((REPO / "paa_tf").rglob("*.py"))
-             if "cli" not in path.relative_to(REPO).parts
              for line in unexplained_local_imports(path)]
     assert not found, "imports inside functions without a reason:\n" + "\n".join(found)
 

@@ -27,7 +27,9 @@ import os
 
 from absl import app
 
+from paa_tf import config as config_lib
 from paa_tf.cli import program
+from paa_tf.run_folder import RunFolder
 
 FLAGS = program.FLAGS
 FLAG_SPECS = (
@@ -69,12 +71,10 @@ def _output_dir():
 
 def _config():
     """The experiment config: the run's (or --config), else the export's, else the defaults."""
-    from paa_tf import config as config_lib
-    from paa_tf.run_folder import RunFolder
-
     if FLAGS.model_dir:
         return RunFolder(FLAGS.model_dir).config(FLAGS.override, config_path=FLAGS.config)
     if FLAGS.saved_model and not FLAGS.config:
+        # TensorFlow only once a model runs: --help and usage errors stay fast
         from paa_tf import export_reader
         exported = config_lib.to_dict(export_reader.exported_config(FLAGS.saved_model))
         return config_lib.build_config([exported], FLAGS.override)
@@ -83,6 +83,7 @@ def _config():
 
 def _run_model(output_dir):
     """Evaluate a checkpoint or an exported SavedModel on the chosen data."""
+    # TensorFlow only once a model runs: --help and usage errors stay fast
     from paa_tf import evaluate
 
     config = _config()
@@ -105,8 +106,6 @@ def _run_model(output_dir):
                                           max_batches=FLAGS.max_batches)
     if not FLAGS.model_dir and not FLAGS.checkpoint:
         raise app.UsageError("give --model_dir (a training run folder) or --checkpoint")
-    from paa_tf.run_folder import RunFolder
-
     model, path = RunFolder(FLAGS.model_dir or ".").restore(
         config, tuple(config.data.image_size), FLAGS.checkpoint)
     print(f"restored {path}", flush=True)
@@ -116,7 +115,8 @@ def _run_model(output_dir):
 
 def _score_file(output_dir):
     """Scores --results_file, or the ground truth itself (--gt_as_detections)."""
-    from paa_tf import coco_scoring  # no TensorFlow: scoring a file stays light
+    # no TensorFlow: scoring a file stays light
+    from paa_tf import coco_scoring
 
     if FLAGS.results_file and FLAGS.gt_as_detections:
         raise app.UsageError("give either --results_file or --gt_as_detections, not both")

@@ -32,6 +32,7 @@ FLAG_SPECS = (
 
 
 def _run(argv):
+    # TensorFlow only once a model runs: --help and usage errors stay fast
     from paa_tf import export
 
     start = time.time()

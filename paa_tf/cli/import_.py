@@ -37,6 +37,7 @@ FLAG_SPECS = (
 
 
 def _run(argv):
+    # TensorFlow and PyTorch only when converting
     from paa_tf.convert import importer
 
     start = time.time()

@@ -46,6 +46,7 @@ FLAG_SPECS = (
 
 
 def _run(argv):
+    # TensorFlow only only when converting: --help and usage errors stay fast
     from paa_tf.data import tfrecord_convert
 
     start = time.time()

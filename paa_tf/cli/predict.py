@@ -53,6 +53,7 @@ FLAG_SPECS = (
 
 
 def _run(argv):
+    # TensorFlow only once a model runs: --help and usage errors stay fast
     from paa_tf import predict
 
     paths = list(FLAGS.images) + list(argv[1:])

@@ -12,7 +12,7 @@ For several machines, start it on each with TF_CONFIG set and --strategy multi_w
 
 from absl import app
 
-import paa_tf  # noqa: F401  (keeps Keras 3 out before TensorFlow loads)
+# noqa: F401  (keeps Keras 3 out before TensorFlow loads)
 from paa_tf.cli import program
 from paa_tf.run_folder import RunFolder
 
@@ -35,6 +35,7 @@ FLAG_SPECS = (
 
 
 def _main(argv):
+    # TensorFlow only only when training: --help and usage errors stay fast
     from paa_tf import train as train_lib
 
     run = RunFolder(FLAGS.model_dir)
@@ -42,6 +43,7 @@ def _main(argv):
         raise app.UsageError("give --config (no config.yaml in --model_dir to resume from)")
     config = run.config(FLAGS.override, config_path=FLAGS.config)
     if config.train.mixed_precision:
+        # after the flags: the policy must be set before any layer is built
         import tf_keras
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = train_lib.build_strategy(FLAGS.strategy)

@@ -38,6 +38,7 @@ FLAG_SPECS = (
 
 
 def _run(argv):
+    # TensorFlow only only when drawing: --help and usage errors stay fast
     from paa_tf import visualize
 
     if FLAGS.positives_plot:

@@ -78,7 +78,13 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
     if split not in ("train", "val"):
         raise ValueError(f"split is {split!r}; choose 'train' or 'val'")
     skip = config.skip_bad_records if skip_bad_records is None else bool(skip_bad_records)
-    report = records_lib.BadRecordReport(split=split)
+    # The report names the files read: paa_eval may point the 'val' slot at any split.
+    source = {"coco": config.train_images if split == "train" else config.val_images,
+              "voc": f"{config.voc_root} "
+                     f"{config.voc_train_split if split == 'train' else config.voc_val_split}",
+              "tfrecord": config.train_tfrecords if split == "train" else config.val_tfrecords,
+              }.get(config.format)
+    report = records_lib.BadRecordReport(split=f"{split}: {source}" if source else split)
     label_map = label_map_lib.load_label_map(config.label_map) if config.label_map else None
     level = config.verify_images
     layout = None
@@ -108,8 +114,8 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
         records, report, is_training=is_training, max_instances=config.max_instances,
         box_tolerance=float(config.box_tolerance), skip_bad_records=skip)
     if not records:
-        raise ValueError(f"data '{split}' has no usable images after validation and filtering:"
-                         f"\n{report.summary()}")
+        raise ValueError(f"data '{report.split}' has no usable images after validation and "
+                         f"filtering:\n{report.summary()}")
     report.label_map = label_map
     report.num_images = len(records)
     report.num_boxes = int(sum(len(r.boxes) for r in records))
