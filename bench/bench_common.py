@@ -34,7 +34,8 @@ def run_times(fn, repeats):
 
 # Benchmarks time real photos: a 318-image COCO 2017 excerpt kept beside the repository on the
 # development machine (../shared/data/coco_mini), not shipped with it. The tests never need it
-# (they read tests/fixtures); a benchmark without it stops and says so.
+# (they generate their data: tests/helpers/sample_data.py); a benchmark without it stops
+# and says so.
 COCO_PHOTO_GLOBS = ("../shared/data/coco_mini/val2017/*.jpg",
                     "../shared/data/coco_mini/train2017/*.jpg")
 

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: quiet TensorFlow, and the real-image data shipped with the tests."""
+"""Shared pytest fixtures: quiet TensorFlow, and generated detection data in real layouts."""
 
 import os
 import pathlib
@@ -8,15 +8,16 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURE_DATA = REPO_ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def real_data():
-    """`tests/fixtures`: real COCO 2017 images with their official annotations (`coco_mini/`)
-    and real Pascal VOC files (`bccd/`); what each file is and its licence:
-    tests/fixtures/README.md."""
-    return FIXTURE_DATA
+def sample_data(tmp_path_factory):
+    """Generated detection data in COCO 2017's layout (`coco_mini/`) and in Pascal VOC's as
+    the BCCD set lays it out (`bccd/`), with their real quirks: tests/helpers/sample_data.py."""
+    # Imported here: it imports TensorFlow, which must see TF_CPP_MIN_LOG_LEVEL first.
+    from tests.helpers import sample_data as sample_data_lib
+
+    return sample_data_lib.write_all(tmp_path_factory.mktemp("sample_data"))
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """COCO reader and the tf.data pipeline (the data filters of docs/CONVENTIONS.md).
 
-Real-data tests read tests/fixtures/coco_mini (real COCO 2017 images with their official
-annotations) and compare with an independent count made by pycocotools; the others use tiny
-files written to tmp_path.
+The `sample_data` tests read generated data in COCO 2017's layout with its quirks (official
+category ids with gaps, crowd boxes, boxes across the border, 45 objects in an image:
+tests/helpers/sample_data.py) and compare with an independent count made by pycocotools; the
+others use tiny files written to tmp_path.
 """
 
 import collections
@@ -25,8 +26,8 @@ MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
 
 
-def coco_mini_config(real_data, **overrides):
-    root = real_data / "coco_mini"
+def coco_mini_config(sample_data, **overrides):
+    root = sample_data / "coco_mini"
     fields = dict(format="coco", train_images=str(root / "train2017"),
                   train_annotations=str(root / "annotations/instances_train2017.json"),
                   val_images=str(root / "val2017"),
@@ -83,8 +84,8 @@ def expected_scaled_size(height, width, shorter, config):
     return round(height * scale), round(width * scale)
 
 
-def test_val_images_boxes_and_mapping_back_match_pycocotools(real_data):
-    config = coco_mini_config(real_data)
+def test_val_images_boxes_and_mapping_back_match_pycocotools(sample_data):
+    config = coco_mini_config(sample_data)
     dataset, report = pipeline.build_dataset(config, "val", is_training=False, batch_size=8)
     got = collect(dataset)
     expected = oracle(config.val_annotations, training=False)
@@ -114,8 +115,8 @@ def test_val_images_boxes_and_mapping_back_match_pycocotools(real_data):
             element["image"][:, scaled_w:] == 0)
 
 
-def test_train_filters_flip_and_multiscale_match_source_counts(real_data):
-    config = coco_mini_config(real_data, min_size=(256, 320), flip_prob=0.5,
+def test_train_filters_flip_and_multiscale_match_source_counts(sample_data):
+    config = coco_mini_config(sample_data, min_size=(256, 320), flip_prob=0.5,
                               num_parallel_calls=2)
     dataset, report = pipeline.build_dataset(config, "train", is_training=True, batch_size=4,
                                              repeat=False)
@@ -150,8 +151,8 @@ def test_train_filters_flip_and_multiscale_match_source_counts(real_data):
     assert len(shorter_sides) > batches  # S drawn per image, not once per batch
 
 
-def test_deterministic_pipeline_repeats_exactly(real_data):
-    config = coco_mini_config(real_data, min_size=(200, 256), max_size=320,
+def test_deterministic_pipeline_repeats_exactly(sample_data):
+    config = coco_mini_config(sample_data, min_size=(200, 256), max_size=320,
                               image_size=(384, 384), num_parallel_calls=2)
     runs = []
     for _ in range(2):
@@ -266,8 +267,8 @@ def test_decodes_and_normalises_every_colour_layout(tmp_path, mode, fmt, toleran
     assert np.all(image[48:] == 0) and np.all(image[:, 64:] == 0)
 
 
-def test_label_map_of_noncontiguous_coco_ids_round_trips(real_data, tmp_path):
-    config = coco_mini_config(real_data)
+def test_label_map_of_noncontiguous_coco_ids_round_trips(sample_data, tmp_path):
+    config = coco_mini_config(sample_data)
     label_map = pipeline.dataset_label_map(config)
     assert label_map.num_classes == 80
     assert label_map.ids[:3] == (1, 2, 3) and label_map.ids[-1] == 90
@@ -361,9 +362,9 @@ def test_plus_one_ground_truth_is_inclusive_like_the_authors_and_round_trips(tmp
                                [y1, 85 - 1 - x2, y2, 85 - 1 - x1], rtol=1e-6)
 
 
-def test_data_report_names_the_files_it_read(real_data):
+def test_data_report_names_the_files_it_read(sample_data):
     # paa_eval may point the 'val' slot at any split: the report says which images it read.
-    config = coco_mini_config(real_data)
+    config = coco_mini_config(sample_data)
     _, report, _ = pipeline.load_records(config, "val", is_training=False)
     assert report.summary().startswith(f"data 'val: {config.val_images}'")
     _, report, _ = pipeline.load_records(config, "train", is_training=True)

@@ -44,8 +44,8 @@ def elements(config, split="val", is_training=False, **kwargs):
     return out, report
 
 
-def test_coco_tfrecord_round_trip_gives_the_same_tensors(real_data, tmp_path):
-    config = coco_mini_config(real_data, min_size=(256,), max_size=320, image_size=(384, 384))
+def test_coco_tfrecord_round_trip_gives_the_same_tensors(sample_data, tmp_path):
+    config = coco_mini_config(sample_data, min_size=(256,), max_size=320, image_size=(384, 384))
     result = run_cli("--format=coco", f"--annotations={config.val_annotations}",
                      f"--images={config.val_images}", f"--output_prefix={tmp_path}/val",
                      "--num_shards=3")
@@ -68,8 +68,8 @@ def test_coco_tfrecord_round_trip_gives_the_same_tensors(real_data, tmp_path):
         np.testing.assert_allclose(a["image_info"], b["image_info"], rtol=1e-6)
 
 
-def test_records_use_model_garden_keys_and_coco_ids(real_data, tmp_path):
-    config = coco_mini_config(real_data)
+def test_records_use_model_garden_keys_and_coco_ids(sample_data, tmp_path):
+    config = coco_mini_config(sample_data)
     paths, _ = tfrecord_convert.convert("coco", str(tmp_path / "val"), 2,
                                      annotations=config.val_annotations,
                                      images=config.val_images)
@@ -110,8 +110,8 @@ def test_cli_help_and_usage_errors():
     assert result.returncode != 0 and "--annotations" in result.stderr
 
 
-def test_voc_tfrecord_round_trip_counts(real_data, tmp_path):
-    config = bccd_config(real_data)
+def test_voc_tfrecord_round_trip_counts(sample_data, tmp_path):
+    config = bccd_config(sample_data)
     paths, report = tfrecord_convert.convert("voc", str(tmp_path / "bccd"), 2,
                                           voc_root=config.voc_root, voc_split="val")
     direct, direct_report = elements(config)

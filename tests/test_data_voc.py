@@ -1,9 +1,9 @@
-"""Pascal VOC reader on real BCCD files (tests/fixtures/bccd: 11 images in the official splits).
+"""Pascal VOC reader on generated files in the BCCD set's layout (tests/helpers/sample_data.py).
 
 The oracle parses the XML files with its own code: VOC `bndbox` values are 1-based inclusive,
 so the continuous box is [ymin - 1, xmin - 1, ymax, xmax] (documented in paa_tf.data.voc);
-boxes of width or height <= 1 px are removed (docs/CONVENTIONS.md; BCCD has two zero-size
-boxes, one in the fixture's train split and one in its val split).
+boxes of width or height <= 1 px are removed (docs/CONVENTIONS.md; like the real BCCD set, the
+data has two zero-size boxes, one in the train split and one in the val split).
 """
 
 import xml.etree.ElementTree as ET
@@ -17,8 +17,8 @@ from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import pipeline, records, transforms, voc
 
 
-def bccd_config(real_data, **overrides):
-    fields = dict(format="voc", voc_root=str(real_data / "bccd"), voc_train_split="train",
+def bccd_config(sample_data, **overrides):
+    fields = dict(format="voc", voc_root=str(sample_data / "bccd"), voc_train_split="train",
                   voc_val_split="val", min_size=(240,), max_size=320, image_size=(256, 384),
                   max_instances=100, deterministic=True)
     fields.update(overrides)
@@ -44,13 +44,13 @@ def oracle(root, split):
     return out
 
 
-def test_train_split_counts_classes_and_boxes_mapped_back(real_data):
-    config = bccd_config(real_data)
+def test_train_split_counts_classes_and_boxes_mapped_back(sample_data):
+    config = bccd_config(sample_data)
     dataset, report = pipeline.build_dataset(config, "train", is_training=True, batch_size=4,
                                              repeat=False)
     label_map = report.label_map
     assert label_map.names == ("Platelets", "RBC", "WBC") and label_map.ids == (1, 2, 3)
-    expected = {k: v for k, v in oracle(real_data / "bccd", "train").items() if len(v[0])}
+    expected = {k: v for k, v in oracle(sample_data / "bccd", "train").items() if len(v[0])}
     got = {}
     for batch in dataset:
         for i, source_id in enumerate(batch["source_id"].numpy()):
@@ -79,10 +79,10 @@ def test_train_split_counts_classes_and_boxes_mapped_back(real_data):
     assert 0 < flips < len(expected)
 
 
-def test_zero_size_boxes_are_filtered_not_errors(real_data):
-    config = bccd_config(real_data, voc_val_split="trainval")
+def test_zero_size_boxes_are_filtered_not_errors(sample_data):
+    config = bccd_config(sample_data, voc_val_split="trainval")
     _, report = pipeline.build_dataset(config, "val", is_training=False, batch_size=8)
-    expected = oracle(real_data / "bccd", "trainval")
+    expected = oracle(sample_data / "bccd", "trainval")
     assert report.num_images == len(expected)
     assert report.num_boxes == sum(len(v[0]) for v in expected.values())
     in_split = {"BloodImage_00338", "BloodImage_00343"} & set(expected)
@@ -90,8 +90,8 @@ def test_zero_size_boxes_are_filtered_not_errors(real_data):
     assert report.num_skipped == 0
 
 
-def test_stable_ids_are_shared_by_splits_and_map_back_to_files(real_data):
-    config = bccd_config(real_data)
+def test_stable_ids_are_shared_by_splits_and_map_back_to_files(sample_data):
+    config = bccd_config(sample_data)
     report_train = records.BadRecordReport()
     train, _ = voc.read_voc(config.voc_root, "train", report_train)
     trainval, _ = voc.read_voc(config.voc_root, "trainval", records.BadRecordReport())
@@ -102,9 +102,9 @@ def test_stable_ids_are_shared_by_splits_and_map_back_to_files(real_data):
     assert all(0 < r.image_id < 2 ** 53 for r in trainval)  # exact in JSON / float64
 
 
-def test_coco_export_of_voc_gives_ap_1_for_ground_truth(real_data, tmp_path):
+def test_coco_export_of_voc_gives_ap_1_for_ground_truth(sample_data, tmp_path):
     """The VOC records as COCO JSON: evaluating the GT as detections gives AP = 1."""
-    config = bccd_config(real_data)
+    config = bccd_config(sample_data)
     raw, label_map = voc.read_voc(config.voc_root, "val", records.BadRecordReport())
     gt = records.to_coco_dict(raw, label_map)
     coco = COCO()

@@ -9,7 +9,7 @@ import re
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".git", ".venv", ".ruff_cache", ".pytest_cache", "__pycache__", "runs", "data",
-             "fixtures", "paa_tf.egg-info"}
+             "paa_tf.egg-info"}
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".cfg", ".toml", ".txt", ""}
 
 
@@ -50,4 +50,4 @@ def test_tests_need_no_data_outside_the_repository():
              for path in (REPO / "tests").glob("*.py")
              for number, line in enumerate(path.read_text().splitlines(), 1)
              if "shared" + "/data" in line or ".." + "/shared" in line]
-    assert not found, f"read tests/fixtures instead: {found}"
+    assert not found, f"use the sample_data fixture (tests/helpers/sample_data.py) instead: {found}"

@@ -54,9 +54,9 @@ def test_detections_to_coco_converts_boxes_ids_and_skips_padding():
         coco_scoring.detections_to_coco(detections, [42, 7], {0: 1})
 
 
-def test_gt_as_detections_gives_ap_one_and_matches_pycocotools(real_data, repo_root, tmp_path):
+def test_gt_as_detections_gives_ap_one_and_matches_pycocotools(sample_data, repo_root, tmp_path):
     """`bin/paa_eval --gt_as_detections`: AP = 1, and every printed number equals pycocotools'."""
-    ann = real_data / VAL_ANN
+    ann = sample_data / VAL_ANN
     proc = _run_cli(repo_root, "--gt_as_detections", f"--annotations={ann}",
                     f"--output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -74,10 +74,10 @@ def test_gt_as_detections_gives_ap_one_and_matches_pycocotools(real_data, repo_r
                for ap in metrics["per_category_AP"].values())
 
 
-def test_results_file_metrics_equal_direct_pycocotools(real_data, repo_root, tmp_path):
+def test_results_file_metrics_equal_direct_pycocotools(sample_data, repo_root, tmp_path):
     """Imperfect detections (jittered GT, random scores, false positives): same 12 numbers and
     per-category AP as pycocotools called directly on the same file."""
-    ann = real_data / VAL_ANN
+    ann = sample_data / VAL_ANN
     data = json.loads(ann.read_text())
     rng = np.random.default_rng(0)
     results = []
@@ -108,12 +108,12 @@ def test_results_file_metrics_equal_direct_pycocotools(real_data, repo_root, tmp
         float(np.mean(precision[precision > -1])))
 
 
-def test_evaluation_loop_over_tf_data(real_data, tmp_path):
+def test_evaluation_loop_over_tf_data(sample_data, tmp_path):
     """`evaluate_dataset` on a tf.data dataset with a predict_fn returning the GT of the batch:
     AP = 1 on exactly the images seen, label map from the annotations."""
     import tensorflow as tf
 
-    ann = real_data / VAL_ANN
+    ann = sample_data / VAL_ANN
     coco = coco_scoring.load_coco(ann)
     label_map = coco_scoring.coco_label_map(coco)
     index_of = {cat: index for index, cat in label_map.items()}
@@ -146,17 +146,17 @@ def test_evaluation_loop_over_tf_data(real_data, tmp_path):
     assert (tmp_path / "results.json").is_file() and (tmp_path / "metrics.json").is_file()
 
 
-def test_empty_results_score_zero(real_data, tmp_path):
-    metrics = coco_scoring.coco_evaluate(real_data / VAL_ANN, [], output_dir=str(tmp_path),
+def test_empty_results_score_zero(sample_data, tmp_path):
+    metrics = coco_scoring.coco_evaluate(sample_data / VAL_ANN, [], output_dir=str(tmp_path),
                                      verbose=False)
     assert all(metrics[n] == 0.0 for n in coco_scoring.METRIC_NAMES)
     assert json.loads((tmp_path / "results.json").read_text()) == []
 
 
-def test_unknown_image_id_is_a_clear_error(real_data):
+def test_unknown_image_id_is_a_clear_error(sample_data):
     bad = [{"image_id": -5, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.5}]
     with pytest.raises(ValueError, match="image ids absent"):
-        coco_scoring.coco_evaluate(real_data / VAL_ANN, bad, verbose=False)
+        coco_scoring.coco_evaluate(sample_data / VAL_ANN, bad, verbose=False)
 
 
 def test_cli_help_and_usage_errors(repo_root, tmp_path):
@@ -171,7 +171,7 @@ def test_cli_help_and_usage_errors(repo_root, tmp_path):
     assert "config.yaml not found" in model.stderr
 
 
-def _tiny_run(real_data, model_dir):
+def _tiny_run(sample_data, model_dir):
     """A randomly initialised tiny detector saved as a training run (config + checkpoint)."""
     import tensorflow as tf
 
@@ -180,9 +180,9 @@ def _tiny_run(real_data, model_dir):
     from paa_tf.data import label_map as label_map_lib
     from paa_tf.modeling.detector import build_detector
 
-    ann = real_data / VAL_ANN
+    ann = sample_data / VAL_ANN
     config = config_lib.load_config(overrides=[
-        f"data.val_images={real_data / 'coco_mini/val2017'}", f"data.val_annotations={ann}",
+        f"data.val_images={sample_data / 'coco_mini/val2017'}", f"data.val_annotations={ann}",
         f"data.train_annotations={ann}", "data.image_size=[128,128]", "data.min_size=[128]",
         "data.max_size=128", "model.backbone=tiny", "model.freeze_at=0", "model.frozen_bn=false",
         "model.min_level=3", "model.max_level=5", "model.fpn_channels=16", "model.head_convs=1",
@@ -199,10 +199,10 @@ def _tiny_run(real_data, model_dir):
     return config, model
 
 
-def test_checkpoint_evaluation_matches_in_process(real_data, repo_root, tmp_path):
+def test_checkpoint_evaluation_matches_in_process(sample_data, repo_root, tmp_path):
     """`bin/paa_eval --model_dir` restores the checkpoint and writes exactly the detections
     `evaluate_model` computes in process with the same weights; the records are valid COCO."""
-    config, model = _tiny_run(real_data, tmp_path)
+    config, model = _tiny_run(sample_data, tmp_path)
     metrics = evaluate.evaluate_model(config, model, output_dir=str(tmp_path / "inproc"),
                                       max_batches=2, verbose=False)
     assert metrics["num_images"] == 4 and metrics["num_detections"] > 0
@@ -211,7 +211,7 @@ def test_checkpoint_evaluation_matches_in_process(real_data, repo_root, tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     cli_results = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert cli_results == json.loads((tmp_path / "inproc" / "results.json").read_text())
-    coco = coco_scoring.load_coco(real_data / VAL_ANN)
+    coco = coco_scoring.load_coco(sample_data / VAL_ANN)
     for record in cli_results:
         image = coco.imgs[record["image_id"]]
         x, y, w, h = record["bbox"]
@@ -223,12 +223,12 @@ def test_checkpoint_evaluation_matches_in_process(real_data, repo_root, tmp_path
 
 
 @pytest.mark.slow
-def test_saved_model_evaluation_matches_checkpoint(real_data, repo_root, tmp_path):
+def test_saved_model_evaluation_matches_checkpoint(sample_data, repo_root, tmp_path):
     """`--saved_model` (the exported graph, its own JPEG decoding and resizing) scores the
     same images as the checkpoint path, with the same metrics."""
     from paa_tf import export
 
-    _tiny_run(real_data, tmp_path)
+    _tiny_run(sample_data, tmp_path)
     export_dir = export.export_from_model_dir(str(tmp_path), str(tmp_path / "export"))
     by_checkpoint = _run_cli(repo_root, f"--model_dir={tmp_path}", "--max_batches=2",
                              f"--output_dir={tmp_path / 'ckpt_eval'}")
