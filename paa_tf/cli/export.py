@@ -14,6 +14,8 @@ both taking the input ``inputs`` and returning ``detection_boxes`` (normalised y
 paa_tf/export.py and README "Export").
 """
 
+import os
+import sys
 import time
 
 from paa_tf.cli import program
@@ -44,7 +46,9 @@ def _run(argv):
           "image_tensor (inputs: uint8 [batch, height, width, 3])")
     print("  outputs: detection_boxes (normalised ymin, xmin, ymax, xmax), detection_scores, "
           "detection_classes (dataset ids), num_detections")
-    print(f"  inspect: saved_model_cli show --dir {path} --all")
+    # saved_model_cli is installed beside this Python (the .venv is not on PATH).
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    print(f"  inspect: {cli} show --dir {path} --all")
     return 0
 
 
