@@ -47,7 +47,7 @@ import paa_tf  # noqa: E402,F401  (keeps Keras 3 out before TensorFlow loads)
 METHODS = ("paa", "iou", "atss")
 QUICKSTART = "configs/quickstart.yaml"
 R50 = "configs/paa_r50_fpn_1x_coco.yaml"
-# R50 on a CPU at batch 2 (sizes are multiples of 128; the config's COCO bucket is 1408x1408):
+# R50 on a CPU at batch 2 (sizes are multiples of 128; the config's square canvas is 1408x1408):
 # 512x512, and 896x1408 (the 128-multiple bucket of an 800x1333 image that the memory rows of
 # docs/BENCHMARKS.md were measured at; today's 32-multiple bucket is 800x1344).
 R50_OVERRIDES = "data.image_size=[512,512],data.min_size=[512],data.max_size=512,train.batch_size=2"
