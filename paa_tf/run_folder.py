@@ -9,7 +9,10 @@ Layout of a run folder (`--model_dir`)::
     ckpt-<step>.data-*   `optimizer` and the input iterator `data`)
     checkpoint           TensorFlow's list of checkpoints (bookkeeping only, see
                          paa_tf/checkpoints.py: checkpoints are found from their index files)
-    train/, eval/        TensorBoard summaries; eval/<split>/ holds paa_eval's results
+    train/               TensorBoard summaries of training
+    eval/<split>/        one folder per evaluated split (`eval_dir`): results.json,
+                         metrics.json and its TensorBoard summaries; training's periodic
+                         evaluation writes eval/val/, `paa_eval` eval/<its split>/
 
 `RunFolder` is the one place that knows this layout. Reading the config and the label map
 needs no TensorFlow (the ablation report reads many runs); restoring a model imports it.
@@ -137,6 +140,10 @@ class RunFolder:
         config_lib.save_config(config, self.config_path)
         if label_map is not None:
             label_map_lib.write_label_map(label_map, self.label_map_path)
+
+    def eval_dir(self, split):
+        """Where an evaluation of `split` ('val', 'train', a data folder's name) writes."""
+        return self.path / "eval" / split
 
     def checkpoints(self):
         """Checkpoint prefixes, newest first (`find_checkpoints`)."""

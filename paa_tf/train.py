@@ -310,11 +310,11 @@ class Trainer:
         return self.schedule(max(step, 0))
 
     def evaluate(self, step=None):
-        """COCO evaluation of the current weights on the val split; summaries under eval/."""
-        metrics = evaluate_lib.evaluate_model(self.config, self.model,
-                                              output_dir=self.model_dir / "eval")
+        """COCO evaluation of the current weights on the val split, into eval/val/."""
+        output_dir = run_folder.RunFolder(self.model_dir).eval_dir("val")
+        metrics = evaluate_lib.evaluate_model(self.config, self.model, output_dir=output_dir)
         if self.chief:
-            writer = tf.summary.create_file_writer(str(self.model_dir / "eval"))
+            writer = tf.summary.create_file_writer(str(output_dir))
             with writer.as_default():
                 for name, value in metrics.items():
                     if isinstance(value, (int, float)) and np.isfinite(value):

@@ -72,9 +72,10 @@ def test_periodic_evaluation_writes_coco_metrics(tiny_experiment, tmp_path):
     result = run_train(tiny_experiment, tmp_path, "train.total_steps=3,train.eval_every=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "eval: {" in result.stdout and '"AP"' in result.stdout
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # the val split's own folder, where `paa_eval --model_dir` writes a val evaluation too
+    metrics = json.loads((tmp_path / "eval" / "val" / "metrics.json").read_text())
     assert 0.0 <= metrics["AP"] <= 1.0
-    assert [f for f in os.listdir(tmp_path / "eval") if "tfevents" in f]
+    assert [f for f in os.listdir(tmp_path / "eval" / "val") if "tfevents" in f]
     # the bad-record report of the input pipeline is repeated at the end
     assert "0 bad records skipped" in result.stdout.split("finished at step 3")[1]
 

@@ -65,8 +65,9 @@ def split_name():
 def _output_dir():
     if FLAGS.output_dir:
         return FLAGS.output_dir
-    base = os.path.join(FLAGS.model_dir, "eval") if FLAGS.model_dir else "paa_eval_output"
-    return os.path.join(base, split_name())
+    if FLAGS.model_dir:
+        return str(RunFolder(FLAGS.model_dir).eval_dir(split_name()))
+    return os.path.join("paa_eval_output", split_name())
 
 
 def _config():
