@@ -5,11 +5,12 @@ TensorFlow initialises). Marked slow: run with `pytest -m slow tests/test_distri
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from tests.helpers.ports import free_ports
 
 WORKER = pathlib.Path(__file__).parent / "helpers" / "distributed_worker.py"
 TIMEOUT_S = 400
@@ -20,18 +21,6 @@ def _environment(**extra):
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env
-
-
-def _free_ports(count):
-    sockets = []
-    for _ in range(count):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _failure(process, stdout):
@@ -63,7 +52,7 @@ def test_one_mirrored_step_on_two_replicas_equals_the_single_device_step(tmp_pat
 def _run_two_workers(tmp_path, mode, per_worker_args=lambda index: []):
     """Runs the worker helper in `mode` as two MultiWorkerMirroredStrategy processes on
     loopback ports; returns their two JSON reports (worker 0 first)."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes = []
     for index in range(2):

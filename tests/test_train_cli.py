@@ -7,7 +7,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from paa_tf.data import synthetic
+from tests.helpers.ports import free_ports
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "bin" / "paa_train")]
@@ -153,14 +153,8 @@ def test_stop_after_checkpoints_where_it_stops_and_the_next_run_resumes(tiny_exp
     assert all(line in second.stdout + second.stderr for line in chatter), second.stderr[-3000:]
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_workers_train_and_only_the_chief_writes(tiny_experiment, tmp_path):
-    ports = [_free_port(), _free_port()]
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     processes = []
     for index in range(2):
@@ -173,7 +167,12 @@ def test_two_workers_train_and_only_the_chief_writes(tiny_experiment, tmp_path):
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True, env=worker_env,
                                           cwd=REPO))
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    try:
+        outputs = [p.communicate(timeout=600)[0] for p in processes]
+    finally:
+        for process in processes:  # a worker waiting on a dead peer must not outlive the test
+            if process.poll() is None:
+                process.kill()
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
         assert "paa_train: 2 replica(s) with CollectiveAllReduceStrategy" in output, output[:3000]
