@@ -43,10 +43,27 @@ def test_one_mirrored_step_on_two_replicas_equals_the_single_device_step(tmp_pat
     assert report["replicas"] == 2
     for name in ("loss", "loss_cls", "loss_reg", "loss_iou", "pos_per_gt"):
         assert report["mirrored"][name] == pytest.approx(report["single"][name], rel=1e-5), name
-    assert report["max_abs_gradient"] > 1e-3
-    # Biases right before a 1-channel-per-group GroupNorm have an exactly-zero true gradient,
-    # so compare on the scale of the whole gradient, not per variable.
-    assert report["max_abs_gradient_difference"] < 1e-5 * report["max_abs_gradient"]
+    weights = report["weights"]
+    # The layers that make the predictions have no ReLU between them and the loss: their
+    # gradients must agree to float32 rounding. A wrong normaliser or replica aggregation
+    # shows here first (measured with loss.normalizer=per_replica: 19-50 % of each gradient).
+    prediction = [name for name in weights
+                  if name.split("/")[-2] in ("cls_logits", "bbox_pred", "iou_pred")
+                  or "/scale_p" in name]
+    assert len(prediction) == 9, sorted(weights)
+    for name in prediction:
+        difference, scale = weights[name]
+        assert difference <= 1e-5 * scale, (name, difference, scale)
+    assert max(weights[name][1] for name in prediction) > 1e-3
+    # Below a ReLU the gradient is not a continuous function of the activations: a batch of 2
+    # images and a replica's batch of 1 run the convolutions in a different order, so the
+    # activations differ by ~1e-8, and an activation that close to 0 takes the other side
+    # of the kink on the other replica count. After a 1-channel GroupNorm (which divides by
+    # a standard deviation down to 3e-3 at initialisation) one such flip moves the gradient
+    # of every layer below it by about 1 % (measured on an AMD EPYC: one flip at P3, 1 % of
+    # the whole gradient's norm; earlier CI machines had none and met 1e-5 everywhere). So
+    # the whole gradient is compared in norm: the per_replica normaliser above gives 33 %.
+    assert report["global_relative_difference"] < 0.05, report["global_relative_difference"]
 
 
 def _run_two_workers(tmp_path, mode, per_worker_args=lambda index: []):
