@@ -144,9 +144,17 @@ class CheckpointKeeper:
         file, so the manager numbers and rotates from there (written atomically)."""
         kept = list(reversed(readable_first[:self.max_to_keep]))
         # The manager rotates only checkpoints with a timestamp: their index files' times.
-        tf.compat.v1.train.update_checkpoint_state(
-            str(self.model_dir), kept[-1], all_model_checkpoint_paths=kept,
-            all_model_checkpoint_timestamps=[os.path.getmtime(p + ".index") for p in kept])
+        # TensorFlow marks this writer deprecated in favour of CheckpointManager, which has no
+        # way to be told which checkpoints exist; its warning would print on every resume.
+        tf_logger = tf.get_logger()
+        level = tf_logger.level
+        tf_logger.setLevel("ERROR")
+        try:
+            tf.compat.v1.train.update_checkpoint_state(
+                str(self.model_dir), kept[-1], all_model_checkpoint_paths=kept,
+                all_model_checkpoint_timestamps=[os.path.getmtime(p + ".index") for p in kept])
+        finally:
+            tf_logger.setLevel(level)
         self._manager = None  # re-read by the next save
 
     def save(self):
