@@ -52,7 +52,8 @@ def reference_r50_paa_parameter_count(num_classes=80):
 
 
 def test_r50_parameter_count_equals_the_reference_up_to_frozen_bn_variables():
-    model = build_detector(build_config(), image_size=(128, 128))
+    # COCO's 80 classes: a run takes them from its label map, here they are given.
+    model = build_detector(build_config(overrides="model.num_classes=80"), image_size=(128, 128))
     bn_variables = [w for layer in model.backbone.submodules
                     if isinstance(layer, tf_keras.layers.BatchNormalization)
                     for w in layer.weights]
