@@ -339,7 +339,10 @@ def read_scalars(log_dir, tags: Sequence[str] = SCALAR_TAGS) -> Dict[str, Tuple]
                          "(--model_dir of bin/paa_train; the scalars are in its train/ folder)")
     found: Dict[str, Dict[int, float]] = {tag: {} for tag in tags}
     for path in files:
-        for event in tf.compat.v1.train.summary_iterator(path):
+        # Each record of an event file is one serialized Event (summary_iterator, the
+        # deprecated reader, does the same and prints a deprecation warning).
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 if value.tag not in found:
                     continue

@@ -4,6 +4,7 @@ Citations go to the paper (equations, sections, figures) and to `docs/`; nothing
 document the repository does not hold, and no test reads data from outside it.
 """
 
+import os
 import pathlib
 import re
 
@@ -14,10 +15,13 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".cfg", ".toml", ".txt", ""}
 
 
 def text_files():
-    for path in REPO.rglob("*"):
-        parts = set(path.relative_to(REPO).parts)
-        if path.is_file() and not parts & SKIP_DIRS and path.suffix in TEXT_SUFFIXES:
-            yield path
+    # os.walk, pruned: .venv alone holds ~100,000 files that rglob would list and drop.
+    for folder, subfolders, names in os.walk(REPO):
+        subfolders[:] = [name for name in subfolders if name not in SKIP_DIRS]
+        for name in names:
+            path = pathlib.Path(folder) / name
+            if path.suffix in TEXT_SUFFIXES:
+                yield path
 
 
 def test_no_citation_of_an_outside_specification():

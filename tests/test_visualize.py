@@ -209,3 +209,4 @@ def test_bin_paa_visualize_on_a_training_run(repo_root, tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pos_per_gt: 2 points" in proc.stdout and Image.open(plot).format == "PNG"
+    assert "deprecated" not in proc.stderr, proc.stderr[-3000:]
