@@ -108,6 +108,7 @@ class Trainer:
     def __init__(self, config, model_dir, strategy, dataset_fn=None, model=None):
         self.config = config
         self.model_dir = pathlib.Path(model_dir)
+        self.folder = run_folder.RunFolder(self.model_dir)
         self.strategy = strategy
         self.chief = checkpoints.is_chief(strategy)
         self.data_reports = []  # the input pipeline's bad-record reports, shown at the end
@@ -139,7 +140,7 @@ class Trainer:
             raise ValueError("model.num_classes is not set and there is no label map to take "
                              "it from (a dataset_fn was given): set model.num_classes")
         if self.chief:
-            run_folder.RunFolder(self.model_dir).write(config, label_map)
+            self.folder.write(config, label_map)
         if self.multi_worker:
             self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
         else:
@@ -311,7 +312,7 @@ class Trainer:
 
     def evaluate(self, step=None):
         """COCO evaluation of the current weights on the val split, into eval/val/."""
-        output_dir = run_folder.RunFolder(self.model_dir).eval_dir("val")
+        output_dir = self.folder.eval_dir("val")
         metrics = evaluate_lib.evaluate_model(self.config, self.model, output_dir=output_dir)
         if self.chief:
             writer = tf.summary.create_file_writer(str(output_dir))
