@@ -3,12 +3,12 @@
 Both cases use the same real photos of coco_mini and the R50-FPN 1x config
 (random weights; model.backbone_checkpoint is not loaded):
 
-  train   one training step of `paa_tf.train.Trainer` (its compiled step, PAA assignment,
+  train   one training step of `paa_tf.training.train.Trainer` (its compiled step, PAA assignment,
           SGD), batch 1, on images of the bucketed training pipeline (800x1344 landscape,
           1344x800 portrait); the square case gets the very same batch zero-padded to the
           1408x1408 canvas (exactly what the square pipeline makes, see tests/test_buckets.py).
   serve   one `serving_default` request (one JPEG of val2017) to a SavedModel exported by
-          `paa_tf.export` with data.buckets square (every image padded to 1408x1408) and
+          `paa_tf.serving.export` with data.buckets square (every image padded to 1408x1408) and
           orientation (each image padded to its own multiple of 32, e.g. 800x1216).
 
 Time mode (default): both cases in this process, calls alternating and the order swapped
@@ -83,7 +83,7 @@ def train_batches(data_root, count):
 def build_trainer(data_root, mode, first_batch, model_dir):
     import tensorflow as tf
 
-    from paa_tf import train as train_lib
+    from paa_tf.training import train as train_lib
 
     config = load_config(data_root, mode)
     config.model.backbone_checkpoint = None
@@ -105,12 +105,13 @@ def train_call(trainer, batch):
 
 
 def export_model(data_root, mode, folder):
-    """Random-weight R50 exported as `paa_tf.export` does for data.buckets = `mode`."""
+    """Random-weight R50 exported as `paa_tf.serving.export` does for data.buckets = `mode`."""
     import tensorflow as tf
 
-    from paa_tf import export, postprocess, serving_preprocess
     from paa_tf.data import label_map as label_map_lib
+    from paa_tf.inference import postprocess
     from paa_tf.modeling.detector import build_detector
+    from paa_tf.serving import export, requests
 
     config = load_config(data_root, mode)
     config.model.backbone_checkpoint = None
@@ -118,9 +119,10 @@ def export_model(data_root, mode, folder):
     model = build_detector(config)
     label_map = label_map_lib.LabelMap(ids=tuple(range(1, 81)),
                                        names=tuple(f"c{i}" for i in range(80)))
+    preprocess, max_pixels = requests.export_preprocess(config)
     module = export.ExportedDetector(
-        model, serving_preprocess.ServingPreprocess.from_config(config),
-        postprocess.PostprocessParams.from_config(config), label_map)
+        model, preprocess, postprocess.PostprocessParams.from_config(config), label_map,
+        max_pixels)
     labels = label_map_lib.write_label_map(label_map, os.path.join(folder, "lm.json"))
     path = export.save_exported(module, os.path.join(folder, mode), 1, assets=(labels,))
     return tf.saved_model.load(path).signatures["serving_default"]
@@ -280,8 +282,8 @@ def detections_at(model, config, image, shape):
     import numpy as np
     import tensorflow as tf
 
-    from paa_tf import postprocess
     from paa_tf.data import buckets, transforms
+    from paa_tf.inference import postprocess
 
     data = config.data
     resized, info = transforms.resize_image(

@@ -2,7 +2,7 @@
 
 Builds the detector of a config (random weights; the class prior raised so that every level
 fills its 1,000 pre-NMS candidates: the post-processing's worst case), exports it with
-`paa_tf.export`, reloads it, and times on the same JPEG:
+`paa_tf.serving.export`, reloads it, and times on the same JPEG:
   network     the Keras model on an already pre-processed batch (tf.function)
   exported    `serving_default` of the reloaded SavedModel: decode, resize, normalise, pad,
               network, candidates, NMS, score voting, normalised outputs
@@ -24,9 +24,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from paa_tf import config as config_lib  # noqa: E402
-from paa_tf import export, postprocess, serving_preprocess  # noqa: E402
 from paa_tf.data import label_map as label_map_lib  # noqa: E402
+from paa_tf.data import transforms  # noqa: E402
+from paa_tf.inference import postprocess  # noqa: E402
 from paa_tf.modeling.detector import build_detector  # noqa: E402
+from paa_tf.serving import (
+    export,  # noqa: E402
+    requests,  # noqa: E402
+)
 
 
 def _timed(fn, repeats):
@@ -57,9 +62,9 @@ def main():
     label_map = label_map_lib.LabelMap(
         ids=tuple(range(1, config.model.num_classes + 1)),
         names=tuple(f"class{i}" for i in range(config.model.num_classes)))
-    preprocess = serving_preprocess.ServingPreprocess.from_config(config)
+    preprocess, max_pixels = requests.export_preprocess(config)
     params = postprocess.PostprocessParams.from_config(config)
-    module = export.ExportedDetector(model, preprocess, params, label_map)
+    module = export.ExportedDetector(model, preprocess, params, label_map, max_pixels)
     height, width = (int(v) for v in args.image.split("x"))
     rng = np.random.default_rng(0)
     pixels = tf.image.resize(rng.uniform(0, 255, (1, height // 16, width // 16, 3)),
@@ -74,7 +79,7 @@ def main():
                                            assets=(label_path,))
         export_s = time.perf_counter() - start
         serving = tf.saved_model.load(version_dir).signatures["serving_default"]
-        images, _ = serving_preprocess.preprocess_encoded(encoded, preprocess)
+        images = tf.stack([preprocess(transforms.decode_image(item))[0] for item in encoded])
         network = tf.function(lambda x: model(x, training=False))
         network_s = _timed(lambda: tf.nest.map_structure(lambda t: t.numpy(), network(images)),
                            args.repeats)

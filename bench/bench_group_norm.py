@@ -8,8 +8,8 @@ outputs are checked to agree, then, on several real COCO photos:
 
   head alone      `tf.function` of the head on each photo's FPN features: forward, and forward
                   + backward (gradients of the head's variables: what a training step pays)
-  end to end      each detector exported with `paa_tf.export` (score voting on) and reloaded;
-                  its `image_tensor` signature on each photo (uint8 [1, h, w, 3])
+  end to end      each detector exported with `paa_tf.serving.export` (score voting on) and
+                  reloaded; its `image_tensor` signature on each photo (uint8 [1, h, w, 3])
   layer (--layer) GroupNorm + ReLU alone on each photo's five FPN maps (the head's GroupNorm
                   input shapes): keras, lean, lean under `jit_compile=True`, and a one-pass
                   variant (sum and sum of squares of the map minus one of its values per
@@ -251,10 +251,10 @@ def main():
     config, models = build_pair(args.size)
     images = [image for _, image in photos]
 
-    from paa_tf import serving_preprocess
+    from paa_tf.data.inference_preprocess import InferencePreprocess
 
-    preprocess = serving_preprocess.ServingPreprocess.from_config(config)
-    inputs = [serving_preprocess.preprocess_images(image, preprocess)[0] for image in images]
+    preprocess = InferencePreprocess.from_config(config)
+    inputs = [preprocess(image[0])[0][None] for image in images]
     lean = models["lean"]
     pyramids = [lean.fpn(lean.backbone(x, training=False), training=False) for x in inputs]
 

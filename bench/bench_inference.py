@@ -2,7 +2,7 @@
 
 Four SavedModels, all ResNet-50 + FPN (P3-P7), 80 foreground classes, random weights, the same
 square input bucket, each exported with its own library and reloaded in this process:
-  PAA, voting         `paa_tf.export` of configs/paa_r50_fpn_1x_coco.yaml, score voting on
+  PAA, voting         `paa_tf.serving.export` of configs/paa_r50_fpn_1x_coco.yaml, score voting on
   PAA, no voting      the same model and weights, exported with score voting off
   RetinaNet, NMS v2   Model Garden's `retinanet_resnetfpn_coco` experiment exported with
                       `official.vision.serving` (`DetectionModule`, input type image_tensor),
@@ -19,7 +19,7 @@ over rounds of the time per photo is reported.
 
 Score voting's cost is also timed directly: on each photo, the candidates and the NMS-kept
 detections PAA produces are computed once, and a `tf.function` of the voting step alone
-(`paa_tf.postprocess.score_voting`) is timed on them; its median is set against the
+(`paa_tf.inference.postprocess.score_voting`) is timed on them; its median is set against the
 end-to-end time of `PAA, voting`. (The difference of two end-to-end medians is below their
 noise.)
 
@@ -99,17 +99,18 @@ def build_paa(size, prior):
 
 def export_paa(config, model, scratch, votings=(True, False)):
     """Export `model` with score voting on and/or off; returns {voting: dir}."""
-    from paa_tf import export, postprocess, serving_preprocess
     from paa_tf.data import label_map as label_map_lib
+    from paa_tf.inference import postprocess
+    from paa_tf.serving import export, requests
 
     label_map = label_map_lib.LabelMap(
         ids=tuple(range(1, NUM_CLASSES + 1)), names=tuple(f"class{i}" for i in range(NUM_CLASSES)))
     label_path = label_map_lib.write_label_map(label_map, os.path.join(scratch, "lm.json"))
-    preprocess = serving_preprocess.ServingPreprocess.from_config(config)
+    preprocess, max_pixels = requests.export_preprocess(config)
     dirs = {}
     for voting in votings:
         params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
-        module = export.ExportedDetector(model, preprocess, params, label_map)
+        module = export.ExportedDetector(model, preprocess, params, label_map, max_pixels)
         base = os.path.join(scratch, f"paa_{'voting' if voting else 'novoting'}")
         dirs[voting] = export.save_exported(module, base, 1, assets=(label_path,))
     return dirs
@@ -121,15 +122,15 @@ def paa_voting_inputs(config, model, image):
     Returns (pairs with p > threshold, voting inputs): the inputs are the NMS-kept detections
     (`det_boxes` float32 [1, D, 4], `det_classes` int32 [1, D], -1 pads) and the candidates
     (`cand_boxes` float32 [1, N, 4], `cand_scores` float32 [1, N, C]), all yxyx input pixels,
-    exactly as `paa_tf.postprocess.nms_and_vote` passes them to `score_voting`.
+    exactly as `paa_tf.inference.postprocess.nms_and_vote` passes them to `score_voting`.
     """
     import dataclasses
 
-    from paa_tf import postprocess, serving_preprocess
+    from paa_tf.data.inference_preprocess import InferencePreprocess
+    from paa_tf.inference import postprocess
 
-    preprocess = serving_preprocess.ServingPreprocess.from_config(config)
     params = postprocess.PostprocessParams.from_config(config)
-    images, image_info = serving_preprocess.preprocess_images(image, preprocess)
+    images, image_info = (t[None] for t in InferencePreprocess.from_config(config)(image[0]))
     outputs = model(images, training=False)
     probs = tf.sigmoid(tf.cast(outputs["cls_logits"], tf.float32))
     pairs = int(tf.reduce_sum(tf.cast(probs > params.score_threshold, tf.int32)))
@@ -146,7 +147,7 @@ def paa_voting_inputs(config, model, image):
 
 def time_voting(config, voting_inputs, repeats):
     """Median seconds of a `tf.function` of `score_voting` alone on each photo's inputs."""
-    from paa_tf import postprocess
+    from paa_tf.inference import postprocess
 
     params = postprocess.PostprocessParams.from_config(config)
     vote = tf.function(lambda det_boxes, det_classes, cand_boxes, cand_scores:
@@ -362,8 +363,8 @@ def main():
     for name in (*RETINANET_NMS, "PAA, no voting"):
         print(f"speed ratio {name} / PAA, voting: wall {medians[name] / t_vote:.3f}, CPU "
               f"{cpu[name] / cpu_vote:.3f} (>1: PAA with voting faster)")
-    print("score voting alone (tf.function of paa_tf.postprocess.score_voting on each photo's "
-          f"detections and candidates, median of {args.voting_repeats}): "
+    print("score voting alone (tf.function of paa_tf.inference.postprocess.score_voting on "
+          f"each photo's detections and candidates, median of {args.voting_repeats}): "
           + ", ".join(f"{t * 1e3:.2f}" for t in voting) + " ms; "
           f"{100 * statistics.median(voting) / t_vote:.2f} % of PAA's end-to-end time")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -2,7 +2,7 @@
 
 Step time (default mode): three trainers built from one config that differ only in
 `assign.method` (paa, iou, atss), each the training loop's own set-up
-(`paa_tf.train.Trainer`: same seed, SGD with momentum and the LR schedule, the compiled
+(`paa_tf.training.train.Trainer`: same seed, SGD with momentum and the LR schedule, the compiled
 `tf.function` around `strategy.run(model.train_step, ...)`, no `jit_compile` on the step; PAA's
 EM is XLA-compiled inside it as in training), fed ONE fixed batch shaped like the training
 pipeline's output. After warm-up (compilation) the steps are timed round-robin (paa, iou,
@@ -120,13 +120,13 @@ def make_batch(config, source, gts):
 
 
 def build_trainer(config, method, batch, model_dir):
-    """A `paa_tf.train.Trainer` for `method`, on one device, fed `batch` forever."""
+    """A `paa_tf.training.train.Trainer` for `method`, on one device, fed `batch` forever."""
     import copy
 
     import tensorflow as tf
     import tf_keras
 
-    from paa_tf import train as train_lib
+    from paa_tf.training import train as train_lib
 
     config = copy.deepcopy(config)
     config.assign.method = method

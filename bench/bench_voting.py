@@ -3,7 +3,7 @@
 The reference implementations vote one detection at a time (select the same-class
 candidates, IoU, weights, weighted mean). This script times that loop (NumPy, the
 per-detection body vectorised over candidates as the references do with torch tensors)
-against `paa_tf.postprocess.score_voting` (one [B, D, N] weight matrix and a matmul),
+against `paa_tf.inference.postprocess.score_voting` (one [B, D, N] weight matrix and a matmul),
 eagerly, inside `tf.function` and XLA-compiled, checks they agree, and prints the ratios.
 
     .venv/bin/python bench/bench_voting.py [--detections 100] [--candidates 1000]
@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from paa_tf import postprocess as pp  # noqa: E402
+from paa_tf.inference import postprocess as pp  # noqa: E402
 
 
 def make_inputs(num_det, num_cand, num_classes, seed=0):

@@ -8,21 +8,21 @@ Layout of a run folder (`--model_dir`)::
     ckpt-<step>.index    a `tf.train.Checkpoint` with `step` and `model` (training adds
     ckpt-<step>.data-*   `optimizer` and the input iterator `data`)
     checkpoint           TensorFlow's list of checkpoints (bookkeeping only, see
-                         paa_tf/checkpoints.py: checkpoints are found from their index files)
+                         paa_tf/training/checkpoints.py: checkpoints are found from their
+                         index files)
     train/               TensorBoard summaries of training
     eval/<split>/        one folder per evaluated split (`eval_dir`): results.json,
                          metrics.json and its TensorBoard summaries; training's periodic
                          evaluation writes eval/val/, `paa_eval` eval/<its split>/
 
-`RunFolder` is the one place that knows this layout. Reading the config and the label map
-needs no TensorFlow (the ablation report reads many runs); restoring a model imports it.
+`RunFolder` is the one place that knows this layout; it reads and writes files and needs no
+TensorFlow (the ablation report reads many runs). Restoring a model from it is
+`paa_tf.modeling.restore.restore_run`.
 """
 
-import dataclasses
 import os
 import pathlib
 import re
-import sys
 
 from paa_tf import config as config_lib
 from paa_tf.data import label_map as label_map_lib
@@ -56,35 +56,6 @@ def check_num_classes(config, label_map, where):
             f"{', ...' if label_map.num_classes > 5 else ''}); remove model.num_classes from "
             f"the config to take it from the label map, or set it to {label_map.num_classes}")
     return config
-
-
-def restore_model(config, checkpoint, image_size):
-    """A `PAADetector` for the padded input `image_size` with `checkpoint`'s weights.
-
-    The backbone's pretrained file is not read (the checkpoint holds every weight).
-    Raises ValueError when the checkpoint is damaged or does not hold the model's variables.
-    """
-    # TensorFlow and the model code only to restore: reading a run folder stays light.
-    import tensorflow as tf
-
-    from paa_tf.modeling.detector import build_detector
-
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, backbone_checkpoint=None))
-    model = build_detector(config, image_size=image_size)
-    try:
-        status = tf.train.Checkpoint(model=model).restore(os.fspath(checkpoint))
-        status.expect_partial()  # optimizer slots and the step counter are not needed
-        status.assert_existing_objects_matched()
-    # A damaged file surfaces as an IndexError, OpError, ValueError... depending on where the
-    # reader trips; a checkpoint of another model as an AssertionError.
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"checkpoint {checkpoint} does not match the model built from the "
-                         f"config (backbone {config.model.backbone}, {config.model.num_classes} "
-                         f"classes) or is damaged: {type(error).__name__}: {str(error)[:300]}. "
-                         "Use the config.yaml of the run that wrote the checkpoint and the "
-                         "model code it was trained with") from None
-    return model
 
 
 class RunFolder:
@@ -151,29 +122,3 @@ class RunFolder:
 
     def has_checkpoint(self, step):
         return (self.path / f"ckpt-{int(step)}.index").is_file()
-
-    def restore(self, config, image_size, checkpoint=None):
-        """(model, checkpoint path): `checkpoint`'s weights, or the newest readable ones.
-
-        Without `checkpoint` it is like a resumed training run: a checkpoint that cannot be
-        restored is skipped with a warning and the next older one is tried. A `checkpoint`
-        named by the user is restored or refused, never replaced by another. Raises
-        ValueError when there is nothing to restore.
-        """
-        if checkpoint:
-            return restore_model(config, checkpoint, image_size), os.fspath(checkpoint)
-        candidates = self.checkpoints()
-        if not candidates:
-            raise ValueError(f"no checkpoint in {self.path}; train first or pass --checkpoint "
-                             "(a checkpoint prefix, e.g. runs/x/ckpt-2000)")
-        problems = []
-        for index, path in enumerate(candidates):
-            try:
-                return restore_model(config, path, image_size), path
-            except ValueError as error:
-                problems.append(str(error))
-                older = candidates[index + 1] if index + 1 < len(candidates) else "none left"
-                print(f"WARNING: checkpoint {path} cannot be restored; falling back to {older}",
-                      file=sys.stderr, flush=True)
-        raise ValueError(f"none of the checkpoints in {self.path} can be restored; the newest: "
-                         f"{problems[0]}")

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from paa_tf import ablation
 from paa_tf import config as config_lib
 from paa_tf.data import synthetic
+from paa_tf.experiments import ablation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"

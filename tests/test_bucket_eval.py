@@ -9,8 +9,8 @@ on its orientation's bucket.
 import json
 
 from paa_tf import config as config_lib
-from paa_tf import evaluate
 from paa_tf.data import pipeline
+from paa_tf.evaluation import evaluate
 from paa_tf.modeling.detector import build_detector
 from tests.test_buckets import make_mixed_coco
 

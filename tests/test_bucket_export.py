@@ -19,9 +19,9 @@ import tensorflow as tf
 import tf_keras
 
 from paa_tf import config as config_lib
-from paa_tf import postprocess
 from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import transforms
+from paa_tf.inference import postprocess
 from paa_tf.modeling.detector import build_detector
 from tests.test_export import LABEL_MAP, REPO, _call, _cli, _jpeg, _random_image, pair_detections
 

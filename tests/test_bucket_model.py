@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from paa_tf import losses as losses_lib
-from paa_tf import postprocess
 from paa_tf.assign import BACKGROUND, assign
+from paa_tf.inference import postprocess
+from paa_tf.modeling import losses as losses_lib
 from paa_tf.modeling.detector import build_detector
 from paa_tf.ops.anchors import feature_sizes, generate_anchors, generate_anchors_tf
 from tests import train_utils

@@ -162,7 +162,7 @@ def test_input_pipelines_split_each_global_batch_of_one_bucket(tmp_path):
 
 
 def bucketed_trainer(model_dir, data_config, overrides="", strategy=None):
-    from paa_tf import train as train_lib
+    from paa_tf.training import train as train_lib
     from tests import train_utils
 
     config = train_utils.tiny_config("model.num_classes=2,train.total_steps=4" +

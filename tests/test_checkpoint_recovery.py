@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from paa_tf import train as train_lib
+from paa_tf.training import train as train_lib
 from tests.test_train import make_trainer
 
 

@@ -9,10 +9,12 @@ import pytest
 import tensorflow as tf
 
 from paa_tf import config as config_lib
-from paa_tf import export, predict
 from paa_tf.data import label_map as label_map_lib
 from paa_tf.modeling.detector import build_detector
+from paa_tf.modeling.restore import restore_run
 from paa_tf.run_folder import RunFolder
+from paa_tf.serving import export
+from paa_tf.visualization import predict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = ["data.image_size=[128,128]", "data.min_size=[128]", "data.max_size=128",
@@ -42,13 +44,13 @@ def run_with_damaged_newest(tmp_path_factory):
 def test_the_run_folder_falls_back_past_a_damaged_newest_checkpoint(run_with_damaged_newest,
                                                                      capsys):
     config, model_dir = run_with_damaged_newest
-    _, path = RunFolder(model_dir).restore(config, (128, 128))
+    _, path = restore_run(RunFolder(model_dir), config, (128, 128))
     assert path == str(model_dir / "ckpt-7")
     assert f"checkpoint {model_dir / 'ckpt-8'} cannot be restored; falling back to " \
            f"{model_dir / 'ckpt-7'}" in capsys.readouterr().err
     # A checkpoint the user names is restored or refused, never replaced by another.
     with pytest.raises(ValueError, match=r"ckpt-8 does not match .* or is damaged"):
-        RunFolder(model_dir).restore(config, (128, 128), str(model_dir / "ckpt-8"))
+        restore_run(RunFolder(model_dir), config, (128, 128), str(model_dir / "ckpt-8"))
 
 
 def test_predict_falls_back_past_a_damaged_newest_checkpoint(run_with_damaged_newest, capsys):
@@ -102,10 +104,11 @@ BAD_INPUTS = {
                                                   "--output", str(t / "v.png")], "config.yaml"),
     "paa_make_tfrecord": ("paa_make_tfrecord", lambda t: ["--format=coco",
                                                           f"--annotations={t}/none.json",
-                                                          f"--images={t}",
+                                                          f"--image_dir={t}",
                                                           f"--output_prefix={t}/r"],
                           "none.json"),
-    "paa_import": ("paa_import", lambda t: [f"--checkpoint={t}/none.pth", f"--output={t}/o"],
+    "paa_import": ("paa_import", lambda t: [f"--torch_checkpoint={t}/none.pth",
+                                            f"--output_dir={t}/o"],
                    "none.pth"),
     "paa_make_shapes flag": ("paa_make_shapes", lambda t: ["--num_train=0"], "num_train"),
     "paa_ablate": ("paa_ablate", lambda t: ["--rows=nonsense", f"--output_dir={t}"],
@@ -131,8 +134,8 @@ def test_the_traceback_flag_shows_the_traceback(tmp_path):
 
 
 def test_exit_codes_follow_one_convention(capsys):
-    from paa_tf import train as train_lib
     from paa_tf.cli import errors
+    from paa_tf.training import train as train_lib
 
     assert errors.exit_code_of(train_lib.NonFiniteWeightsError("inf weights")) == 3
     assert errors.exit_code_of(train_lib.NonFiniteLossError("nan loss")) == 3

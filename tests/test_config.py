@@ -77,9 +77,10 @@ def test_every_choice_field_refuses_a_value_outside_its_list(key):
 
 
 def test_modules_read_their_choices_from_the_config():
-    from paa_tf import assign, postprocess
+    from paa_tf import assign
     from paa_tf.assign import separation
     from paa_tf.data import buckets, records
+    from paa_tf.inference import postprocess
     from paa_tf.modeling import backbone
 
     assert assign.METHODS == config_lib.choices("assign.method")
@@ -112,13 +113,14 @@ def test_no_shadow_defaults_of_config_fields():
 
 
 def test_evaluation_scale_has_one_owner():
-    from paa_tf import serving_preprocess, tta
     from paa_tf.data import buckets
+    from paa_tf.data.inference_preprocess import InferencePreprocess
+    from paa_tf.inference import tta
 
     cfg = config_lib.build_config(overrides="data.min_size=[640,800],data.max_size=1000,"
                                             "data.image_size=[1024,1024]")
     assert cfg.data.eval_shorter_side == 800
-    assert serving_preprocess.ServingPreprocess.from_config(cfg).shorter_side == 800
+    assert InferencePreprocess.from_config(cfg).shorter_side == 800
     assert buckets.scale_sides(cfg.data, is_training=False) == [800]
     assert tta.tta_views(cfg, flip=True) == [(800, False), (800, True)]
     assert buckets.scale_sides(cfg.data, is_training=True) == list(range(640, 801))

@@ -336,7 +336,8 @@ def test_iterator_checkpoint_resumes_exactly_and_stays_small(tmp_path):
 def test_plus_one_ground_truth_is_inclusive_like_the_authors_and_round_trips(tmp_path):
     """model.plus_one: COCO [x, y, w, h] -> x2 = x + w - 1 before resizing (the authors'
     xywh -> xyxy), flip x -> W - 1 - x, and back to COCO with w = x2 - x1 + 1."""
-    from paa_tf import coco_scoring, postprocess
+    from paa_tf.evaluation import coco_scoring
+    from paa_tf.inference import postprocess
 
     config = make_coco(tmp_path, num_images=1)  # bbox [4, 6, 30, 20] in a 64x48 image
     sy, sx = 64 / 48, 85 / 64  # scaled to 64x85 (see test_resize_rule_hand_computed)

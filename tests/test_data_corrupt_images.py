@@ -129,7 +129,7 @@ def test_make_tfrecord_decodes_every_image_before_writing(tmp_path):
 
 def test_evaluation_of_undecoded_images_names_or_skips_corrupt_data(tmp_path):
     """The batches of `encoded_eval_dataset` (test-time augmentation, exported models)."""
-    from paa_tf import eval_inputs
+    from paa_tf.evaluation import inputs as eval_inputs
 
     config, name = corrupt_image_1(tmp_path, "jpeg")
     with pytest.raises(BadRecordError, match=rf"image id 11 \({name}\)"):
@@ -141,7 +141,7 @@ def test_evaluation_of_undecoded_images_names_or_skips_corrupt_data(tmp_path):
 
 
 def test_predict_names_a_file_it_cannot_decode(tmp_path):
-    from paa_tf import predict
+    from paa_tf.visualization import predict
 
     path = tmp_path / "broken.jpg"
     path.write_bytes(broken_huffman_jpeg())

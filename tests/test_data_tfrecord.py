@@ -47,7 +47,7 @@ def elements(config, split="val", is_training=False, **kwargs):
 def test_coco_tfrecord_round_trip_gives_the_same_tensors(sample_data, tmp_path):
     config = coco_mini_config(sample_data, min_size=(256,), max_size=320, image_size=(384, 384))
     result = run_cli("--format=coco", f"--annotations={config.val_annotations}",
-                     f"--images={config.val_images}", f"--output_prefix={tmp_path}/val",
+                     f"--image_dir={config.val_images}", f"--output_prefix={tmp_path}/val",
                      "--num_shards=3")
     assert result.returncode == 0, result.stderr
     content = json.load(open(config.val_annotations))

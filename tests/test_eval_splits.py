@@ -18,7 +18,7 @@ def test_two_splits_evaluated_from_one_run_leave_two_result_sets(repo_root, tmp_
     assert val.returncode == 0, val.stderr[-3000:]
     assert f"evaluating 'val' ({paths['val_image_dir']}) into {model_dir}/eval/val" in val.stdout
     train = subprocess.run([sys.executable, script, f"--model_dir={model_dir}",
-                            f"--data={paths['train_image_dir']}",
+                            f"--image_dir={paths['train_image_dir']}",
                             f"--annotations={paths['train_annotation_file']}"],
                            capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr[-3000:]

@@ -11,7 +11,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from paa_tf import coco_scoring, evaluate, inference, tta
+from paa_tf.evaluation import coco_scoring, evaluate
+from paa_tf.inference import detection, tta
+from tests.helpers.oracles import canvas_preprocess
 
 VAL_ANN = "coco_mini/annotations/instances_val2017.json"
 
@@ -166,7 +168,7 @@ def test_cli_help_and_usage_errors(repo_root, tmp_path):
         assert f"--{flag}:" in help_out.stdout or f"--[no]{flag}:" in help_out.stdout, flag
     nothing = _run_cli(repo_root, f"--output_dir={tmp_path}")
     assert nothing.returncode != 0 and "nothing to evaluate" in nothing.stderr
-    model = _run_cli(repo_root, "--model_dir=/nonexistent", "--data=x", "--annotations=y")
+    model = _run_cli(repo_root, "--model_dir=/nonexistent", "--image_dir=x", "--annotations=y")
     assert model.returncode != 0
     assert "config.yaml not found" in model.stderr
 
@@ -226,7 +228,7 @@ def test_checkpoint_evaluation_matches_in_process(sample_data, repo_root, tmp_pa
 def test_saved_model_evaluation_matches_checkpoint(sample_data, repo_root, tmp_path):
     """`--saved_model` (the exported graph, its own JPEG decoding and resizing) scores the
     same images as the checkpoint path, with the same metrics."""
-    from paa_tf import export
+    from paa_tf.serving import export
 
     _tiny_run(sample_data, tmp_path)
     export_dir = export.export_from_model_dir(str(tmp_path), str(tmp_path / "export"))
@@ -296,7 +298,6 @@ def test_flip_tta_on_a_symmetric_image_gives_mirrored_boxes(tmp_path):
     classes; merging both views keeps mirror-twin detections mirrored."""
     import tensorflow as tf
 
-    from paa_tf.data import transforms
     from tests.test_predict import tiny_run
 
     config, model, _, _ = tiny_run(tmp_path, num_val=1)
@@ -306,10 +307,10 @@ def test_flip_tta_on_a_symmetric_image_gives_mirrored_boxes(tmp_path):
     image = np.concatenate([half, half[:, ::-1]], axis=1)
     batch = {"encoded": tf.constant([_encoded_png(image)])}
     data = config.data
-    pre, info = transforms.preprocess(tf.constant(image), shorter_side=128, max_size=128,
+    pre, info = canvas_preprocess(tf.constant(image), shorter_side=128, max_size=128,
                                       image_size=(128, 128), pixel_mean=data.pixel_mean,
                                       pixel_std=data.pixel_std)
-    plain = {k: np.asarray(v) for k, v in inference.make_predict_fn(config, model)(
+    plain = {k: np.asarray(v) for k, v in detection.make_predict_fn(config, model)(
         {"image": pre[None], "image_info": info[None]}).items()}
     flipped = {k: np.asarray(v) for k, v in tta.make_tta_predict_fn(
         config, model, [(128, True)])(batch).items()}

@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from paa_tf import serving_preprocess
 from paa_tf.data import exif, pipeline, records, transforms
 from tests.test_data_bad_input import coco_config
 
@@ -66,7 +65,7 @@ def test_decode_turns_every_orientation_like_pil(orientation, big_endian):
                                   expected)
     # The sizes read without decoding agree: the load-time check and the serving header.
     assert records.image_problem(encoded, expected.shape[:2]) == (None, expected.shape[:2])
-    assert tuple(serving_preprocess.encoded_image_size(tf.constant(encoded)).numpy()) == \
+    assert tuple(transforms.decoded_size(tf.constant(encoded)).numpy()) == \
         expected.shape[:2]
 
 

@@ -3,7 +3,7 @@
 One tiny random-weight detector is trained-for-zero-steps, checkpointed the way
 `bin/paa_train` does (config.yaml, label_map.json, CheckpointManager) and exported once per
 module. The oracle for every detection is the Python model path: the data transforms, the
-Keras model and `paa_tf.postprocess` run eagerly, outside the SavedModel.
+Keras model and `paa_tf.inference.postprocess` run eagerly, outside the SavedModel.
 """
 
 import base64
@@ -19,11 +19,16 @@ import tensorflow as tf
 import tf_keras
 from tensorflow.core.protobuf import config_pb2
 
-from paa_tf import coco_scoring, eval_inputs, export, export_reader, postprocess
 from paa_tf import config as config_lib
 from paa_tf.data import buckets, pipeline, synthetic, transforms
 from paa_tf.data import label_map as label_map_lib
+from paa_tf.evaluation import coco_scoring
+from paa_tf.evaluation import inputs as eval_inputs
+from paa_tf.inference import postprocess
 from paa_tf.modeling.detector import build_detector
+from paa_tf.serving import export
+from paa_tf.serving import reader as export_reader
+from tests.helpers.oracles import canvas_preprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # 128 px bucket, and a class prior of 0.2 so that a random-weight head gives detections
@@ -111,7 +116,7 @@ def _python_path(config, model, decoded, score_voting=True):
     Returns client-convention detections (boxes / original size, dataset ids) as NumPy.
     """
     data = config.data
-    inputs, infos = zip(*[transforms.preprocess(
+    inputs, infos = zip(*[canvas_preprocess(
         tf.constant(image), shorter_side=max(data.min_size), max_size=data.max_size,
         image_size=buckets.image_size_of(data), pixel_mean=data.pixel_mean,
         pixel_std=data.pixel_std) for image in decoded])
@@ -439,12 +444,12 @@ def test_pixel_limit_is_frozen_into_the_export(run, images, tmp_path):
 
 
 def test_header_size_reads_large_png_and_jpeg_headers(images):
-    from paa_tf import serving_preprocess
+    from paa_tf.data import image_files
 
     for data, size in ((_png_claiming(6000, 8000), (6000, 8000)),
                        (_png_claiming(40000, 70000), (40000, 70000)),  # int32 would overflow
                        (_jpeg_claiming(images["encoded"][0], 7000, 65000), (7000, 65000))):
-        assert tuple(serving_preprocess.header_size(tf.constant(data)).numpy()) == size
+        assert tuple(image_files.header_size(tf.constant(data)).numpy()) == size
 
 
 def test_serving_turns_exif_oriented_photos_like_pil(run):
@@ -543,11 +548,11 @@ def test_eval_of_the_export_equals_eval_of_the_checkpoint(run, tmp_path):
 
 
 def test_original_size_is_read_from_the_file_headers(images):
-    """`encoded_image_size` (used when a batch carries no sizes) reads JPEG SOF and PNG IHDR."""
-    from paa_tf import serving_preprocess
+    """`decoded_size` (used when a batch carries no sizes) reads JPEG SOF and PNG IHDR."""
+    from paa_tf.data import transforms
 
     for encoded, decoded in zip(images["encoded"], images["decoded"]):
-        size = serving_preprocess.encoded_image_size(tf.constant(encoded)).numpy()
+        size = transforms.decoded_size(tf.constant(encoded)).numpy()
         assert tuple(size) == decoded.shape[:2]
 
 

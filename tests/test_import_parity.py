@@ -18,8 +18,9 @@ import tensorflow as tf
 import torch
 
 from paa_tf import config as config_lib
-from paa_tf import postprocess, run_folder
 from paa_tf.convert import coco_categories
+from paa_tf.inference import postprocess
+from paa_tf.modeling import restore
 from tests.helpers import torch_references as ref
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -84,9 +85,9 @@ def imported(request, tmp_path_factory):
     checkpoint = folder / f"{source}.pth"
     torch.save(network.checkpoint(), checkpoint)
     run_dir = folder / "run"
-    assert cli_import(["--checkpoint", checkpoint, "--output", run_dir]) == 0
+    assert cli_import(["--torch_checkpoint", checkpoint, "--output_dir", run_dir]) == 0
     config = config_lib.load_config(run_dir / "config.yaml")
-    model = run_folder.restore_model(config, tf.train.latest_checkpoint(str(run_dir)),
+    model = restore.restore_model(config, tf.train.latest_checkpoint(str(run_dir)),
                                      (HEIGHT, WIDTH))
     return {"source": source, "network": network, "checkpoint": checkpoint,
             "run_dir": run_dir, "config": config, "model": model}
@@ -244,7 +245,8 @@ def test_cli_reports_a_bad_checkpoint_naming_the_key(imported, tmp_path, capsys)
     weights[key] = weights[key][:, :, :1, :1].repeat(1, 1, 3, 3)
     bad = tmp_path / "bad.pth"
     torch.save(content, bad)
-    assert cli_import(["--checkpoint", bad, "--output", tmp_path / "run"]) == 2  # bad input
+    # bad input
+    assert cli_import(["--torch_checkpoint", bad, "--output_dir", tmp_path / "run"]) == 2
     error = capsys.readouterr().err
     assert f"'{key.removeprefix('module.')}': shape [64, 64, 3, 3]" in error
     assert "nothing was loaded" in error
@@ -295,7 +297,7 @@ def test_imagenet_resnet_converts_to_a_backbone_checkpoint_training_loads_whole(
     state = {**network.state_dict(), **{f"fc.{k}": v for k, v in classifier.state_dict().items()}}
     path = tmp_path / "resnet50-imagenet.pth"
     torch.save(state, path)
-    assert cli_import(["--checkpoint", path, "--output", tmp_path / "tv"]) == 0
+    assert cli_import(["--torch_checkpoint", path, "--output_dir", tmp_path / "tv"]) == 0
     report = json.loads((tmp_path / "tv" / "import.json").read_text())
     assert report["layout"] == "imagenet" and set(report["not_weights"]) >= {"fc.weight",
                                                                            "fc.bias"}
@@ -326,7 +328,7 @@ EXPORT_OVERRIDES = "data.image_size=[256,256],data.min_size=[256],data.max_size=
 @pytest.mark.parametrize("imported", ["authors"], indirect=True)
 def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_path):
     """paa_export of the imported run folder vs the eval pre-processing, the restored Keras
-    model and paa_tf.postprocess run eagerly on the same JPEG."""
+    model and paa_tf.inference.postprocess run eagerly on the same JPEG."""
     from absl import flags
 
     from paa_tf.cli import export as export_cli
@@ -352,7 +354,7 @@ def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_pa
     config = config_lib.load_config(imported["run_dir"] / "config.yaml",
                                     overrides=EXPORT_OVERRIDES)
     data = config.data
-    model = run_folder.restore_model(
+    model = restore.restore_model(
         config, tf.train.latest_checkpoint(str(imported["run_dir"])), tuple(data.image_size))
     decoded = transforms.decode_image(encoded)
     resized, info = transforms.resize_image(

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from paa_tf import losses
 from paa_tf.config import LossConfig
+from paa_tf.modeling import losses
 
 PRIOR = -math.log(99.0)  # reference value: -4.595120
 KK_LOSS = LossConfig(focal_alpha=0.25, focal_gamma=2.0, reg_weight=1.3, iou_weight=0.5,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from paa_tf import postprocess as pp
+from paa_tf.inference import postprocess as pp
 from paa_tf.ops import boxes as box_ops
 
 # The voting example (docs/CONVENTIONS.md, "Reference values"), boxes (x1, y1, x2, y2)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paa_tf import predict
+from paa_tf.visualization import predict
+from tests.helpers.oracles import canvas_preprocess
 
 
 def tiny_run(root, num_val=3, image_side=64, input_side=128):
@@ -59,12 +60,12 @@ def _reference(config, model, path, label_map):
     `postprocess.postprocess` mapped to the original image (the oracle of the CLI)."""
     import tensorflow as tf
 
-    from paa_tf import postprocess
     from paa_tf.data import transforms
+    from paa_tf.inference import postprocess
 
     data = config.data
     pixels = transforms.decode_image(tf.io.read_file(str(path)))
-    image, info = transforms.preprocess(pixels, shorter_side=max(data.min_size),
+    image, info = canvas_preprocess(pixels, shorter_side=max(data.min_size),
                                         max_size=data.max_size, image_size=data.image_size,
                                         pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)
     out = model(image[None], training=False)
@@ -147,7 +148,7 @@ def test_cli_writes_json_equal_to_in_process_postprocess(run, repo_root, tmp_pat
 def test_pictures_show_the_boxes_and_nothing_else(run, tmp_path):
     """The picture equals the input except on drawn boxes/labels: the best box's outline
     has its class colour; with a threshold above every score the picture is the image."""
-    from paa_tf import visualize
+    from paa_tf.visualization import drawing
 
     config, model, model_dir, paths = run
     image = f"{paths['val_image_dir']}/val_000001.jpg"
@@ -160,7 +161,7 @@ def test_pictures_show_the_boxes_and_nothing_else(run, tmp_path):
     height, width = pixels.shape[:2]
     ymin, xmin, ymax, xmax = (min(max(round(v), 0), side - 1)
                               for v, side in zip(best["box"], (height, width) * 2))
-    colour = visualize.class_colour(best["class_index"])
+    colour = drawing.class_colour(best["class_index"])
     # The best box is drawn last, so its outline has its class colour, except where its own
     # label's text (on a background of the same colour) crosses it.
     outline = np.concatenate([picture[ymin:ymax + 1, xmin], picture[ymin:ymax + 1, xmax],

@@ -80,6 +80,7 @@ CONFIG_READERS = ("paa_ablate", "paa_eval", "paa_export", "paa_import", "paa_pre
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_help_lists_the_common_flags_and_one_override(name):
     result = _run(name, "--help")
+    assert result.returncode == 0, (name, result.stderr[-1000:])  # help asked is no error
     flags_listed = result.stdout + result.stderr
     assert "--[no]traceback:" in flags_listed and "--verbosity:" in flags_listed, name
     assert ("--override:" in flags_listed) == (name in CONFIG_READERS), name
@@ -100,3 +101,54 @@ def test_usage_errors_read_the_same_in_every_program(name, args, words):
     assert result.returncode == 2, result.stderr[-2000:]
     assert words in result.stderr and "(run with --help for the flags)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _program_flags():
+    """{program module: its FLAG_SPECS} of every program (paa_tf/cli/*.py with a main)."""
+    import importlib
+
+    found = {}
+    for path in sorted((REPO / "paa_tf" / "cli").glob("*.py")):
+        module = importlib.import_module(f"paa_tf.cli.{path.stem}")
+        if hasattr(module, "FLAG_SPECS"):
+            found[path.stem] = module.FLAG_SPECS
+    return found
+
+
+def test_one_flag_vocabulary_across_the_programs():
+    specs = _program_flags()
+    assert len(specs) == len(PROGRAMS)
+    meanings = {}
+    for program_name, flag_specs in specs.items():
+        for spec in flag_specs:
+            meaning = repr((spec.kind, spec.default, spec.options))
+            meanings.setdefault(spec.name, set()).add(meaning)
+            if spec.name == "checkpoint":  # never the importer's .pth file
+                assert "TensorFlow checkpoint prefix" in spec.help, (program_name, spec.help)
+    differing = {name: m for name, m in meanings.items() if len(m) > 1}
+    assert not differing, f"one flag name, several meanings: {differing}"
+    # Folders are --output_dir and --image_dir everywhere; --output is only paa_visualize's
+    # picture file.
+    assert "data" not in meanings and "output" in meanings
+    outputs = [spec for flag_specs in specs.values() for spec in flag_specs
+               if spec.name == "output"]
+    assert len(outputs) == 1 and "file" in outputs[0].help, outputs
+
+
+def test_a_flag_defined_twice_with_another_meaning_is_an_error():
+    from absl import flags
+
+    from paa_tf.cli import program
+
+    values = flags.FlagValues()
+    flags.DEFINE_integer("verbosity", -1, "as absl defines it", flag_values=values)
+    first = program.flag("enum", "mode", "a", "A mode.", enum_values=["a", "b"])
+    program.define([first], values)
+    program.define([first.with_help("The same flag, other words.")], values)  # reused
+    assert values["mode"].value == "a"
+    with pytest.raises(ValueError, match="--mode is defined twice with different meanings"):
+        program.define([program.flag("enum", "mode", "a", "A mode.", enum_values=["a", "c"])],
+                       values)
+    flags.DEFINE_string("foreign", None, "someone else's", flag_values=values)
+    with pytest.raises(ValueError, match="--foreign is already defined outside"):
+        program.define([program.flag("string", "foreign", None, "ours")], values)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from paa_tf import train as train_lib
 from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import pipeline, tfrecord_convert
+from paa_tf.training import train as train_lib
 from tests import train_utils
 from tests.test_data_bad_input import coco_config, make_coco
 

@@ -6,6 +6,7 @@ import pytest
 from paa_tf import config as config_lib
 from paa_tf import run_folder
 from paa_tf.data import label_map as label_map_lib
+from paa_tf.modeling.restore import restore_run
 from paa_tf.run_folder import RunFolder
 
 SIX = label_map_lib.LabelMap(ids=(1, 3, 5, 7, 9, 11), names=tuple("abcdef"))
@@ -50,4 +51,4 @@ def test_checkpoints_are_found_from_index_files_newest_step_first(tmp_path):
     assert run.checkpoints() == [str(tmp_path / "ckpt-10"), str(tmp_path / "ckpt-9")]
     assert run.has_checkpoint(9) and not run.has_checkpoint(2)
     with pytest.raises(ValueError, match="no checkpoint in .*; train first"):
-        RunFolder(tmp_path / "empty").restore(None, (128, 128))
+        restore_run(RunFolder(tmp_path / "empty"), None, (128, 128))

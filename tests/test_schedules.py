@@ -4,7 +4,7 @@
 import pytest
 
 from paa_tf import config as config_lib
-from paa_tf import schedules
+from paa_tf.training import schedules
 
 
 @pytest.mark.parametrize("step,expected", [

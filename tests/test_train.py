@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from paa_tf import train as train_lib
+from paa_tf.training import train as train_lib
 from tests import train_utils
 
 
@@ -79,7 +79,7 @@ def test_corrupted_newest_checkpoint_falls_back_with_warning(tmp_path, capsys):
     again = make_trainer(tmp_path)
     restored = again.restore_or_initialise()
     assert restored.endswith("ckpt-2") and again.step == 2
-    assert "ckpt-4 is unreadable" in capsys.readouterr().out
+    assert "ckpt-4 cannot be restored; falling back to" in capsys.readouterr().err
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):

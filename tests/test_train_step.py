@@ -6,10 +6,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from paa_tf import losses
 from paa_tf.assign.labels import AssignResult
 from paa_tf.config import build_config
-from paa_tf.modeling import build_detector
+from paa_tf.modeling import build_detector, losses
 from paa_tf.modeling.detector import is_bias
 
 TINY = ("model.backbone=tiny,model.num_classes=3,model.fpn_channels=32,"

@@ -14,9 +14,9 @@ from PIL import Image
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
 
-from paa_tf import visualize
 from paa_tf.assign import paa_candidates_and_gmm
 from paa_tf.assign.labels import CANDIDATE_POSITIVE
+from paa_tf.visualization import assignment, curves, drawing
 
 
 def test_draw_detections_draws_boxes_and_labels_only():
@@ -24,11 +24,11 @@ def test_draw_detections_draws_boxes_and_labels_only():
     padding (-1) and detections under the threshold are not drawn."""
     image = np.full((120, 160, 3), 90, np.uint8)
     boxes = np.array([[40, 30, 100, 90], [10, 100, 30, 150], [0, 0, 50, 50]], np.float32)
-    drawn = visualize.draw_detections(image, boxes, [0.9, 0.2, 0.8], [2, 1, -1],
+    drawn = drawing.draw_detections(image, boxes, [0.9, 0.2, 0.8], [2, 1, -1],
                                       class_names=["a", "b", "c"], score_threshold=0.5,
                                       line_width=1)
     assert drawn.shape == image.shape and drawn.dtype == np.uint8
-    colour = visualize.class_colour(2)
+    colour = drawing.class_colour(2)
     assert np.all(drawn[40:101, 30] == colour) and np.all(drawn[40:101, 90] == colour)
     assert np.all(drawn[100, 30:91] == colour)
     assert np.all(drawn[41:100, 31:90] == 90)  # inside the box
@@ -37,11 +37,11 @@ def test_draw_detections_draws_boxes_and_labels_only():
     assert label_rows[:, 30:].any()  # the label sits above the box
     assert not changed[:, 92:].any() and not changed[102:].any()
     assert not changed[:25, :28].any()  # where the padded detection would have been
-    only_best = visualize.draw_detections(image, boxes[:1], [0.9], [2], ["a", "b", "c"],
+    only_best = drawing.draw_detections(image, boxes[:1], [0.9], [2], ["a", "b", "c"],
                                           line_width=1)
     assert np.array_equal(drawn, only_best)
     with pytest.raises(ValueError, match="same length"):
-        visualize.draw_detections(image, boxes, [0.9], [0, 1, 2])
+        drawing.draw_detections(image, boxes, [0.9], [0, 1, 2])
 
 
 def _label_height(drawn, box, colour):
@@ -55,13 +55,13 @@ def _label_height(drawn, box, colour):
 def test_labels_fit_a_large_photo_and_their_size_can_be_set():
     """On a 2048x1371 photo the label is the size `label_font_size` gives (a fraction of
     the old 1/22 of the shorter side, 62 px); an explicit size is drawn as asked."""
-    assert visualize.label_font_size(1371) == 19
-    assert visualize.label_font_size(256) == 10 and visualize.label_font_size(4000) == 32
+    assert drawing.label_font_size(1371) == 19
+    assert drawing.label_font_size(256) == 10 and drawing.label_font_size(4000) == 32
     photo = np.full((1371, 2048, 3), 90, np.uint8)
     box = (700, 900, 900, 1200)
-    colour = visualize.class_colour(1)
+    colour = drawing.class_colour(1)
     def height(font_size=None):
-        return _label_height(visualize.draw_detections(photo, [box], [0.9], [1], ["pawn"],
+        return _label_height(drawing.draw_detections(photo, [box], [0.9], [1], ["pawn"],
                                                        font_size=font_size), box, colour)
 
     default, old_rule = height(), height(round(1371 / 22))
@@ -100,7 +100,7 @@ def test_assignment_figure_shows_what_paa_assign_decided(tiny_model):
     image = rng.normal(0, 1, (128, 128, 3)).astype(np.float32)
     gt_boxes = np.array([[10, 12, 50, 60], [30, 40, 110, 100], [-1, -1, -1, -1]], np.float32)
     gt_classes = np.array([0, 2, -1], np.int32)
-    figure, view = visualize.assignment_figure(tiny_model, image, gt_boxes, gt_classes, 1,
+    figure, view = assignment.assignment_figure(tiny_model, image, gt_boxes, gt_classes, 1,
                                                class_names=["a", "b", "c"])
 
     outputs = tiny_model(image[None], training=False)
@@ -147,7 +147,7 @@ def test_assignment_figure_shows_what_paa_assign_decided(tiny_model):
 def test_assignment_rejects_a_padded_gt(tiny_model):
     image = np.zeros((128, 128, 3), np.float32)
     with pytest.raises(ValueError, match="gt_index 1"):
-        visualize.assignment_data(tiny_model, image, [[0, 0, 40, 40], [-1, -1, -1, -1]],
+        assignment.assignment_data(tiny_model, image, [[0, 0, 40, 40], [-1, -1, -1, -1]],
                                   [0, -1], 1)
 
 
@@ -170,7 +170,7 @@ def test_positives_per_gt_plot_reads_the_training_scalars(tmp_path):
     _write_scalars(tmp_path / "train", [8.0, 7.5, 6.25])
     time.sleep(0.05)  # the resumed run's file is newer
     _write_scalars(tmp_path / "train", [6.5, 5.0], start_step=30)
-    figure, scalars = visualize.positives_per_gt_plot(tmp_path)
+    figure, scalars = curves.positives_per_gt_plot(tmp_path)
     steps, values = scalars["pos_per_gt"]
     np.testing.assert_array_equal(steps, [10, 20, 30, 40])
     np.testing.assert_allclose(values, [8.0, 7.5, 6.5, 5.0])
@@ -180,7 +180,7 @@ def test_positives_per_gt_plot_reads_the_training_scalars(tmp_path):
     np.testing.assert_array_equal(line.get_xdata(), steps)
     np.testing.assert_allclose(line.get_ydata(), values)
     with pytest.raises(ValueError, match="no TensorBoard event files"):
-        visualize.positives_per_gt_plot(tmp_path / "nothing")
+        curves.positives_per_gt_plot(tmp_path / "nothing")
 
 
 def test_bin_paa_visualize_on_a_training_run(repo_root, tmp_path):
@@ -196,13 +196,13 @@ def test_bin_paa_visualize_on_a_training_run(repo_root, tmp_path):
                            f"--output={picture}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "candidates" in proc.stdout and Image.open(picture).format == "PNG"
-    by_index = visualize.assignment_picture(model_dir, tmp_path / "a.png", data_index=1)
-    by_file = visualize.assignment_picture(model_dir, tmp_path / "b.png",
+    by_index = assignment.assignment_picture(model_dir, tmp_path / "a.png", data_index=1)
+    by_file = assignment.assignment_picture(model_dir, tmp_path / "b.png",
                                      image=f"{paths['train_image_dir']}/train_000002.jpg")
     np.testing.assert_array_equal(by_index.anchor_indices, by_file.anchor_indices)
     np.testing.assert_array_equal(by_index.decisions, by_file.decisions)
     with pytest.raises(ValueError, match="not an image of the run's data"):
-        visualize.assignment_picture(model_dir, tmp_path / "c.png", image=str(picture))
+        assignment.assignment_picture(model_dir, tmp_path / "c.png", image=str(picture))
     plot = tmp_path / "positives.png"
     proc = subprocess.run([sys.executable, script, f"--model_dir={model_dir}",
                            "--positives_plot", f"--output={plot}"], capture_output=True,

@@ -19,21 +19,22 @@ import subprocess
 import sys
 import time
 
-from paa_tf import ablation
 from paa_tf.cli import program
+from paa_tf.experiments import ablation
 from paa_tf.run_folder import RunFolder
 
 CONFIG = "configs/quickstart.yaml"
 
 FLAGS = program.FLAGS
 FLAG_SPECS = (
-    program.OUTPUT_DIR.with_help("Folder for the runs and the report.", default="runs/ablate"),
+    program.OUTPUT_DIR.with_help("Folder for the runs and the report, e.g. runs/ablate."
+                                 ).as_required(),
     program.flag("integer", "steps", 800, "Training steps (of 8 images) per row and seed; the "
                  "LR schedule is the quickstart's, scaled to this length.", lower_bound=1),
     program.flag("list", "seeds", ["0"], "Seeds to train each row with (comma-separated)."),
     program.flag("list", "rows", [], "Training keys to run (default all): "
                  + ", ".join(ablation.trainings())),
-    program.CONFIG.with_help("Base experiment config.", default=CONFIG),
+    program.CONFIG.with_help(f"Base experiment config (default: {CONFIG})."),
     program.OVERRIDE.with_help("Overrides applied to every training (e.g. a smaller data set "
                                "for a smoke test), as in bin/paa_train."),
     program.flag("bool", "report_only", False, "Only write the report from the finished runs."),
@@ -56,9 +57,13 @@ def _last_line(log_path):
     return lines[-1][:200] if lines else "no output"
 
 
+def _config():
+    return FLAGS.config or CONFIG
+
+
 def _ensure_shapes_dataset():
     """Generates the quickstart's dataset when the base config points at it and it is absent."""
-    if FLAGS.config != CONFIG or os.path.isfile("data/shapes/annotations/instances_val.json"):
+    if _config() != CONFIG or os.path.isfile("data/shapes/annotations/instances_val.json"):
         return
     print("[ablate] generating data/shapes (bin/paa_make_shapes)", flush=True)
     subprocess.run([sys.executable, "-m", "paa_tf.cli", "paa_make_shapes", "--output_dir",
@@ -81,7 +86,7 @@ def _train_and_evaluate(training, overrides, seed, evaluations):
     run = RunFolder(model_dir)
     if not run.has_checkpoint(FLAGS.steps):
         print(f"[ablate] training {training} seed {seed} ({FLAGS.steps} steps)", flush=True)
-        code = _run([sys.executable, "-m", "paa_tf.cli", "paa_train", "--config", FLAGS.config,
+        code = _run([sys.executable, "-m", "paa_tf.cli", "paa_train", "--config", _config(),
                      "--model_dir", model_dir, "--override", ",".join(all_overrides)] + extra,
                     log_path)
         if code != 0 or not run.has_checkpoint(FLAGS.steps):

@@ -9,14 +9,14 @@ Examples::
     # a trained checkpoint (newest in model_dir, config from model_dir/config.yaml) on the
     # config's val split, or on a COCO image folder given here
     bin/paa_eval --model_dir=runs/x [--checkpoint=runs/x/ckpt-2000] \
-        [--data=test/ --annotations=test/ANN.json] [--override eval.score_voting=false]
+        [--image_dir=test/ --annotations=test/ANN.json] [--override eval.score_voting=false]
     # an exported SavedModel (bin/paa_export), run on the undecoded image files
-    bin/paa_eval --saved_model=export/1 [--data=val2017/ --annotations=ANN.json]
+    bin/paa_eval --saved_model=export/1 [--image_dir=val2017/ --annotations=ANN.json]
     # test-time augmentation of a checkpoint: every listed shorter side, each also mirrored;
     # the views' candidates are merged before NMS and score voting
     bin/paa_eval --model_dir=runs/x --override eval.tta_scales=[640,800],eval.tta_flip=true
 
-Each evaluation names the data it scored (``--split``, default the ``--data`` folder's name,
+Each evaluation names the data it scored (``--split``, default the ``--image_dir`` folder's name,
 else ``val``) and writes ``results.json`` (COCO results) and ``metrics.json`` (the 12 COCO
 numbers by name and per-category AP) into ``--output_dir``, by default
 ``<model_dir>/eval/<split>/`` (``./paa_eval_output/<split>/`` without a run folder): two
@@ -34,14 +34,14 @@ from paa_tf.run_folder import RunFolder
 FLAGS = program.FLAGS
 FLAG_SPECS = (
     program.MODEL_DIR, program.CHECKPOINT, program.CONFIG, program.OVERRIDE,
-    program.flag("string", "data", None, "COCO image folder to evaluate on (default: config "
+    program.flag("string", "image_dir", None, "COCO image folder to evaluate on (default: config "
                  "data.val_images)."),
     program.flag("string", "annotations", None, "COCO instances JSON of the evaluated images "
                  "(default: config data.val_annotations)."),
     program.OUTPUT_DIR.with_help("Where results.json and metrics.json go (default "
                                  "<model_dir>/eval/<split>, else ./paa_eval_output/<split>)."),
     program.flag("string", "split", None, "Name of the evaluated data in the output and in the "
-                 "default output folder (default: the --data folder's name, else 'val')."),
+                 "default output folder (default: the --image_dir folder's name, else 'val')."),
     program.flag("integer", "max_batches", None, "Stop after this many batches (quick checks); "
                  "only the images seen are scored.", lower_bound=1),
     program.flag("string", "saved_model", None, "Evaluate this exported SavedModel instead of "
@@ -54,11 +54,12 @@ FLAG_SPECS = (
 
 
 def split_name():
-    """What the evaluated data is called: --split, else the --data folder's name, else 'val'."""
+    """What the evaluated data is called: --split, else the --image_dir folder's name, else
+    'val'."""
     if FLAGS.split:
         return FLAGS.split
-    if FLAGS.data:
-        return os.path.basename(os.path.normpath(FLAGS.data)) or "val"
+    if FLAGS.image_dir:
+        return os.path.basename(os.path.normpath(FLAGS.image_dir)) or "val"
     return "val"
 
 
@@ -76,7 +77,7 @@ def _config():
         return RunFolder(FLAGS.model_dir).config(FLAGS.override, config_path=FLAGS.config)
     if FLAGS.saved_model and not FLAGS.config:
         # TensorFlow only once a model runs: --help and usage errors stay fast
-        from paa_tf import export_reader
+        from paa_tf.serving import reader as export_reader
         exported = config_lib.to_dict(export_reader.exported_config(FLAGS.saved_model))
         return config_lib.build_config([exported], FLAGS.override)
     return config_lib.load_config(FLAGS.config, overrides=FLAGS.override)
@@ -85,16 +86,17 @@ def _config():
 def _run_model(output_dir):
     """Evaluate a checkpoint or an exported SavedModel on the chosen data."""
     # TensorFlow only once a model runs: --help and usage errors stay fast
-    from paa_tf import evaluate
+    from paa_tf.evaluation import evaluate
+    from paa_tf.modeling.restore import restore_run
 
     config = _config()
-    if FLAGS.data:
-        config.data.val_images = FLAGS.data
+    if FLAGS.image_dir:
+        config.data.val_images = FLAGS.image_dir
     if FLAGS.annotations:
         config.data.val_annotations = FLAGS.annotations
     if config.data.format == "coco" and not (config.data.val_images and
                                              config.data.val_annotations):
-        raise app.UsageError("give --data (image folder) and --annotations (instances JSON), "
+        raise app.UsageError("give --image_dir (image folder) and --annotations (instances JSON), "
                              "or set data.val_images / data.val_annotations in the config")
     print(f"paa_eval: evaluating '{split_name()}' ({config.data.val_images or config.data.format}"
           f") into {output_dir}", flush=True)
@@ -107,8 +109,8 @@ def _run_model(output_dir):
                                           max_batches=FLAGS.max_batches)
     if not FLAGS.model_dir and not FLAGS.checkpoint:
         raise app.UsageError("give --model_dir (a training run folder) or --checkpoint")
-    model, path = RunFolder(FLAGS.model_dir or ".").restore(
-        config, tuple(config.data.image_size), FLAGS.checkpoint)
+    model, path = restore_run(RunFolder(FLAGS.model_dir or "."), config,
+                              tuple(config.data.image_size), FLAGS.checkpoint)
     print(f"restored {path}", flush=True)
     return evaluate.evaluate_model(config, model, output_dir=output_dir,
                                    max_batches=FLAGS.max_batches)
@@ -117,7 +119,7 @@ def _run_model(output_dir):
 def _score_file(output_dir):
     """Scores --results_file, or the ground truth itself (--gt_as_detections)."""
     # no TensorFlow: scoring a file stays light
-    from paa_tf import coco_scoring
+    from paa_tf.evaluation import coco_scoring
 
     if FLAGS.results_file and FLAGS.gt_as_detections:
         raise app.UsageError("give either --results_file or --gt_as_detections, not both")

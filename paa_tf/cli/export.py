@@ -11,7 +11,7 @@ Writes ``<export_dir>/<version>/`` in TensorFlow Serving's layout with the signa
 ``serving_default`` (tf.string encoded JPEG/PNG images) and ``image_tensor`` (uint8 images),
 both taking the input ``inputs`` and returning ``detection_boxes`` (normalised yxyx),
 ``detection_scores``, ``detection_classes`` (dataset ids) and ``num_detections`` (see
-paa_tf/export.py and README "Export").
+paa_tf/serving/export.py and README "Export").
 """
 
 import os
@@ -35,7 +35,7 @@ FLAG_SPECS = (
 
 def _run(argv):
     # TensorFlow only once a model runs: --help and usage errors stay fast
-    from paa_tf import export
+    from paa_tf.serving import export
 
     start = time.time()
     path = export.export_from_model_dir(

@@ -2,12 +2,13 @@
 
 Example::
 
-    bin/paa_import --checkpoint paa_r50_fpn_1x_coco_20200821-936edec3.pth \\
-        --output runs/paa_r50_mmdet
+    bin/paa_import --torch_checkpoint paa_r50_fpn_1x_coco_20200821-936edec3.pth \\
+        --output_dir runs/paa_r50_mmdet
     bin/paa_eval --model_dir runs/paa_r50_mmdet
     bin/paa_export --model_dir runs/paa_r50_mmdet --export_dir runs/paa_r50_mmdet/export
 
-    bin/paa_import --checkpoint resnet50-0676ba61.pth --output data/pretrained/resnet50_tv
+    bin/paa_import --torch_checkpoint resnet50-0676ba61.pth \\
+        --output_dir data/pretrained/resnet50_tv
     # -> a backbone checkpoint for model.backbone_checkpoint
 
 The source (mmdetection, the authors' code, or an ImageNet torchvision ResNet) is read from
@@ -22,17 +23,17 @@ from paa_tf.cli import program
 
 FLAGS = program.FLAGS
 FLAG_SPECS = (
-    program.flag("string", "checkpoint", None, "The PyTorch .pth file to import.",
+    program.flag("string", "torch_checkpoint", None, "The PyTorch .pth file to import.",
                  required=True),
-    program.flag("string", "output", None, "Folder to write: a run folder (detector) or a "
-                 "backbone checkpoint folder (ImageNet ResNet).", required=True),
+    program.OUTPUT_DIR.with_help("Folder to write: a run folder (detector) or a backbone "
+                                 "checkpoint folder (ImageNet ResNet).").as_required(),
     program.flag("enum", "source", "auto", "Checkpoint layout; auto reads it from the file's "
                  "keys.", enum_values=["auto", "mmdet", "authors", "imagenet"]),
     program.CONFIG.with_help("Experiment YAML for the run (default: the reference's preset in "
                              "configs/)."),
     program.OVERRIDE,
-    program.flag("bool", "overwrite", False, "Replace the checkpoint of an existing --output "
-                 "folder."),
+    program.flag("bool", "overwrite", False, "Replace the checkpoint of an existing "
+                 "--output_dir folder."),
 )
 
 
@@ -42,21 +43,21 @@ def _run(argv):
 
     start = time.time()
     report = importer.import_checkpoint(
-        FLAGS.checkpoint, FLAGS.output, source=FLAGS.source, config_path=FLAGS.config,
+        FLAGS.torch_checkpoint, FLAGS.output_dir, source=FLAGS.source, config_path=FLAGS.config,
         overrides=FLAGS.override, overwrite=FLAGS.overwrite)
     print(f"Imported {report['layout']} ResNet-{report['depth']} checkpoint "
-          f"{FLAGS.checkpoint} -> {report['checkpoint']} ({report['loaded']} arrays, "
+          f"{FLAGS.torch_checkpoint} -> {report['checkpoint']} ({report['loaded']} arrays, "
           f"{time.time() - start:.0f} s)")
     for line in report.get("set_to_zero", [])[:3]:
         print(f"  set to 0: {line}")
     if report["layout"] == "imagenet":
         print(f"  use it with {report['use_as']}")
     else:
-        print(f"  config: {report['config']} -> {FLAGS.output}/config.yaml")
-        print(f"  evaluate: bin/paa_eval --model_dir {FLAGS.output}")
-        print(f"  export:   bin/paa_export --model_dir {FLAGS.output} "
-              f"--export_dir {FLAGS.output}/export")
-    print(f"  details: {FLAGS.output}/import.json")
+        print(f"  config: {report['config']} -> {FLAGS.output_dir}/config.yaml")
+        print(f"  evaluate: bin/paa_eval --model_dir {FLAGS.output_dir}")
+        print(f"  export:   bin/paa_export --model_dir {FLAGS.output_dir} "
+              f"--export_dir {FLAGS.output_dir}/export")
+    print(f"  details: {FLAGS.output_dir}/import.json")
     return 0
 
 

@@ -3,7 +3,7 @@
 Examples::
 
     bin/paa_make_tfrecord --format=coco --annotations=coco/annotations/instances_val2017.json \\
-        --images=coco/val2017 --output_prefix=tfrecords/val --num_shards=8
+        --image_dir=coco/val2017 --output_prefix=tfrecords/val --num_shards=8
     bin/paa_make_tfrecord --format=voc --voc_root=VOCdevkit/VOC2007 --voc_split=trainval \\
         --output_prefix=tfrecords/voc_trainval --num_shards=4
 
@@ -24,7 +24,7 @@ FLAGS = program.FLAGS
 FLAG_SPECS = (
     program.flag("enum", "format", "coco", "Source layout.", enum_values=["coco", "voc"]),
     program.flag("string", "annotations", None, "COCO instances JSON (--format=coco)."),
-    program.flag("string", "images", None, "COCO image folder (--format=coco)."),
+    program.flag("string", "image_dir", None, "COCO image folder (--format=coco)."),
     program.flag("string", "voc_root", None, "VOC folder with Annotations/, JPEGImages/, "
                  "ImageSets/Main/ (--format=voc)."),
     program.flag("string", "voc_split", "trainval", "VOC split name "
@@ -52,7 +52,7 @@ def _run(argv):
     start = time.time()
     paths, report = tfrecord_convert.convert(
         FLAGS.format, FLAGS.output_prefix, FLAGS.num_shards, annotations=FLAGS.annotations,
-        images=FLAGS.images, voc_root=FLAGS.voc_root, voc_split=FLAGS.voc_split,
+        images=FLAGS.image_dir, voc_root=FLAGS.voc_root, voc_split=FLAGS.voc_split,
         label_map=FLAGS.label_map, skip_bad_records=FLAGS.skip_bad_records,
         verify_images=FLAGS.verify_images, box_tolerance=FLAGS.box_tolerance,
         voc_keep_difficult=FLAGS.voc_keep_difficult)

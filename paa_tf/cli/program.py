@@ -6,7 +6,8 @@ script and `python -m paa_tf.cli <program>` call it). It
 
 
 * defines the flags on absl's FLAGS once (several programs may share a process, as in the
-  tests: a flag already defined under the same name is reused) and lists them in `--help`;
+  tests: a flag already defined with the same meaning is reused, one with another meaning is
+  an error) and lists them in `--help`, which exits 0;
 * adds `--traceback` and turns `--verbosity` into the switch for TensorFlow's own log lines:
   by default only warnings and errors (absl's `app.run` would show INFO, TF's C++ INFO lines
   are hidden through `TF_CPP_MIN_LOG_LEVEL=1` unless the environment sets it); `--verbosity=0`
@@ -63,8 +64,8 @@ def flag(kind, name, default, help_text, required=False, **options):
 # The flags several programs take, each with one meaning everywhere.
 MODEL_DIR = flag("string", "model_dir", None, "Training run folder: config.yaml, "
                  "label_map.json and checkpoints (what bin/paa_train --model_dir writes).")
-CHECKPOINT = flag("string", "checkpoint", None, "Checkpoint prefix, e.g. runs/x/ckpt-2000 "
-                  "(default: the newest readable checkpoint in --model_dir).")
+CHECKPOINT = flag("string", "checkpoint", None, "TensorFlow checkpoint prefix, e.g. "
+                  "runs/x/ckpt-2000 (default: the newest readable checkpoint in --model_dir).")
 CONFIG = flag("string", "config", None, "Experiment YAML (default: the run's config.yaml in "
               "--model_dir).")
 OVERRIDE = flag("multi_string", "override", [], "Config overrides 'section.key=value', comma-"
@@ -75,12 +76,35 @@ _TRACEBACK = flag("bool", "traceback", False, "On an error, print the Python tra
                   "as the message (for a bug report).")
 
 
+_DEFINED = {}  # (id of the FlagValues, flag name) -> the Flag spec it was defined from
+
+
 def define(flag_specs: Sequence[Flag], flag_values=FLAGS):
-    """Defines `flag_specs` (and --traceback) unless defined, and lists them in --help."""
+    """Defines `flag_specs` (and --traceback) unless defined, and lists them in --help.
+
+    A flag already defined from the same kind, default and options (several programs in one
+    process, as in the tests) is reused; one defined with another meaning is a ValueError
+    naming both, since absl would silently keep the first (a second program's enum values
+    or default would be ignored).
+    """
     for spec in list(flag_specs) + [_TRACEBACK]:
-        if spec.name not in flag_values:
+        key = (id(flag_values), spec.name)
+        meaning = (spec.kind, spec.default, spec.options)
+        if spec.name in flag_values:
+            first = _DEFINED.get(key)
+            if first is None:
+                raise ValueError(f"flag --{spec.name} is already defined outside paa_tf's "
+                                 f"programs ({flag_values[spec.name].help[:60]!r}); give ours "
+                                 "another name")
+            if (first.kind, first.default, first.options) != meaning:
+                raise ValueError(
+                    f"flag --{spec.name} is defined twice with different meanings: {first.kind}"
+                    f" default {first.default!r} {dict(first.options)} and {spec.kind} default "
+                    f"{spec.default!r} {dict(spec.options)}; give one of them another name")
+        else:
             _DEFINE[spec.kind](name=spec.name, default=spec.default, help=spec.help,
                                flag_values=flag_values, **dict(spec.options))
+            _DEFINED[key] = spec
         # absl's --help lists the key flags of the script named by sys.argv[0] only.
         flag_values.register_key_flag_for_module(sys.argv[0], flag_values[spec.name])
     flag_values["verbosity"].help = (
@@ -98,10 +122,18 @@ def quiet_tensorflow(flag_values=FLAGS):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(min(3, max(0, -verbosity.value))))
 
 
+_HELP = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
 def _parse_flags(program):
     def parse(argv):
         try:
             return FLAGS(argv)
+        except SystemExit as stop:
+            # absl's help flags print the usage and exit 1; asking for help is no error.
+            if stop.code == 1 and any(arg.split("=")[0] in _HELP for arg in argv[1:]):
+                sys.exit(0)
+            raise
         except flags.Error as error:
             print(f"{program}: error: {error} (run with --help for the flags)", file=sys.stderr)
             sys.exit(errors.EXIT_BAD_INPUT)

@@ -36,7 +36,7 @@ FLAG_SPECS = (
 
 def _main(argv):
     # TensorFlow only only when training: --help and usage errors stay fast
-    from paa_tf import train as train_lib
+    from paa_tf.training import train as train_lib
 
     run = RunFolder(FLAGS.model_dir)
     if FLAGS.config is None and not run.has_config():

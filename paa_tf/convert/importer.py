@@ -99,7 +99,7 @@ def _prepare_output(output, overwrite):
     if output.exists() and any(output.iterdir()):
         if not overwrite:
             raise CheckpointError(f"{output} exists and is not empty; pass --overwrite or "
-                                  "choose another --output")
+                                  "choose another --output_dir")
         for name in os.listdir(output):
             if name.startswith(("ckpt-", "checkpoint")):
                 (output / name).unlink()

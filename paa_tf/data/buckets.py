@@ -12,7 +12,7 @@ clipped to the square canvas, which therefore holds every bucket. 800/1333 gives
 and 1344x800 (1.08 Mpx each instead of 1.98). A multi-scale range (`min_size: [640, 800]`)
 gets one landscape and one portrait bucket per distinct H_s (640, 672, ..., 800). Evaluation
 uses the buckets of the evaluation scale (the largest S); the exported SavedModel pads each
-image to the smallest multiple of STRIDE holding it (`paa_tf.serving_preprocess`).
+image to the smallest multiple of STRIDE holding it (`paa_tf.data.inference_preprocess`).
 
 An image's resize scale never depends on its bucket (the bucket always holds the S/L-resized
 image), so the content and the boxes are the same in every bucket; only the zero padding

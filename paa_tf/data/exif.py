@@ -21,7 +21,8 @@ Orientation values (as `ImageOps.exif_transpose` applies them to the stored pixe
 
 import tensorflow as tf
 
-_JPEG_MAGIC = b"\xff\xd8\xff"
+from paa_tf.data.image_files import has_format
+
 _MAX_SEGMENTS = 32  # APPn segments walked before giving up (real files have a handful)
 _MAX_ENTRIES = 64  # IFD0 entries searched for the tag (cameras write about a dozen)
 ORIENTATION_TAG = 0x0112
@@ -91,8 +92,7 @@ def orientation(encoded):
         return tf.cond(start >= 0, lambda: _orientation_in_tiff(encoded, start),
                        lambda: tf.constant(1))
 
-    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
-    return tf.cond(is_jpeg, from_jpeg, lambda: tf.constant(1))
+    return tf.cond(has_format(encoded, "jpeg"), from_jpeg, lambda: tf.constant(1))
 
 
 def apply_orientation(image, value):

@@ -42,6 +42,7 @@ from paa_tf.data import records as records_lib
 from paa_tf.data import tfrecord as tfrecord_lib
 from paa_tf.data import transforms
 from paa_tf.data import voc as voc_lib
+from paa_tf.data.inference_preprocess import InferencePreprocess
 from paa_tf.data.label_map import load_label_map  # noqa: F401  (public API of this module)
 
 
@@ -180,6 +181,7 @@ def _example_fn(config, table, is_training, seed, plus_one):
     splits, boxes_flat = tf.constant(table.splits), tf.constant(table.boxes)
     classes_flat, source_ids = tf.constant(table.classes), tf.constant(table.source_ids)
     shape_table = tf.constant(shapes, tf.int32)
+    evaluation = InferencePreprocess.from_data_config(config)
 
     def fn(counter, row, encoded):
         image = transforms.decode_image(encoded)
@@ -190,6 +192,13 @@ def _example_fn(config, table, is_training, seed, plus_one):
         # One bucket: its static Python shape; several: the element's own, chosen at run time.
         image_size = shapes[0] if len(shapes) == 1 else tf.unstack(
             shape_table[bucket_of(counter, row)])
+        if not is_training:  # exactly what every program that runs a model does
+            image, image_info = evaluation(image, canvas=image_size)
+            boxes, classes = transforms.pad_instances(
+                transforms.scale_boxes(boxes, image_info, plus_one), classes,
+                config.max_instances)
+            return {"image": image, "gt_boxes": boxes, "gt_classes": classes,
+                    "image_info": image_info, "source_id": source_ids[row]}
         image, image_info = transforms.resize_image(image, shorter, config.max_size, image_size,
                                                     config.pixel_mean, config.pixel_std)
         boxes = transforms.scale_boxes(boxes, image_info, plus_one)
@@ -253,8 +262,16 @@ def _tfrecord_rows(records, layout, config, is_training, repeat, seed, pipelines
     data = data.map(lambda index, s: (row_of[index], s)).filter(lambda row, s: row >= 0)
     if is_training and config.shuffle_buffer > 1:
         data = data.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
-    return data.map(lambda row, s: (row, tf.io.parse_single_example(s, spec)["image/encoded"]))
+    return data.map(lambda row, s: (row, tfrecord_lib.encoded_image(s)))
+
+
+def encoded_rows(records, layout, config):
+    """Dataset of (row int64, encoded tf.string []) of `records` in their order, unshuffled:
+    the files' bytes, or their TFRecord shards' `image/encoded` (`layout` from
+    `load_records`). What a model that decodes for itself reads (`paa_tf.evaluation.inputs`)."""
+    if layout is None:
+        return _file_rows(_Table.of(records), False, False, 0, (1, 0))
+    return _tfrecord_rows(records, layout, config, False, False, 0, (1, 0))
 
 
 def _group_by_bucket(data, batch_size):

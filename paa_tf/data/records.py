@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from paa_tf import config as config_lib
+from paa_tf.data.image_files import image_format
 
 LOGGER = logging.getLogger("paa_tf.data")
 MIN_BOX_SIZE = 1.0  # boxes with width or height <= this (px) are removed (docs/CONVENTIONS.md)
@@ -271,20 +272,6 @@ LEVELS = config_lib.choices("data.verify_images")  # image checks, each doing mo
 _EXIF_ORIENTATION = 0x0112
 
 
-def _image_format(head):
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if head[:4] == b"GIF8":
-        return "gif"
-    if head[:2] == b"BM":
-        return "bmp"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
 def image_problem(source, expected_hw=None, level="header"):
     """Check that an image decodes in TensorFlow: (reason or None, (height, width) or None).
 
@@ -317,7 +304,7 @@ def image_problem(source, expected_hw=None, level="header"):
         return f"cannot read image file {source}: {error}", None
     if size == 0:
         return "image is empty (0 bytes)", None
-    kind = _image_format(head)
+    kind = image_format(head)
     if kind is None:
         return (f"not a JPEG, PNG, GIF, BMP or WebP image (starts with {head[:8]!r}); convert "
                 "it to JPEG or PNG"), None

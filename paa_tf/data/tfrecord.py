@@ -19,9 +19,7 @@ import tensorflow as tf
 
 from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import records as records_lib
-
-_FORMATS = {b"\xff\xd8": b"jpeg", b"\x89P": b"png", b"GI": b"gif", b"BM": b"bmp",
-            b"RI": b"webp"}
+from paa_tf.data.image_files import image_format
 
 
 def _bytes(values):
@@ -44,7 +42,7 @@ def make_example(record, encoded, label_map):
     names = [label_map.names[c].encode("utf-8") for c in record.classes]
     feature = {
         "image/encoded": _bytes([encoded]),
-        "image/format": _bytes([_FORMATS.get(encoded[:2], b"")]),
+        "image/format": _bytes([(image_format(encoded) or "").encode()]),
         "image/filename": _bytes([record.name.encode("utf-8")]),
         "image/source_id": _bytes([str(int(record.image_id)).encode("ascii")]),
         "image/height": _ints([int(record.height)]),
@@ -113,6 +111,30 @@ def default_label_map(files):
     raise ValueError(f"no label map for the TFRecords in {os.path.dirname(files[0])}: set "
                      "data.label_map to a label_map.json or to the COCO instances JSON whose "
                      "categories the records use (class/label holds dataset ids)")
+
+
+def encoded_image(serialized):
+    """The `image/encoded` bytes (tf.string []) of one serialized Example (in-graph)."""
+    spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
+    return tf.io.parse_single_example(serialized, spec)["image/encoded"]
+
+
+def read_encoded(record, layout):
+    """The image file bytes of one `ImageRecord`: its file, or its TFRecord shard's record
+    (`layout` = (files, counts) from `paa_tf.data.pipeline.load_records`), read by skipping
+    to it rather than decoding the shards before it."""
+    if record.path:
+        with open(record.path, "rb") as f:
+            return f.read()
+    files, counts = layout
+    offset = record.tfrecord_index
+    for path, count in zip(files, counts):
+        if offset < count:
+            serialized = next(iter(tf.data.TFRecordDataset(path).skip(offset).take(1)))
+            return encoded_image(serialized).numpy()
+        offset -= count
+    raise ValueError(f"{record.describe()}: record {record.tfrecord_index} is not in the "
+                     f"shards {list(files)}")
 
 
 def _feature_list(feature, key, kind):

@@ -15,7 +15,7 @@ and annotation tools show them, so a phone photo annotated as displayed matches 
 
 import tensorflow as tf
 
-from paa_tf.data import exif
+from paa_tf.data import exif, image_files
 
 
 def decode_image(encoded):
@@ -29,6 +29,28 @@ def decode_image(encoded):
     image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
     return exif.apply_orientation(image, exif.orientation(encoded))
+
+
+def decoded_size(encoded):
+    """(height, width) int32 [2] of one encoded image as `decode_image` gives it, from its
+    header when possible.
+
+    JPEG and PNG: `image_files.header_size`, swapped when the JPEG's EXIF orientation turns
+    the image by 90 degrees (`exif`). Anything else (and a PNG shorter than its IHDR) is
+    decoded.
+    """
+    def turned(size):
+        return tf.where(exif.swaps_sides(exif.orientation(encoded)), tf.reverse(size, [0]), size)
+
+    def by_decoding():
+        return tf.shape(decode_image(encoded))[:2]
+
+    has_header = tf.logical_or(
+        image_files.has_format(encoded, "jpeg"),
+        tf.logical_and(image_files.has_format(encoded, "png"), tf.strings.length(encoded) >= 24))
+    return tf.cond(has_header,
+                   lambda: turned(tf.cast(image_files.header_size(encoded), tf.int32)),
+                   by_decoding)
 
 
 def resize_scale(height, width, shorter_side, max_size, image_size):
@@ -143,10 +165,3 @@ def pad_instances(boxes, classes, max_instances):
     boxes.set_shape([max_instances, 4])
     classes.set_shape([max_instances])
     return boxes, classes
-
-
-def preprocess(image, *, shorter_side, max_size, image_size, pixel_mean, pixel_std):
-    """Inference preprocessing: uint8 [h, w, 3] -> (float32 [H, W, 3], image_info [4, 2])."""
-    resized, image_info = resize_image(image, shorter_side, max_size, image_size, pixel_mean,
-                                       pixel_std)
-    return pad_image(resized, image_size), image_info

@@ -3,11 +3,11 @@
 ``train_step`` follows Procedure 1 of the paper: forward pass, decode the predictions, assign
 anchors probabilistically from the detached predictions (IoU pre-assignment, anchor scores,
 per-level top-K, 2-component GMM, separation; ``paa_tf.assign``), build targets, compute the
-losses of Eq. 8 (``paa_tf.losses``), and take one SGD step with explicit weight decay.
+losses of Eq. 8 (``paa_tf.modeling.losses``), and take one SGD step with explicit weight decay.
 
 Works under ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``: Keras sums the replicas'
 gradients, so each replica differentiates its loss divided by the number of replicas (the
-losses are normalised as in ``paa_tf.losses``).
+losses are normalised as in ``paa_tf.modeling.losses``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from paa_tf import losses as paa_losses
 from paa_tf.assign import assign
+from paa_tf.modeling import losses as paa_losses
 from paa_tf.modeling.backbone import build_backbone
 from paa_tf.modeling.fpn import FPN
 from paa_tf.modeling.head import PAAHead
@@ -132,7 +132,7 @@ class PAADetector(tf_keras.Model):
         Args:
           data: dict with ``image``, ``gt_boxes``, ``gt_classes`` (see the class docstring).
         Returns:
-          (dict of losses from ``paa_tf.losses.paa_losses``, ``AssignResult``).
+          (dict of losses from ``paa_tf.modeling.losses.paa_losses``, ``AssignResult``).
         """
         outputs = self(data["image"], training=training)
         anchors, level_ids = self.anchors_for(*data["image"].shape[1:3])
@@ -205,7 +205,7 @@ class PAADetector(tf_keras.Model):
         optimizer = self.optimizer
         with tf.GradientTape() as tape:
             losses, assignment = self.forward_and_losses(data, training=True)
-            # Keras sums the replicas' gradients (see paa_tf.losses on the normalisers).
+            # Keras sums the replicas' gradients (see paa_tf.modeling.losses on the normalisers).
             step_loss = losses["loss"] / tf.cast(paa_losses.num_replicas(), tf.float32)
             scale_loss = hasattr(optimizer, "get_scaled_loss")
             if scale_loss:

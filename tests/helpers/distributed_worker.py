@@ -145,7 +145,7 @@ def run_mirrored_resume(out_path):
     import pathlib
     import tempfile
 
-    from paa_tf import train as train_lib
+    from paa_tf.training import train as train_lib
     from tests import train_utils
     from tests.test_data_bad_input import coco_config, make_coco
 

@@ -1,7 +1,7 @@
 """The evaluation input of a model that pre-processes for itself: undecoded images.
 
-An exported SavedModel (`paa_tf.export_reader.load_exported`) and test-time augmentation
-(`paa_tf.tta`) take the image files' bytes and decode, resize and pad them themselves;
+An exported SavedModel (`paa_tf.serving.reader.load_exported`) and test-time augmentation
+(`paa_tf.inference.tta`) take the image files' bytes and decode, resize and pad them themselves;
 `encoded_eval_dataset` reads the val split's records as the training input pipeline does
 (`paa_tf.data.pipeline.load_records`: the same validation, the same order) and batches the
 files' bytes with their ids and original sizes.
@@ -12,9 +12,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from paa_tf import serving_preprocess
 from paa_tf.data import buckets as buckets_lib
-from paa_tf.data import pipeline
+from paa_tf.data import pipeline, transforms
 
 
 def encoded_eval_dataset(data_config, batch_size, images_dir=None, annotations=None):
@@ -30,25 +29,10 @@ def encoded_eval_dataset(data_config, batch_size, images_dir=None, annotations=N
                if v}
     data_config = dataclasses.replace(data_config, **replace)
     records, report, layout = pipeline.load_records(data_config, "val", is_training=False)
-    source_ids = np.array([r.image_id for r in records], np.int64)
-    if layout is None:
-        paths = np.array([r.path for r in records], object).astype(str)
-        data = tf.data.Dataset.from_tensor_slices((paths, source_ids)).map(
-            lambda p, i: (tf.io.read_file(p), i))
-    else:
-        files, counts = layout
-        row_of = np.full(max(int(np.sum(counts)), 1), -1, np.int64)
-        row_of[[r.tfrecord_index for r in records]] = np.arange(len(records))
-        row_of, ids = tf.constant(row_of), tf.constant(source_ids)
-        spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
-        shards = tf.data.Dataset.from_tensor_slices((list(files), np.array(counts, np.int64)))
-        data = (shards.flat_map(lambda f, n: tf.data.TFRecordDataset(f).take(n)).enumerate()
-                .map(lambda index, s: (row_of[index], s)).filter(lambda row, s: row >= 0)
-                .map(lambda row, s: (tf.io.parse_single_example(s, spec)["image/encoded"],
-                                     ids[row])))
-    data = data.map(lambda encoded, i: {
-        "encoded": encoded, "source_id": i,
-        "original_size": serving_preprocess.encoded_image_size(encoded)},
+    source_ids = tf.constant(np.array([r.image_id for r in records], np.int64))
+    data = pipeline.encoded_rows(records, layout, data_config).map(
+        lambda row, encoded: {"encoded": encoded, "source_id": source_ids[row],
+                              "original_size": transforms.decoded_size(encoded)},
         num_parallel_calls=tf.data.AUTOTUNE)
     if buckets_lib.mode_of(data_config) == "orientation":
         # Batches of one orientation, so test-time views run on its bucket, not the canvas.

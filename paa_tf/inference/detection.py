@@ -1,21 +1,21 @@
 """Inference: a `PAADetector` and the post-processing wired together, once.
 
-`detect` is the one place where the network's raw outputs meet `paa_tf.postprocess`:
+`detect` is the one place where the network's raw outputs meet `paa_tf.inference.postprocess`:
 evaluation, prediction pictures and the exported SavedModel all call it; test-time
 augmentation calls `candidates`, its pre-NMS half. Both take a pre-processed padded batch and
 use that size's anchors (`PAADetector.anchors_for` for a static size, else computed from the
 runtime shape), so the square canvas, every orientation bucket (`paa_tf.data.buckets`) and the
 export's per-image padding run the same code.
 
-The batch arrives pre-processed at the evaluation scale (`data.eval_shorter_side`), by the
-evaluation input pipeline (`paa_tf.data.pipeline`) or the export's `paa_tf.serving_preprocess`,
-both through `paa_tf.data.transforms`.
+The batch arrives pre-processed at the evaluation scale (`data.eval_shorter_side`) by the one
+inference pre-processing (`paa_tf.data.inference_preprocess`), which the evaluation input
+pipeline, test-time augmentation, `paa_predict`, `paa_visualize` and the export all call.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from paa_tf import postprocess
+from paa_tf.inference import postprocess
 from paa_tf.ops.anchors import generate_anchors_tf
 
 

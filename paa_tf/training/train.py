@@ -18,11 +18,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from paa_tf import checkpoints, run_folder, schedules
-from paa_tf import evaluate as evaluate_lib
+from paa_tf import run_folder
 from paa_tf.data import pipeline
+from paa_tf.evaluation import evaluate as evaluate_lib
 from paa_tf.modeling import detector
 from paa_tf.modeling.weights import load_backbone_weights
+from paa_tf.training import checkpoints, schedules
 
 _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
 

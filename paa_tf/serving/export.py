@@ -7,11 +7,12 @@ version layout, with two signatures, both with the input named `inputs`:
   serving_default  inputs: tf.string [batch] encoded JPEG or PNG images, any sizes
   image_tensor     inputs: uint8 [batch, height, width, 3] RGB images of one size
 
-Both run, for each image of the request on its own, the evaluation pre-processing
-(`paa_tf.serving_preprocess`: with `data.buckets: orientation` zero-padded to the image's own
-multiples of 32, with `square` to the canvas `data.image_size`), the network and the
-post-processing (`paa_tf.postprocess`: candidates, class-aware NMS, score voting unless
-turned off at export) with the config's thresholds, and return, as clients of the TF Object
+Both run, for each image of the request on its own, the inference pre-processing
+(`paa_tf.data.inference_preprocess`, as evaluation and `paa_predict` do: with
+`data.buckets: orientation` zero-padded to the image's own multiples of 32, with `square` to
+the canvas `data.image_size`), the network and the post-processing
+(`paa_tf.inference.postprocess`: candidates, class-aware NMS, score voting unless turned off
+at export) with the config's thresholds, and return, as clients of the TF Object
 Detection API expect:
 
   detection_boxes    float32 [batch, D, 4] [ymin, xmin, ymax, xmax] normalised to the
@@ -23,7 +24,7 @@ with D = `eval.max_detections`. Classes and counts are float32 because OD API cl
 them as floats and cast (`.astype(int)`); float32 holds every integer below 2**24 exactly.
 The label map (`label_map.json`) and the resolved config (`config.yaml`) are saved as assets.
 
-`paa_tf.export_reader` reads an export back (`load_exported`: a `predict_fn(batch) ->
+`paa_tf.serving.reader` reads an export back (`load_exported`: a `predict_fn(batch) ->
 detections` in the project's internal conventions, for evaluation).
 """
 
@@ -35,10 +36,12 @@ import tempfile
 import tensorflow as tf
 
 from paa_tf import config as config_lib
-from paa_tf import inference, postprocess, serving_preprocess
 from paa_tf.data import transforms
-from paa_tf.export_reader import CONFIG_ASSET, INPUT_NAME
+from paa_tf.inference import detection, postprocess
+from paa_tf.modeling.restore import restore_run
 from paa_tf.run_folder import RunFolder
+from paa_tf.serving import requests
+from paa_tf.serving.reader import CONFIG_ASSET, INPUT_NAME
 
 SIGNATURES = ("serving_default", "image_tensor")
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -65,12 +68,14 @@ class ExportedDetector(tf.Module):
 
     Args:
       model: a built `PAADetector` (any input size runs on its weights).
-      preprocess: `serving_preprocess.ServingPreprocess`.
+      preprocess: `InferencePreprocess` (`requests.export_preprocess`).
       params: `postprocess.PostprocessParams`.
       label_map: `LabelMap` (contiguous index -> dataset category id).
+      max_pixels: the largest height x width of a request image (`export.max_pixels`).
     """
 
-    def __init__(self, model, preprocess, params, label_map):
+    def __init__(self, model, preprocess, params, label_map,
+                 max_pixels=requests.DEFAULT_MAX_PIXELS):
         super().__init__(name="paa_exported_detector")
         num_classes = model.config.model.num_classes
         if label_map.num_classes != num_classes:
@@ -79,6 +84,7 @@ class ExportedDetector(tf.Module):
                              "map the model was trained with")
         self._holder = _Holder(model)
         self._preprocess = preprocess
+        self._max_pixels = int(max_pixels)
         self._params = params
         self.model_variables = list(model.variables)
         self.class_ids = tf.constant(label_map.ids, tf.float32)
@@ -86,14 +92,14 @@ class ExportedDetector(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
     def serve_encoded(self, inputs):
         """tf.string [B] JPEG/PNG bytes -> the four client outputs (module docstring)."""
-        encoded = serving_preprocess.checked_encoded(inputs, self._preprocess)
+        encoded = requests.checked_encoded(inputs, self._max_pixels)
         return self._each_image(encoded, transforms.decode_image)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
                                                 name=INPUT_NAME)])
     def serve_images(self, inputs):
         """uint8 [B, h, w, 3] RGB -> the four client outputs (module docstring)."""
-        images = serving_preprocess.check_images(inputs, self._preprocess.max_pixels)
+        images = requests.check_images(inputs, self._max_pixels)
         return self._each_image(images, lambda image: image)
 
     def _each_image(self, items, load):
@@ -104,7 +110,7 @@ class ExportedDetector(tf.Module):
         max_det = self._params.max_detections
 
         def one(item):
-            image, image_info = serving_preprocess.padded_one(load(item), self._preprocess)
+            image, image_info = self._preprocess(load(item))
             outputs = self.detect(image[None], image_info[None])
             return {key: value[0] for key, value in outputs.items()}
 
@@ -120,7 +126,7 @@ class ExportedDetector(tf.Module):
         H and W may be dynamic: the anchors and their per-level counts are then computed from
         the runtime shape (`generate_anchors_tf`), else taken from the model's static cache.
         """
-        return to_client_outputs(inference.detect(self._holder.model, images, image_info,
+        return to_client_outputs(detection.detect(self._holder.model, images, image_info,
                                                   self._params), image_info, self.class_ids)
 
 
@@ -128,7 +134,7 @@ def to_client_outputs(detections, image_info, class_ids):
     """`postprocess` detections (original pixels, contiguous classes) -> client outputs.
 
     Args:
-      detections: dict of `paa_tf.postprocess.postprocess`.
+      detections: dict of `paa_tf.inference.postprocess.postprocess`.
       image_info: float32 [B, 4, 2]; row 0 is the original (height, width).
       class_ids: float32 [C] dataset category id of each contiguous class.
     Returns:
@@ -210,10 +216,10 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     # The exported config records what the graph does.
     config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
                                                                   score_voting=voting))
-    preprocess = serving_preprocess.ServingPreprocess.from_config(config)
-    model, checkpoint = run.restore(config, preprocess.image_size, checkpoint)
+    preprocess, max_pixels = requests.export_preprocess(config)
+    model, checkpoint = restore_run(run, config, preprocess.image_size, checkpoint)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
-    module = ExportedDetector(model, preprocess, params, label_map)
+    module = ExportedDetector(model, preprocess, params, label_map, max_pixels)
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,

@@ -1,11 +1,11 @@
 """COCO scoring with pycocotools: detections -> COCO results JSON -> `COCOeval` (bbox).
 
-Detections arrive as the padded dict of `paa_tf.postprocess.postprocess` (boxes yxyx in
+Detections arrive as the padded dict of `paa_tf.inference.postprocess.postprocess` (boxes yxyx in
 original-image pixels, contiguous classes, -1 pads); this module turns them into COCO
 results (`[x, y, w, h]`, original image ids, the dataset's own category ids via a label map
 {contiguous index -> dataset id}), runs pycocotools, and writes `results.json` and
 `metrics.json`. It imports no TensorFlow: scoring a results file stays light. Running a
-model over a dataset is `paa_tf.evaluate`.
+model over a dataset is `paa_tf.evaluation.evaluate`.
 """
 
 import contextlib

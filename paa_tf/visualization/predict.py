@@ -1,9 +1,11 @@
 """Detections and pictures for image files, from a training run (`bin/paa_predict`).
 
-`Predictor` restores a run folder (`paa_tf.run_folder.RunFolder`) and runs the evaluation
-pre-processing of its config (resize to `data.eval_shorter_side`, longer side <=
-`data.max_size`, pad to `data.image_size`), the network and the full post-processing
-(candidates, NMS, score voting) of `eval.*` on batches of images. `run_prediction` writes
+`Predictor` restores a run folder (`paa_tf.run_folder.RunFolder`) and runs, on each image
+alone, the inference pre-processing that evaluation and the export use
+(`paa_tf.data.inference_preprocess`: resize to `data.eval_shorter_side`, longer side <=
+`data.max_size`, pad to the image's own multiple of 32 with `data.buckets: orientation`, to
+`data.image_size` with `square`), the network and the full post-processing (candidates, NMS,
+score voting) of `eval.*`: its detections are the exported SavedModel's. `run_prediction` writes
 `detections.json` and one picture per image (the format is described in
 paa_tf/cli/predict.py).
 """
@@ -15,9 +17,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from paa_tf import inference, visualize
 from paa_tf.data import transforms
+from paa_tf.data.inference_preprocess import InferencePreprocess
+from paa_tf.inference import detection
+from paa_tf.modeling.restore import restore_run
 from paa_tf.run_folder import RunFolder
+from paa_tf.visualization import drawing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -69,7 +74,8 @@ def picture_names(files, output_dir, extension):
 
 
 class Predictor:
-    """A restored training run: pre-processing, batched network and post-processing.
+    """A restored training run: the inference pre-processing, the network and the
+    post-processing, one image at a time (as the export runs a request's images).
 
     `predict(images)` takes uint8 [h, w, 3] arrays (sizes may differ) and returns one
     detections dict per image with NumPy `boxes` float32 [D, 4] yxyx original pixels,
@@ -81,36 +87,29 @@ class Predictor:
         run = RunFolder(model_dir)
         self.config = run.config(overrides)
         self.label_map = run.label_map()
-        data = self.config.data
-        self.image_size = tuple(int(s) for s in data.image_size)
+        self.image_size = tuple(int(s) for s in self.config.data.image_size)
         # The newest readable checkpoint unless one is named, as training resumes.
-        self.model, self.checkpoint = run.restore(self.config, self.image_size, checkpoint)
-        self._detect = inference.make_predict_fn(self.config, self.model)
-        shorter = data.eval_shorter_side
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-        def preprocess(image):
-            return transforms.preprocess(image, shorter_side=shorter, max_size=data.max_size,
-                                         image_size=self.image_size,
-                                         pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)
-
-        self._preprocess = preprocess
+        self.model, self.checkpoint = restore_run(run, self.config, self.image_size, checkpoint)
+        self._detect = detection.make_predict_fn(self.config, self.model)
+        preprocess = InferencePreprocess.from_config(self.config)
+        # One image at a time, padded as evaluation and the export pad it (its own multiple
+        # of 32 with orientation buckets): the detections are the ones that are served.
+        self._preprocess = tf.function(
+            lambda image: preprocess(image),
+            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
 
     def predict(self, images):
-        if not images:
-            return []
-        pairs = [self._preprocess(image) for image in images]
-        batch = {"image": np.stack([p[0].numpy() for p in pairs]),
-                 "image_info": np.stack([p[1].numpy() for p in pairs])}
-        out = {k: np.asarray(v) for k, v in self._detect(batch).items()}
         results = []
-        for b in range(len(images)):
-            count = int(out["num_detections"][b])
-            keep = np.flatnonzero(out["detection_classes"][b, :count] >= 0)
-            order = keep[np.argsort(-out["detection_scores"][b, keep], kind="stable")]
-            results.append({"boxes": out["detection_boxes"][b, order].astype(np.float32),
-                            "scores": out["detection_scores"][b, order].astype(np.float32),
-                            "classes": out["detection_classes"][b, order].astype(np.int32)})
+        for image in images:
+            padded, image_info = self._preprocess(image)
+            out = {k: np.asarray(v)[0] for k, v in self._detect(
+                {"image": padded[None], "image_info": image_info[None]}).items()}
+            count = int(out["num_detections"])
+            keep = np.flatnonzero(out["detection_classes"][:count] >= 0)
+            order = keep[np.argsort(-out["detection_scores"][keep], kind="stable")]
+            results.append({"boxes": out["detection_boxes"][order].astype(np.float32),
+                            "scores": out["detection_scores"][order].astype(np.float32),
+                            "classes": out["detection_classes"][order].astype(np.int32)})
         return results
 
 
@@ -181,8 +180,8 @@ def run_prediction(model_dir, image_paths, output_dir, checkpoint=None, score_th
         for index, image, detections in zip(chunk, images, predictor.predict(images)):
             records = detection_records(detections, label_map, score_threshold, plus_one)
             shown = np.array([r["box"] for r in records], np.float64).reshape(-1, 4)
-            picture, factors = visualize.upscale(image, min_picture_side)
-            drawn = visualize.draw_detections(
+            picture, factors = drawing.upscale(image, min_picture_side)
+            drawn = drawing.draw_detections(
                 picture, shown * factors, [r["score"] for r in records],
                 [r["class_index"] for r in records], class_names=label_map.names,
                 font_size=label_size or None)

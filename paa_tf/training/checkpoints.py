@@ -14,8 +14,8 @@ import pathlib
 import shutil
 
 import tensorflow as tf
-from absl import logging
 
+from paa_tf.modeling.restore import NoReadableCheckpoint, restore_newest
 from paa_tf.run_folder import find_checkpoints
 
 
@@ -47,14 +47,18 @@ def _worker_dir(model_dir, strategy):
     return os.path.join(str(model_dir), f".worker_{resolver.task_type}_{resolver.task_id}")
 
 
+def _read_step(path):
+    return int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
 def latest_step(model_dir):
-    """Step recorded in the newest readable checkpoint of `model_dir`, 0 if there is none."""
-    for path in find_checkpoints(model_dir):
-        try:
-            return int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
-        except Exception:  # noqa: BLE001  (a damaged file: restore_latest reports it)
-            continue
-    return 0
+    """Step recorded in the newest readable checkpoint of `model_dir`, 0 if there is none
+    (or none is readable: `restore_latest` then says so)."""
+    try:
+        _, step = restore_newest(find_checkpoints(model_dir), _read_step)
+    except NoReadableCheckpoint:
+        return 0
+    return step or 0
 
 
 def _state_file_listing(model_dir):
@@ -115,29 +119,21 @@ class CheckpointKeeper:
         state_file = self.model_dir / "checkpoint"
         if not candidates and listed is None and state_file.exists() and is_chief(self.strategy):
             state_file.unlink()  # lists nothing readable; TensorFlow would refuse to start
-        for index, path in enumerate(candidates):
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-            # A damaged file surfaces as an OpError, IndexError, ValueError... depending on
-            # where the reader trips; any failure here means "not this checkpoint".
-            except Exception as error:  # noqa: BLE001
-                older = candidates[index + 1] if index + 1 < len(candidates) else "none left"
-                logging.warning("checkpoint %s cannot be restored (%s: %s); falling back to "
-                                "the previous one (%s)", path, type(error).__name__,
-                                str(error).splitlines()[0][:200] if str(error) else "", older)
-                print(f"WARNING: checkpoint {path} is unreadable ({type(error).__name__}); "
-                      f"falling back to {older}", flush=True)
-                self._unreadable.add(path)
-                continue
-            self.latest = path
-            if is_chief(self.strategy):
-                self._rewrite_state_file(candidates[index:])
-            return path
-        if candidates:
+        try:
+            path, _ = restore_newest(
+                candidates, lambda p: self.checkpoint.restore(p).assert_existing_objects_matched())
+        except NoReadableCheckpoint as error:
+            self._unreadable.update(error.problems)
             raise UnreadableCheckpointsError(
-                f"none of the checkpoints in {self.model_dir} can be restored "
-                f"({', '.join(candidates)}); move them away to start afresh")
-        return None
+                f"{self.model_dir}: {error}; move them away to start afresh") from None
+        if path is None:
+            return None
+        index = candidates.index(path)
+        self._unreadable.update(candidates[:index])
+        self.latest = path
+        if is_chief(self.strategy):
+            self._rewrite_state_file(candidates[index:])
+        return path
 
     def _rewrite_state_file(self, readable_first):
         """Lists the restored checkpoint and the older ones (up to max_to_keep) in the state

@@ -1,10 +1,10 @@
 """Reading an exported SavedModel back: its version folder, assets and signatures.
 
-`paa_tf.export` writes `<export_dir>/<version>/` with the signatures `serving_default`
+`paa_tf.serving.export` writes `<export_dir>/<version>/` with the signatures `serving_default`
 (encoded images) and `image_tensor` (uint8 images), both taking `inputs`, and the assets
 `label_map.json` and `config.yaml`. `load_exported` wraps the signatures as a
 `predict_fn(batch) -> detections` in the project's internal conventions (boxes in original
-pixels, contiguous classes), for `paa_tf.coco_scoring.evaluate_dataset`.
+pixels, contiguous classes), for `paa_tf.evaluation.coco_scoring.evaluate_dataset`.
 """
 
 import os
@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from paa_tf import config as config_lib
-from paa_tf import serving_preprocess
 from paa_tf.data import label_map as label_map_lib
+from paa_tf.data import transforms
 
 INPUT_NAME = "inputs"  # the input of both signatures
 CONFIG_ASSET = "config.yaml"  # the resolved experiment config, saved as an asset
@@ -57,7 +57,7 @@ def _original_sizes(batch, key):
     if key == "image":
         shape = np.shape(batch["image"])
         return np.tile(np.array([shape[1:3]], np.float32), [shape[0], 1])
-    sizes = tf.map_fn(serving_preprocess.encoded_image_size,
+    sizes = tf.map_fn(transforms.decoded_size,
                       tf.convert_to_tensor(batch["encoded"], tf.string),
                       fn_output_signature=tf.TensorSpec([2], tf.int32))
     return sizes.numpy().astype(np.float32)
@@ -69,7 +69,7 @@ def load_exported(path):
     `batch` holds `encoded` (tf.string [B], run through `serving_default`) or `image`
     (uint8 [B, h, w, 3], run through `image_tensor`), and optionally `original_size` [B, 2]
     or `image_info` [B, 4, 2] (else the size is read from the images). The result follows
-    `paa_tf.postprocess.postprocess`: `detection_boxes` float32 [B, D, 4] yxyx original
+    `paa_tf.inference.postprocess.postprocess`: `detection_boxes` float32 [B, D, 4] yxyx original
     pixels, `detection_scores` [B, D], `detection_classes` int32 [B, D] contiguous (-1 pads),
     `num_detections` int32 [B], NumPy arrays. `predict_fn.label_map` is the export's map.
     """
@@ -89,7 +89,7 @@ def load_exported(path):
         else:
             raise ValueError("an exported model takes the images themselves: give the batch an "
                              "'encoded' key (tf.string [B] JPEG/PNG bytes, see "
-                             "paa_tf.eval_inputs.encoded_eval_dataset) or a uint8 'image' "
+                             "paa_tf.evaluation.inputs.encoded_eval_dataset) or a uint8 'image' "
                              f"[B, h, w, 3]; got keys {sorted(batch)}")
         outputs = {k: v.numpy() for k, v in signature(**{INPUT_NAME: inputs}).items()}
         size = _original_sizes(batch, key)

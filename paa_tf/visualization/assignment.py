@@ -1,113 +1,29 @@
-"""Pictures: detections drawn on images, one GT's probabilistic assignment, positives per GT.
+"""The paper's Fig. 1 / Fig. 4a view of PAA's assignment of one GT box, for a checkpoint.
 
-* `draw_detections`: boxes, class names and scores on an image (`bin/paa_predict`).
-* `assignment_data` / `assignment_figure`: the paper's Fig. 1 / Fig. 4a view of one GT box
-  for a checkpoint: its candidate anchors on the image (positives green, negatives red,
-  ignored grey) and, beside it, the histogram of the candidates' anchor costs (the score the
-  GMM is fitted to, cost = -log S, paper Eq. 3) with the two fitted Gaussians
-  w_k N(x; mu_k, sigma_k^2) and a vertical line at the separation point.
-* `read_scalars` / `positives_per_gt_plot`: the `pos_per_gt` and `gt_without_pos` training
-  scalars from TensorBoard event files (paper Fig. 4b).
+`assignment_data` runs the network on one image and PAA's assignment on its GTs exactly as
+the train step does; `assignment_figure` draws one GT's candidate anchors on the image
+(positives green, negatives red, ignored grey; marker shape = pyramid level) beside the
+histogram of the candidates' anchor costs (the score the GMM is fitted to, cost = -log S,
+paper Eq. 3) with the two fitted Gaussians w_k N(x; mu_k, sigma_k^2) and a vertical line at
+the separation point. `assignment_picture` does it for an image of a run's data
+(`bin/paa_visualize`).
 
 Figures are `matplotlib.figure.Figure` objects drawn with the Agg canvas, without pyplot's
 global state, so nothing here needs a display.
 """
 
 import dataclasses
-import glob
 import math
 import os
-from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from PIL import Image, ImageDraw, ImageFont
 
 from paa_tf.run_folder import RunFolder
+from paa_tf.visualization.drawing import denormalize, save_figure
 
-# Distinct, saturated colours for classes (index modulo the list length).
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
-           (170, 110, 40), (128, 0, 0), (170, 255, 195), (128, 128, 0), (0, 0, 128))
 DECISION_COLOURS = {"positive": "#1a9641", "negative": "#d7191c", "ignored": "#8c8c8c"}
-SCALAR_TAGS = ("pos_per_gt", "gt_without_pos")
-
-
-def class_colour(index):
-    """RGB tuple of contiguous class `index`."""
-    return PALETTE[int(index) % len(PALETTE)]
-
-
-def _font(size):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # a Pillow without FreeType: fixed bitmap font
-        return ImageFont.load_default()
-
-
-def label_font_size(short_side):
-    """Label text height in pixels for a picture whose shorter side is `short_side` pixels.
-
-    It grows with the square root of the size: a large photo is looked at scaled down, so
-    its labels may take a smaller share of it, while a fixed fraction (1/22 of the shorter
-    side: 62 px on a 1371-px photo) hides the neighbouring objects of a busy scene.
-    256 px -> 10, 1371 px -> 19, 4000 px -> 32.
-    """
-    return max(10, round(0.5 * math.sqrt(max(int(short_side), 1))))
-
-
-def draw_detections(image, boxes, scores, classes, class_names=None, score_threshold=0.0,
-                    line_width=None, font_size=None):
-    """Draw boxes with "name score" labels on a copy of `image`.
-
-    Args:
-      image: uint8 [h, w, 3] RGB (NumPy or PIL image).
-      boxes: float [N, 4] yxyx pixels of `image`.
-      scores: float [N]; classes: int [N] contiguous (-1 = padding, not drawn).
-      class_names: names by contiguous index (default: the index).
-      score_threshold: detections scoring below it are not drawn.
-      line_width, font_size: pixels; default from the image size (`label_font_size`).
-    Returns:
-      uint8 [h, w, 3] RGB, the input's size. Lower scores are drawn first, so the best
-      detection's label is on top.
-    """
-    picture = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    classes = np.asarray(classes).astype(np.int64).reshape(-1)
-    if not len(boxes) == len(scores) == len(classes):
-        raise ValueError(f"draw_detections: boxes {boxes.shape}, scores {scores.shape} and "
-                         f"classes {classes.shape} must have the same length")
-    short = min(picture.size)
-    line_width = line_width or max(1, round(short / 160))
-    font = _font(font_size or label_font_size(short))
-    draw = ImageDraw.Draw(picture)
-    keep = np.flatnonzero((classes >= 0) & (scores >= score_threshold))
-    for i in keep[np.argsort(scores[keep], kind="stable")]:
-        # Whole pixels, kept on the picture so that a box at the border stays visible.
-        ymin, ymax = np.clip(np.round(boxes[i, [0, 2]]), 0, picture.size[1] - 1).astype(int)
-        xmin, xmax = np.clip(np.round(boxes[i, [1, 3]]), 0, picture.size[0] - 1).astype(int)
-        colour = class_colour(classes[i])
-        draw.rectangle([xmin, ymin, xmax, ymax], outline=colour, width=line_width)
-        name = (class_names[classes[i]] if class_names is not None
-                and classes[i] < len(class_names) else str(classes[i]))
-        text = f"{name} {scores[i]:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        width, height = right - left + 4, bottom - top + 4
-        # Above the box when there is room, else just inside its top edge.
-        y0 = ymin - height if ymin - height >= 0 else ymin
-        x0 = min(max(xmin, 0), max(picture.size[0] - width, 0))
-        draw.rectangle([x0, y0, x0 + width, y0 + height], fill=colour)
-        text_colour = (0, 0, 0) if sum(colour) > 400 else (255, 255, 255)
-        draw.text((x0 + 2 - left, y0 + 2 - top), text, fill=text_colour, font=font)
-    return np.asarray(picture)
-
-
-def denormalize(image, pixel_mean, pixel_std):
-    """Network input float32 [H, W, 3] ((x - mean) / std) -> uint8 [H, W, 3] RGB."""
-    image = np.asarray(image, np.float32) * np.asarray(pixel_std, np.float32)
-    return np.clip(np.round(image + np.asarray(pixel_mean, np.float32)), 0, 255).astype(np.uint8)
 
 
 @dataclasses.dataclass
@@ -167,7 +83,8 @@ def assignment_data(model, image, gt_boxes, gt_classes, gt_index, assign_config=
 
     Args:
       model: a built `PAADetector`.
-      image: float32 [H, W, 3] network input (normalised, padded to the model's size).
+      image: float32 [H, W, 3] network input (normalised and padded, e.g. by
+        `InferencePreprocess`); the anchors are those of its size.
       gt_boxes: float [M, 4] yxyx input pixels; gt_classes: int [M] contiguous (-1 pads).
       gt_index: which GT row to show.
       assign_config: `AssignConfig`; default `model.config.assign`.
@@ -185,11 +102,13 @@ def assignment_data(model, image, gt_boxes, gt_classes, gt_index, assign_config=
     if not 0 <= gt_index < len(gt_classes) or gt_classes[gt_index] < 0:
         raise ValueError(f"gt_index {gt_index} is not a GT of this image; it has "
                          f"{len(valid)} boxes (indices {valid.tolist()})")
-    outputs = model(tf.convert_to_tensor(image, tf.float32)[None], training=False)
+    image = np.asarray(image, np.float32)
+    anchors, level_ids = model.anchors_for(*image.shape[:2])
+    outputs = model(tf.convert_to_tensor(image)[None], training=False)
     cls_logits = tf.cast(outputs["cls_logits"], tf.float32)
-    pred_boxes = model.decode(outputs["box_deltas"])
+    pred_boxes = model.decode(outputs["box_deltas"], tf.constant(anchors, tf.float32))
     config = assign_config if assign_config is not None else model.config.assign
-    _, diag = paa_candidates_and_gmm(config, model.anchors, model.level_ids, model.num_levels,
+    _, diag = paa_candidates_and_gmm(config, anchors, level_ids, model.num_levels,
                                      gt_boxes[None], gt_classes[None], cls_logits, pred_boxes,
                                      plus_one=model.plus_one, loss_config=model.config.loss)
     mask = diag.candidate_mask.numpy()[0, gt_index]
@@ -204,7 +123,7 @@ def assignment_data(model, image, gt_boxes, gt_classes, gt_index, assign_config=
 
     view = AssignmentView(
         gt_box=gt_boxes[gt_index], gt_class=int(gt_classes[gt_index]), anchor_indices=index,
-        anchors=np.asarray(model.anchors)[index], levels=np.asarray(model.level_ids)[index]
+        anchors=np.asarray(anchors)[index], levels=np.asarray(level_ids)[index]
         .astype(np.int64), costs=costs,
         components=diag.components.numpy()[0, gt_index][mask].astype(np.int64),
         decisions=decisions, weights=gmm("gmm_weights"), means=gmm("gmm_means"),
@@ -323,98 +242,6 @@ def _draw_histogram(axes, view):
     axes.legend(fontsize=8, loc="upper right")
 
 
-def read_scalars(log_dir, tags: Sequence[str] = SCALAR_TAGS) -> Dict[str, Tuple]:
-    """TensorBoard scalars of `log_dir`'s event files: {tag: (steps int64 [n], values
-    float64 [n])} sorted by step; a step written twice (a resumed run) keeps the later value.
-
-    Reads both `tf.summary.scalar` (TF2, tensor values) and TF1 `simple_value` summaries.
-    Raises ValueError when there is no event file or none of `tags` was written.
-    """
-    import tensorflow as tf  # reading event files only: drawing pictures needs no TensorFlow
-
-    files = sorted(glob.glob(os.path.join(os.fspath(log_dir), "events.out.tfevents.*")),
-                   key=os.path.getmtime)
-    if not files:
-        raise ValueError(f"no TensorBoard event files in {log_dir}; give the training folder "
-                         "(--model_dir of bin/paa_train; the scalars are in its train/ folder)")
-    found: Dict[str, Dict[int, float]] = {tag: {} for tag in tags}
-    for path in files:
-        # Each record of an event file is one serialized Event (summary_iterator, the
-        # deprecated reader, does the same and prints a deprecation warning).
-        for record in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                if value.tag not in found:
-                    continue
-                if value.HasField("simple_value"):
-                    number = float(value.simple_value)
-                else:
-                    number = float(tf.make_ndarray(value.tensor))
-                found[value.tag][int(event.step)] = number
-    if not any(found.values()):
-        raise ValueError(f"{log_dir}: the event files hold none of the scalars {list(tags)}; "
-                         "they are written every train.log_every steps by bin/paa_train")
-    return {tag: (np.array(sorted(values), np.int64),
-                  np.array([values[s] for s in sorted(values)], np.float64))
-            for tag, values in found.items() if values}
-
-
-def positives_per_gt_plot(model_dir, title=None):
-    """Positives per GT box over training (paper Fig. 4b) from a training folder's logs.
-
-    Reads `pos_per_gt` (mean positives per GT over each logging window) and, on a second
-    axis, `gt_without_pos` (fraction of GTs without any positive) from `model_dir/train`
-    (or `model_dir` itself when it holds the event files).
-    Returns (matplotlib Figure, {tag: (steps, values)}).
-    """
-    log_dir = os.path.join(os.fspath(model_dir), "train")
-    if not os.path.isdir(log_dir):
-        log_dir = os.fspath(model_dir)
-    scalars = read_scalars(log_dir)
-    figure = Figure(figsize=(8.0, 4.2), dpi=100, layout="constrained")
-    axes = figure.subplots()
-    lines = []
-    if "pos_per_gt" in scalars:
-        steps, values = scalars["pos_per_gt"]
-        lines += axes.plot(steps, values, color="#1a9641", marker="o", markersize=3,
-                           linewidth=1.8, label="positives per GT (mean over log window)")
-    axes.set_ylim(bottom=0)
-    axes.set_xlabel("training step")
-    axes.set_ylabel("positive anchors per GT box")
-    axes.grid(alpha=0.3)
-    if "gt_without_pos" in scalars:
-        twin = axes.twinx()
-        steps, values = scalars["gt_without_pos"]
-        lines += twin.plot(steps, values, color="#d7191c", linewidth=1.2, linestyle="--",
-                           label="fraction of GTs without a positive")
-        twin.set_ylabel("fraction of GTs without a positive")
-        twin.set_ylim(0, max(0.05, float(values.max()) * 1.2))
-    axes.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
-    axes.set_title(title or f"PAA positives per GT during training ({model_dir})", fontsize=10)
-    return figure, scalars
-
-
-def save_figure(figure, path, dpi=None):
-    """Write a matplotlib `figure` to `path` (PNG/JPEG/PDF/SVG from the extension)."""
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))) or ".", exist_ok=True)
-    figure.savefig(os.fspath(path), dpi=dpi)
-    return os.fspath(path)
-
-
-def upscale(image, min_side: Optional[int]):
-    """`image` uint8 [h, w, 3] enlarged (bicubic) so its shorter side is >= `min_side`.
-
-    Returns (image, factors) with factors float64 [4] = (sy, sx, sy, sx), to multiply yxyx
-    boxes by. No change when `min_side` is falsy or already met.
-    """
-    image = np.asarray(image, np.uint8)
-    height, width = image.shape[:2]
-    if not min_side or min(height, width) >= min_side:
-        return image, np.ones(4)
-    factor = float(min_side) / min(height, width)
-    size = (round(width * factor), round(height * factor))
-    enlarged = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
-    return enlarged, np.array([size[1] / height, size[0] / width] * 2)
 
 
 def _find_record(config, split, image=None, index=None):
@@ -443,37 +270,22 @@ def _find_record(config, split, image=None, index=None):
                      "or use --data_index")
 
 
-def _encoded_bytes(record, layout):
-    """The image file bytes of `record` (from its file, or its TFRecord shard)."""
-    import tensorflow as tf  # reading a TFRecord shard: drawing pictures needs none
-
-    if record.path:
-        with open(record.path, "rb") as f:
-            return f.read()
-    files, counts = layout
-    offset = record.tfrecord_index
-    for path, count in zip(files, counts):
-        if offset < count:
-            serialized = next(iter(tf.data.TFRecordDataset(path).skip(offset).take(1)))
-            spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
-            return tf.io.parse_single_example(serialized, spec)["image/encoded"].numpy()
-        offset -= count
-    raise ValueError(f"{record.describe()}: record {record.tfrecord_index} not in the shards")
-
-
 def assignment_picture(model_dir, output, checkpoint=None, image=None, data_index=None,
                        split="train", gt_index=None, dpi=110):
     """Write the assignment picture of one GT of a training run; returns the `AssignmentView`.
 
     Restores the checkpoint (default: the newest readable one in `model_dir`), pre-processes
-    the image as the evaluation does (no flip, `data.eval_shorter_side`), runs the network
+    the image as evaluation, `paa_predict` and the export do (`InferencePreprocess`), runs the
+    network
     in inference mode and then PAA's assignment on the image's GT boxes with the run's
     `assign` settings. `gt_index` picks the GT (default: the largest box).
     """
     # Running the model needs TensorFlow; drawing pictures does not.
     import tensorflow as tf
 
-    from paa_tf.data import transforms
+    from paa_tf.data import tfrecord, transforms
+    from paa_tf.data.inference_preprocess import InferencePreprocess
+    from paa_tf.modeling.restore import restore_run
 
     if (image is None) == (data_index is None):
         raise ValueError("give exactly one of --image and --data_index")
@@ -485,11 +297,9 @@ def assignment_picture(model_dir, output, checkpoint=None, image=None, data_inde
         raise ValueError(f"{record.describe()} has no GT box to show; pick another image")
     data = config.data
     image_size = tuple(int(s) for s in data.image_size)
-    model, checkpoint = run.restore(config, image_size, checkpoint)
-    pixels = transforms.decode_image(tf.constant(_encoded_bytes(record, layout)))
-    network_input, info = transforms.preprocess(
-        pixels, shorter_side=data.eval_shorter_side, max_size=data.max_size,
-        image_size=image_size, pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)
+    model, checkpoint = restore_run(run, config, image_size, checkpoint)
+    pixels = transforms.decode_image(tf.constant(tfrecord.read_encoded(record, layout)))
+    network_input, info = InferencePreprocess.from_config(config)(pixels)
     gt_boxes = transforms.scale_boxes(tf.constant(record.boxes, tf.float32), info,
                                       config.model.plus_one).numpy()
     if gt_index is None:

@@ -1,10 +1,11 @@
 """Test-time augmentation: several views of each image, merged before NMS.
 
 Each view (`eval.tta_scales`: shorter sides; `eval.tta_flip`: mirrored too) is
-pre-processed from the undecoded image as the evaluation pipeline does at that scale, run
-through the network (`paa_tf.inference.candidates`), and its pre-NMS candidates are mapped
+pre-processed from the undecoded image by the inference pre-processing at that scale
+(`paa_tf.data.inference_preprocess`, mirrored after resizing for a flipped view), run through
+the network (`paa_tf.inference.detection.candidates`), and its pre-NMS candidates are mapped
 to the original image; the candidates of all views are merged before class-aware NMS and
-score voting (`paa_tf.postprocess.merge_tta`).
+score voting (`paa_tf.inference.postprocess.merge_tta`).
 """
 
 import math
@@ -12,8 +13,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from paa_tf import inference, postprocess, serving_preprocess
 from paa_tf.data import buckets, transforms
+from paa_tf.data.inference_preprocess import InferencePreprocess
+from paa_tf.inference import detection, postprocess
 
 
 def tta_views(config, scales=None, flip=None):
@@ -57,13 +59,13 @@ def make_tta_predict_fn(config, model, views, params=None):
     """`predict_fn(batch) -> detections dict` (original pixels) with test-time augmentation.
 
     `batch["encoded"]` is tf.string [B] undecoded images
-    (`paa_tf.eval_inputs.encoded_eval_dataset`).
+    (`paa_tf.evaluation.inputs.encoded_eval_dataset`).
     Each view (shorter side, flipped) pre-processes them as the evaluation pipeline does at
     that scale (`view_geometry`; a flipped view is mirrored after resizing, before padding;
     with orientation buckets a batch of one orientation is padded to its bucket, a mixed one
-    to the canvas), runs the network to its pre-NMS candidates (`inference.candidates`); the
+    to the canvas), runs the network to its pre-NMS candidates (`detection.candidates`); the
     candidates of all views are mapped to the original image and merged before NMS and score
-    voting (`paa_tf.postprocess.merge_tta`).
+    voting (`paa_tf.inference.postprocess.merge_tta`).
     """
     if not views:
         raise ValueError("make_tta_predict_fn: give at least one (shorter_side, flipped) view")
@@ -83,13 +85,10 @@ def make_tta_predict_fn(config, model, views, params=None):
         return plan
 
     def view_inputs(encoded, side, flipped, max_size, bucket):
+        view = InferencePreprocess.from_config(config, shorter_side=side, max_size=max_size)
+
         def one(item):
-            image = transforms.normalize(transforms.decode_image(item), data.pixel_mean,
-                                         data.pixel_std)
-            resized, info = transforms.resize_image(image, side, max_size, bucket)
-            if flipped:
-                resized = tf.reverse(resized, axis=[1])
-            return transforms.pad_image(resized, bucket), info
+            return view(transforms.decode_image(item), flip=flipped, canvas=bucket)
 
         return tf.map_fn(one, encoded, fn_output_signature=(
             tf.TensorSpec([bucket[0], bucket[1], 3], tf.float32),
@@ -101,7 +100,7 @@ def make_tta_predict_fn(config, model, views, params=None):
             merged = []
             for side, flipped, max_size, bucket in plan:
                 images, info = view_inputs(encoded, side, flipped, max_size, bucket)
-                merged.append({"candidates": inference.candidates(model, images, info, params),
+                merged.append({"candidates": detection.candidates(model, images, info, params),
                                "image_info": info, "flipped": flipped})
             return postprocess.merge_tta(merged, params)
         return detect
@@ -115,7 +114,7 @@ def make_tta_predict_fn(config, model, views, params=None):
             if "original_size" in batch:
                 sizes = np.asarray(batch["original_size"]).reshape(-1, 2)
             else:
-                sizes = tf.map_fn(serving_preprocess.encoded_image_size, encoded,
+                sizes = tf.map_fn(transforms.decoded_size, encoded,
                                   fn_output_signature=tf.TensorSpec([2], tf.int32)).numpy()
             portrait = {bool(h > w) for h, w in sizes}
             key = portrait.pop() if len(portrait) == 1 else None

@@ -1,15 +1,18 @@
 """Evaluation of a model on the val split: run it over the images, score with pycocotools.
 
 `evaluate_model` reads the val split of `config.data` (COCO, VOC or TFRecord), runs the
-detector over it (`paa_tf.inference.make_predict_fn`, or test-time augmentation with
-`paa_tf.tta` when `eval.tta_scales` / `eval.tta_flip` ask for it) and scores the detections
-against the ground truth with `paa_tf.coco_scoring`. `evaluate_exported` does the same for
-an exported SavedModel (`paa_tf.export_reader`).
+detector over it (`paa_tf.inference.detection.make_predict_fn`, or test-time augmentation
+with `paa_tf.inference.tta` when `eval.tta_scales` / `eval.tta_flip` ask for it) and scores the
+detections against the ground truth with `paa_tf.evaluation.coco_scoring`. `evaluate_exported`
+does the same for an exported SavedModel (`paa_tf.serving.reader`).
 """
 
-from paa_tf import coco_scoring, eval_inputs, export_reader, inference, tta
 from paa_tf.data import pipeline
 from paa_tf.data import records as records_lib
+from paa_tf.evaluation import coco_scoring
+from paa_tf.evaluation import inputs as eval_inputs
+from paa_tf.inference import detection, tta
+from paa_tf.serving import reader as export_reader
 
 
 def val_ground_truth(data_config, label_map):
@@ -39,7 +42,7 @@ def evaluate_model(config, model, output_dir=None, max_batches=None, params=None
     else:
         dataset, _ = pipeline.build_dataset(data_cfg, split="val", is_training=False,
                                             batch_size=config.eval.batch_size, repeat=False)
-        predict_fn = inference.make_predict_fn(config, model, params)
+        predict_fn = detection.make_predict_fn(config, model, params)
     return coco_scoring.evaluate_dataset(dataset, predict_fn, coco_gt, label_map=label_map,
                                          output_dir=output_dir, max_batches=max_batches,
                                          plus_one=config.model.plus_one, verbose=verbose)

@@ -1,0 +1,1 @@
+"""Training: the `Trainer` loop (`train`), checkpoints and resume (`checkpoints`), schedules."""
