@@ -1,6 +1,6 @@
 # Two commands set up and use a fresh machine (see README):
 #   make quickstart   generate the shapes dataset, train, evaluate and export the small model
-#   make test         run the test suite
+#   make test         run the test suite (make test-fast: without the slow tests)
 # Each creates .venv/ with the pinned stack on first use.
 
 PYTHON ?= python3
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: quickstart test lint lock clean-quickstart
+.PHONY: quickstart test test-fast lint lock clean-quickstart
 
 $(STAMP): setup.cfg requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
 	touch $(TEST_STAMP)
 
+# Two pytest workers, one test file each at a time (a file's module fixtures stay in one
+# process); TEST_WORKERS=0 runs in this process alone.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
+
+# The quick loop: every module, without the tests marked slow (multi-process, trainings).
+test-fast: $(TEST_STAMP)
+	$(PYTEST) -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check paa_tf bin tests bench

@@ -16,14 +16,18 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
-from paa_tf import config as config_lib
-from paa_tf.data import label_map as label_map_lib
 from paa_tf.data import transforms
 from paa_tf.inference import postprocess
-from paa_tf.modeling.detector import build_detector
-from tests.test_export import LABEL_MAP, REPO, _call, _cli, _jpeg, _random_image, pair_detections
+from tests.test_export import (
+    LABEL_MAP,
+    _call,
+    _cli,
+    _jpeg,
+    _random_image,
+    pair_detections,
+    write_random_run,
+)
 
 pytestmark = pytest.mark.slow  # one export and a fresh process: ~1 min
 
@@ -40,18 +44,7 @@ PADDED = [(128, 192), (192, 128), (128, 128), (64, 224)]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("run")
-    config = config_lib.load_config(REPO / "configs" / "quickstart.yaml", overrides=OVERRIDES)
-    # Every weight from this seed (Keras initializers also draw on Python's and NumPy's
-    # generators), so the model does not depend on which tests ran before in the process.
-    tf_keras.utils.set_random_seed(3)
-    model = build_detector(config)
-    kernel = model.head.cls_logits.kernel  # scores far apart: no ties decided by round-off
-    kernel.assign(tf.random.stateless_normal(kernel.shape, [1, 2], stddev=0.05))
-    config_lib.save_config(config, model_dir / "config.yaml")
-    label_map_lib.write_label_map(LABEL_MAP, model_dir)
-    step = tf.Variable(1, dtype=tf.int64)
-    tf.train.CheckpointManager(tf.train.Checkpoint(step=step, model=model),
-                               str(model_dir), max_to_keep=1).save(checkpoint_number=step)
+    config, model = write_random_run(model_dir, OVERRIDES, seed=3, kernel_seed=[1, 2])
     export_dir = tmp_path_factory.mktemp("export")
     assert _cli(["--model_dir", str(model_dir), "--export_dir", str(export_dir)]) == 0
     jpegs = [_jpeg(_random_image(seed, h, w)) for seed, h, w in IMAGES]

@@ -75,23 +75,30 @@ def _cli(args):
     return done.value.code
 
 
+def write_random_run(model_dir, overrides, seed, kernel_seed, step=1):
+    """A training folder as bin/paa_train leaves it, for a random-weight quickstart model with
+    `overrides`: config.yaml, LABEL_MAP and `ckpt-<step>`. Returns (config, model)."""
+    config = config_lib.load_config(REPO / "configs" / "quickstart.yaml", overrides=overrides)
+    # Every weight from this seed (Keras initializers also draw on Python's and NumPy's
+    # generators), so the model does not depend on which tests ran before in the process.
+    tf_keras.utils.set_random_seed(seed)
+    model = build_detector(config)
+    # Spread the class logits so that scores are far apart (no ties decided by round-off).
+    kernel = model.head.cls_logits.kernel
+    kernel.assign(tf.random.stateless_normal(kernel.shape, kernel_seed, stddev=0.05))
+    config_lib.save_config(config, model_dir / "config.yaml")
+    label_map_lib.write_label_map(LABEL_MAP, model_dir)
+    step = tf.Variable(step, dtype=tf.int64)
+    tf.train.CheckpointManager(tf.train.Checkpoint(step=step, model=model),
+                               str(model_dir), max_to_keep=1).save(checkpoint_number=step)
+    return config, model
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A training folder as bin/paa_train leaves it, and its export (version 1)."""
     model_dir = tmp_path_factory.mktemp("run")
-    config = config_lib.load_config(REPO / "configs" / "quickstart.yaml", overrides=OVERRIDES)
-    # Every weight from this seed (Keras initializers also draw on Python's and NumPy's
-    # generators), so the model does not depend on which tests ran before in the process.
-    tf_keras.utils.set_random_seed(3)
-    model = build_detector(config)
-    # Spread the class logits so that scores are far apart (no ties decided by round-off).
-    kernel = model.head.cls_logits.kernel
-    kernel.assign(tf.random.stateless_normal(kernel.shape, [1, 2], stddev=0.05))
-    config_lib.save_config(config, model_dir / "config.yaml")
-    label_map_lib.write_label_map(LABEL_MAP, model_dir)
-    step = tf.Variable(7, dtype=tf.int64)
-    tf.train.CheckpointManager(tf.train.Checkpoint(step=step, model=model),
-                               str(model_dir), max_to_keep=1).save(checkpoint_number=step)
+    config, model = write_random_run(model_dir, OVERRIDES, seed=3, kernel_seed=[1, 2], step=7)
     export_dir = tmp_path_factory.mktemp("export")
     _cli(["--model_dir", str(model_dir), "--export_dir", str(export_dir)])
     version_dir = str(export_dir / "1")

@@ -21,18 +21,21 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
-from paa_tf import config as config_lib
 from paa_tf.data import buckets, pipeline, transforms
-from paa_tf.data import label_map as label_map_lib
 from paa_tf.data.inference_preprocess import InferencePreprocess
 from paa_tf.inference import detection
-from paa_tf.modeling.detector import build_detector
 from paa_tf.serving.reader import load_exported
 from paa_tf.visualization import assignment
 from paa_tf.visualization.predict import Predictor
-from tests.test_export import LABEL_MAP, REPO, _cli, _jpeg, _random_image, pair_detections
+from tests.test_export import (
+    LABEL_MAP,
+    _cli,
+    _jpeg,
+    _random_image,
+    pair_detections,
+    write_random_run,
+)
 
 pytestmark = pytest.mark.slow  # one export: ~40 s
 
@@ -75,17 +78,7 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
     jpegs = _write_photos(folder)
     model_dir = tmp_path_factory.mktemp("run")
-    config = config_lib.load_config(REPO / "configs" / "quickstart.yaml",
-                                    overrides=_overrides(folder))
-    tf_keras.utils.set_random_seed(5)  # every initialiser: independent of the tests before
-    model = build_detector(config)
-    kernel = model.head.cls_logits.kernel  # scores far apart: no ties decided by round-off
-    kernel.assign(tf.random.stateless_normal(kernel.shape, [5, 6], stddev=0.05))
-    config_lib.save_config(config, model_dir / "config.yaml")
-    label_map_lib.write_label_map(LABEL_MAP, model_dir)
-    step = tf.Variable(1, dtype=tf.int64)
-    tf.train.CheckpointManager(tf.train.Checkpoint(step=step, model=model),
-                               str(model_dir), max_to_keep=1).save(checkpoint_number=step)
+    config, _ = write_random_run(model_dir, _overrides(folder), seed=5, kernel_seed=[5, 6])
     export_dir = tmp_path_factory.mktemp("export")
     assert _cli(["--model_dir", str(model_dir), "--export_dir", str(export_dir)]) == 0
     decoded = [transforms.decode_image(tf.constant(j)).numpy() for j in jpegs]

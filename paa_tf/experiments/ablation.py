@@ -8,7 +8,7 @@ voting on, and separation (c) is that same model, since (c) is the project defau
 Layout under the output folder::
 
     runs/<training>/seed<k>/            model_dir of one training (checkpoints, config.yaml)
-    runs/<training>/seed<k>/eval_voting|eval_plain/metrics.json
+    runs/<training>/seed<k>/eval/val_voting|val_plain[_<score>]/metrics.json
     ablations.json, ablations.md, ablations.png
 """
 
@@ -149,8 +149,9 @@ def check_budget(model_dir, steps):
 
 
 def eval_dir(model_dir, voting, score=""):
-    name = "eval_voting" if voting else "eval_plain"
-    return os.path.join(model_dir, f"{name}_{score}" if score else name)
+    """The run folder's evaluation folder of one row's val evaluation (`RunFolder.eval_dir`)."""
+    name = "val_voting" if voting else "val_plain"
+    return str(RunFolder(model_dir).eval_dir(f"{name}_{score}" if score else name))
 
 
 def load_run(model_dir, voting, score="") -> Optional[dict]:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from paa_tf.data import transforms
 from paa_tf.data.inference_preprocess import InferencePreprocess
-from paa_tf.inference import detection
+from paa_tf.inference import detection, postprocess
 from paa_tf.modeling.restore import restore_run
 from paa_tf.run_folder import RunFolder
 from paa_tf.visualization import drawing
@@ -90,20 +90,22 @@ class Predictor:
         self.image_size = tuple(int(s) for s in self.config.data.image_size)
         # The newest readable checkpoint unless one is named, as training resumes.
         self.model, self.checkpoint = restore_run(run, self.config, self.image_size, checkpoint)
-        self._detect = detection.make_predict_fn(self.config, self.model)
         preprocess = InferencePreprocess.from_config(self.config)
+        params = postprocess.PostprocessParams.from_config(self.config)
+
         # One image at a time, padded as evaluation and the export pad it (its own multiple
-        # of 32 with orientation buckets): the detections are the ones that are served.
-        self._preprocess = tf.function(
-            lambda image: preprocess(image),
-            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+        # of 32 with orientation buckets), and one trace for every size: the export's graph.
+        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+        def detect(image):
+            padded, image_info = preprocess(image)
+            return detection.detect(self.model, padded[None], image_info[None], params)
+
+        self._detect = detect
 
     def predict(self, images):
         results = []
         for image in images:
-            padded, image_info = self._preprocess(image)
-            out = {k: np.asarray(v)[0] for k, v in self._detect(
-                {"image": padded[None], "image_info": image_info[None]}).items()}
+            out = {k: np.asarray(v)[0] for k, v in self._detect(image).items()}
             count = int(out["num_detections"])
             keep = np.flatnonzero(out["detection_classes"][:count] >= 0)
             order = keep[np.argsort(-out["detection_scores"][keep], kind="stable")]
