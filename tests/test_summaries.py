@@ -45,6 +45,24 @@ def tiny_config(paths, extra=()):
         "train.log_every=1", f"train.eval_every={EVAL_EVERY}", *extra])
 
 
+def test_ground_truth_labels_carry_the_name_alone():
+    """`draw_detections(scores=None)` (the ground-truth half): every box drawn, each label
+    the class name without a score, so narrower than "name 1.00"."""
+    image = np.full((100, 160, 3), 90, np.uint8)
+    boxes = [[40, 20, 90, 70], [50, 90, 95, 150]]
+    colour = visualize.class_colour(1)
+
+    def label_width(drawn):  # filled label above the first box, in the class colour
+        return int(np.sum(np.all(drawn[39, :] == colour, axis=-1)))
+
+    named = visualize.draw_detections(image, boxes, None, [1, 2], ["a", "b", "c"],
+                                      line_width=1, score_threshold=0.5)
+    scored = visualize.draw_detections(image, boxes, [1.0, 1.0], [1, 2], ["a", "b", "c"],
+                                       line_width=1)
+    assert np.all(named[50:96, 150] == visualize.class_colour(2))  # both drawn
+    assert 0 < label_width(named) < label_width(scored)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A run trained 5 steps with evaluations at steps 2 and 4 on generated shapes."""
@@ -201,6 +219,28 @@ def test_paa_eval_image_summaries(trained, repo_root, tmp_path):
          f"--output_dir={tmp_path / 'none'}", "--image_summaries",
          "--override=eval.summary_images=0"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "eval.summary_images" in proc.stderr
+
+
+def test_pictures_of_a_test_time_augmented_evaluation(trained, tmp_path):
+    """With test-time augmentation the batches hold the undecoded files: the pictures show
+    them at the evaluation scale, with the records of that evaluation's results.json."""
+    from paa_tf import evaluate
+
+    trainer, paths, _ = trained
+    config = tiny_config(paths, ["eval.tta_flip=true", f"eval.tta_scales=[{INPUT_SIDE}]"])
+    pictures = summaries.EvalImages(config)
+    evaluate.evaluate_model(config, trainer.model, output_dir=tmp_path, observer=pictures,
+                            verbose=False)
+    results = json.load(open(tmp_path / "results.json"))
+    gt = json.load(open(paths["val_annotation_file"]))
+    assert [image_id for image_id, _ in pictures.pictures] == [
+        image["id"] for image in gt["images"]][:NUM_SUMMARY]
+    for image_id, picture in pictures.pictures:
+        assert picture.shape == (INPUT_SIDE, 2 * INPUT_SIDE + summaries.SEPARATOR, 3)
+        scored = [r for r in results if r["image_id"] == image_id and r["score"] >= 0.1]
+        assert pictures.drawn[image_id] == scored and scored
+        check_outline(picture[:, :INPUT_SIDE], max(scored, key=lambda r: r["score"]),
+                      gt["categories"], INPUT_SIDE / IMAGE_SIDE, INPUT_SIDE)
 
 
 @pytest.mark.slow

@@ -75,6 +75,11 @@ def screenshot(url, output, size=(1400, 1000), budget_ms=15000):
 
 
 if __name__ == "__main__":
+    # The Images tab of a run folder, as a 256-colour PNG (the README's, < 300 KB).
+    from PIL import Image  # only for the screenshot
+
     run_folder, picture = pathlib.Path(sys.argv[1]), sys.argv[2]
     with serve(run_folder) as base:
-        print(screenshot(f"{base}/?darkMode=false#images", picture))
+        screenshot(f"{base}/#images", picture)
+    Image.open(picture).convert("RGB").quantize(256).save(picture, optimize=True)
+    print(f"{picture}: {os.path.getsize(picture)} bytes")
