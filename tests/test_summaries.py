@@ -65,7 +65,8 @@ def test_ground_truth_labels_carry_the_name_alone():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A run trained 5 steps with evaluations at steps 2 and 4 on generated shapes."""
+    """A run trained 5 steps with evaluations at steps 2 and 4 on generated shapes (over
+    30 s on 2 cores: the tests that use it are marked slow)."""
     from paa_tf import train as train_lib
 
     root = tmp_path_factory.mktemp("summaries")
@@ -97,6 +98,7 @@ def image_of(value):
     return int(strings[0]), int(strings[1]), pixels
 
 
+@pytest.mark.slow
 def test_eval_images_show_the_scored_detections_beside_the_ground_truth(trained):
     """At both periodic evaluations, eval/val/ holds one picture per summary image under
     `detections_vs_gt/image_<id>`: the first images evaluated, the network's 128-px view
@@ -135,6 +137,7 @@ def test_eval_images_show_the_scored_detections_beside_the_ground_truth(trained)
     assert drawn_total > 0  # something was drawn, so the comparison above was exercised
 
 
+@pytest.mark.slow
 def test_assignment_picture_and_positives_histogram_of_fixed_training_images(trained):
     """train/ holds at both evaluations the assignment picture (the 1200x540 figure of
     `visualize.assignment_figure`) and the histogram of positives per GT over the first
@@ -190,6 +193,7 @@ def check_outline(pixels, record, categories, scale, side):
     assert np.all(pixels[y0:y1 + 1, x1] == colour)
 
 
+@pytest.mark.slow
 def test_paa_eval_image_summaries(trained, repo_root, tmp_path):
     """`paa_eval --image_summaries` writes the pictures of eval.summary_images images into
     its output folder at the checkpoint's step, drawn from its own results.json."""
@@ -221,6 +225,7 @@ def test_paa_eval_image_summaries(trained, repo_root, tmp_path):
     assert proc.returncode == 2 and "eval.summary_images" in proc.stderr
 
 
+@pytest.mark.slow
 def test_pictures_of_a_test_time_augmented_evaluation(trained, tmp_path):
     """With test-time augmentation the batches hold the undecoded files: the pictures show
     them at the evaluation scale, with the records of that evaluation's results.json."""
