@@ -44,7 +44,7 @@ lint: $(STAMP)
 lock:
 	rm -rf /tmp/paa-lock-venv && $(PYTHON) -m venv /tmp/paa-lock-venv
 	/tmp/paa-lock-venv/bin/pip install -q -e '.[dev]'
-	/tmp/paa-lock-venv/bin/pip freeze --exclude-editable | grep -v '^paa-tf' > requirements-lock.txt.new
+	/tmp/paa-lock-venv/bin/pip freeze --all --exclude-editable | grep -v -e '^paa-tf' -e '^pip==' > requirements-lock.txt.new
 	(head -2 requirements-lock.txt; cat requirements-lock.txt.new) > requirements-lock.txt.tmp
 	rm requirements-lock.txt.new && mv requirements-lock.txt.tmp requirements-lock.txt
 

@@ -207,6 +207,11 @@ class EvalConfig:
     voting_iou: float = 0.01
     tta_scales: Tuple[int, ...] = ()  # shorter sides of the test-time views (all of them)
     tta_flip: bool = False
+    # TensorBoard pictures of the first N evaluated images (0 = none) at every periodic
+    # evaluation and with `paa_eval --image_summaries`, detections from this score up
+    # (paa_tf/visualization/summaries.py).
+    summary_images: int = 4
+    summary_score_threshold: float = 0.3
 
 
 @dataclasses.dataclass
@@ -452,7 +457,8 @@ _INTERVALS = {
     "train.bias_lr_factor": "(0, inf)", "train.bias_weight_decay": "[0, inf)",
     "train.warmup_factor": "(0, 1]", "train.lr_decay": "(0, 1]",
     "eval.score_threshold": "[0, 1]", "eval.nms_iou": "(0, 1]", "eval.voting_sigma": "(0, inf)",
-    "eval.voting_iou": "[0, 1]",
+    "eval.voting_iou": "[0, 1]", "eval.summary_images": "[0, inf)",
+    "eval.summary_score_threshold": "[0, 1]",
 }
 
 

@@ -15,6 +15,8 @@ Examples::
     # test-time augmentation of a checkpoint: every listed shorter side, each also mirrored;
     # the views' candidates are merged before NMS and score voting
     bin/paa_eval --model_dir=runs/x --override eval.tta_scales=[640,800],eval.tta_flip=true
+    # and TensorBoard pictures of the first 8 images, detections beside the ground truth
+    bin/paa_eval --model_dir=runs/x --image_summaries --override eval.summary_images=8
 
 Each evaluation names the data it scored (``--split``, default the ``--image_dir`` folder's name,
 else ``val``) and writes ``results.json`` (COCO results) and ``metrics.json`` (the 12 COCO
@@ -50,6 +52,10 @@ FLAG_SPECS = (
                  "running a model."),
     program.flag("bool", "gt_as_detections", False, "Use the ground truth (crowd boxes "
                  "excluded) as detections: checks the evaluation path, AP must be 1.0."),
+    program.flag("bool", "image_summaries", False, "Also write TensorBoard pictures of the "
+                 "first eval.summary_images images (detections beside the ground truth, "
+                 "tag detections_vs_gt/image_<id>) into the output folder, at the "
+                 "checkpoint's step (0 for --saved_model)."),
 )
 
 
@@ -83,6 +89,12 @@ def _config():
     return config_lib.load_config(FLAGS.config, overrides=FLAGS.override)
 
 
+def checkpoint_step(path):
+    """The training step of a `ckpt-N` checkpoint prefix (0 when it names none)."""
+    tail = os.path.basename(str(path)).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def _run_model(output_dir):
     """Evaluate a checkpoint or an exported SavedModel on the chosen data."""
     # TensorFlow only once a model runs: --help and usage errors stay fast
@@ -100,20 +112,34 @@ def _run_model(output_dir):
                              "or set data.val_images / data.val_annotations in the config")
     print(f"paa_eval: evaluating '{split_name()}' ({config.data.val_images or config.data.format}"
           f") into {output_dir}", flush=True)
+    if FLAGS.image_summaries and not config.eval.summary_images:
+        raise app.UsageError("--image_summaries draws eval.summary_images images, which is 0: "
+                             "give e.g. --override eval.summary_images=4")
+    # TensorBoard pictures only when asked: the module loads matplotlib
+    from paa_tf.visualization import summaries
+
+    pictures = summaries.EvalImages(config) if FLAGS.image_summaries else None
     if FLAGS.saved_model:
         if config.eval.tta_scales or config.eval.tta_flip:
             raise app.UsageError("eval.tta_scales / eval.tta_flip need a checkpoint "
                                  "(--model_dir): an exported SavedModel has its "
                                  "pre-processing built in")
-        return evaluate.evaluate_exported(config, FLAGS.saved_model, output_dir=output_dir,
-                                          max_batches=FLAGS.max_batches)
+        metrics = evaluate.evaluate_exported(config, FLAGS.saved_model, output_dir=output_dir,
+                                             max_batches=FLAGS.max_batches, observer=pictures)
+        if pictures:
+            pictures.write(0, log_dir=output_dir)
+        return metrics
     if not FLAGS.model_dir and not FLAGS.checkpoint:
         raise app.UsageError("give --model_dir (a training run folder) or --checkpoint")
     model, path = restore_run(RunFolder(FLAGS.model_dir or "."), config,
                               tuple(config.data.image_size), FLAGS.checkpoint)
     print(f"restored {path}", flush=True)
-    return evaluate.evaluate_model(config, model, output_dir=output_dir,
-                                   max_batches=FLAGS.max_batches)
+    metrics = evaluate.evaluate_model(config, model, output_dir=output_dir,
+                                      max_batches=FLAGS.max_batches, observer=pictures)
+    if pictures:
+        pictures.write(checkpoint_step(path), log_dir=output_dir)
+        print(f"image summaries: {len(pictures.pictures)} pictures in {output_dir}")
+    return metrics
 
 
 def _score_file(output_dir):
@@ -138,6 +164,9 @@ def _score_file(output_dir):
 
 def _run(argv):
     output_dir = _output_dir()
+    if FLAGS.image_summaries and (FLAGS.results_file or FLAGS.gt_as_detections):
+        raise app.UsageError("--image_summaries draws a model's detections: give --model_dir "
+                             "or --saved_model, not --results_file / --gt_as_detections")
     if FLAGS.results_file or FLAGS.gt_as_detections:
         metrics = _score_file(output_dir)
     elif FLAGS.model_dir or FLAGS.checkpoint or FLAGS.saved_model:

@@ -218,7 +218,7 @@ def format_metrics(metrics):
 
 def run_detection_loop(dataset: Iterable[dict], predict_fn: Callable[[dict], Dict],
                        label_map, image_id_key="source_id", max_batches=None,
-                       plus_one=False, log_every=0):
+                       plus_one=False, log_every=0, on_batch=None):
     """Run `predict_fn` over `dataset` and collect COCO results records.
 
     Args:
@@ -227,6 +227,8 @@ def run_detection_loop(dataset: Iterable[dict], predict_fn: Callable[[dict], Dic
       predict_fn: batch -> detections dict (see `detections_to_coco`), boxes in original
         image pixels.
       label_map: {contiguous index -> dataset category id}.
+      on_batch: optional `(batch, image_ids, records)` called after each batch with that
+        batch's COCO results records, the very objects that are returned (and scored).
     Returns:
       (records, image_ids) lists.
     """
@@ -240,7 +242,10 @@ def run_detection_loop(dataset: Iterable[dict], predict_fn: Callable[[dict], Dic
                              f"{sorted(batch)}); the dataset must carry the original image ids")
         ids = [_image_id(v) for v in np.asarray(batch[image_id_key]).reshape(-1)]
         detections = {k: np.asarray(v) for k, v in predict_fn(batch).items()}
-        records.extend(detections_to_coco(detections, ids, label_map, plus_one=plus_one))
+        batch_records = detections_to_coco(detections, ids, label_map, plus_one=plus_one)
+        if on_batch is not None:
+            on_batch(batch, ids, batch_records)
+        records.extend(batch_records)
         image_ids.extend(ids)
         if log_every and (step + 1) % log_every == 0:
             print(f"evaluated {len(image_ids)} images, {len(records)} detections", flush=True)
@@ -249,15 +254,22 @@ def run_detection_loop(dataset: Iterable[dict], predict_fn: Callable[[dict], Dic
 
 def evaluate_dataset(dataset, predict_fn, coco_gt, label_map=None, output_dir=None,
                      image_id_key="source_id", max_batches=None, plus_one=False,
-                     verbose=True) -> dict:
+                     verbose=True, observer=None) -> dict:
     """Detections of `predict_fn` over `dataset`, scored by pycocotools on the seen images.
 
-    `label_map` defaults to `coco_label_map(coco_gt)`. Returns `coco_evaluate`'s metrics.
+    `label_map` defaults to `coco_label_map(coco_gt)`. `observer` (e.g.
+    `paa_tf.visualization.summaries.EvalImages`) sees the evaluation as it runs:
+    `observer.begin(coco_gt, label_map)` once ({contiguous index -> dataset id}), then
+    `observer.batch(batch, image_ids, records)` after each batch (`run_detection_loop`'s
+    `on_batch`). Returns `coco_evaluate`'s metrics.
     """
     coco_gt = load_coco(coco_gt)
     label_map = coco_label_map(coco_gt) if label_map is None else _id_map(label_map)
-    records, image_ids = run_detection_loop(dataset, predict_fn, label_map, image_id_key,
-                                            max_batches, plus_one)
+    if observer is not None:
+        observer.begin(coco_gt, label_map)
+    records, image_ids = run_detection_loop(
+        dataset, predict_fn, label_map, image_id_key, max_batches, plus_one,
+        on_batch=None if observer is None else observer.batch)
     if not image_ids:
         raise ValueError("evaluation dataset yielded no batches")
     return coco_evaluate(coco_gt, records, output_dir=output_dir, image_ids=image_ids,

@@ -25,11 +25,12 @@ def val_ground_truth(data_config, label_map):
 
 
 def evaluate_model(config, model, output_dir=None, max_batches=None, params=None,
-                   verbose=True):
+                   verbose=True, observer=None):
     """COCO evaluation of `model` on the val split of `config.data` (COCO, VOC or TFRecord).
 
     Ground truth from `val_ground_truth`. With `eval.tta_scales` / `eval.tta_flip` the
-    images are evaluated with test-time augmentation (`tta.make_tta_predict_fn`). Returns
+    images are evaluated with test-time augmentation (`tta.make_tta_predict_fn`). `observer`
+    sees each batch and its scored records (`coco_scoring.evaluate_dataset`). Returns
     `coco_scoring.coco_evaluate`'s metrics.
     """
     data_cfg = config.data
@@ -45,17 +46,21 @@ def evaluate_model(config, model, output_dir=None, max_batches=None, params=None
         predict_fn = detection.make_predict_fn(config, model, params)
     return coco_scoring.evaluate_dataset(dataset, predict_fn, coco_gt, label_map=label_map,
                                          output_dir=output_dir, max_batches=max_batches,
-                                         plus_one=config.model.plus_one, verbose=verbose)
+                                         plus_one=config.model.plus_one, verbose=verbose,
+                                         observer=observer)
 
 
-def evaluate_exported(config, saved_model, output_dir=None, max_batches=None, verbose=True):
+def evaluate_exported(config, saved_model, output_dir=None, max_batches=None, verbose=True,
+                      observer=None):
     """COCO evaluation of the SavedModel at `saved_model` (an export folder or one version
     of it) on the val split of `config.data`, fed the undecoded image files. The export's
-    own label map names the classes. Returns `coco_scoring.coco_evaluate`'s metrics."""
+    own label map names the classes; `observer` as in `evaluate_model`. Returns
+    `coco_scoring.coco_evaluate`'s metrics."""
     predict_fn = export_reader.load_exported(saved_model)
     dataset, _ = eval_inputs.encoded_eval_dataset(config.data, config.eval.batch_size)
     coco_gt = val_ground_truth(config.data, predict_fn.label_map)
     return coco_scoring.evaluate_dataset(dataset, predict_fn, coco_gt,
                                          label_map=predict_fn.label_map, output_dir=output_dir,
                                          max_batches=max_batches,
-                                         plus_one=config.model.plus_one, verbose=verbose)
+                                         plus_one=config.model.plus_one, verbose=verbose,
+                                         observer=observer)

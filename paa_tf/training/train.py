@@ -24,6 +24,7 @@ from paa_tf.evaluation import evaluate as evaluate_lib
 from paa_tf.modeling import detector
 from paa_tf.modeling.weights import load_backbone_weights
 from paa_tf.training import checkpoints, schedules
+from paa_tf.visualization import summaries
 
 _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
 
@@ -170,6 +171,9 @@ class Trainer:
                        if self.chief else tf.summary.create_noop_writer())
         self._step_fn = None
         self._state_variables = None  # checked for NaN/inf before each save
+        # TensorBoard pictures at each periodic evaluation (paa_tf/visualization/summaries.py)
+        self.eval_images = None  # the last evaluation's EvalImages
+        self.assignment_summaries = summaries.TrainingAssignment(config)
 
     def _pipeline_fn(self, seed_offset=0):
         data_config = copy.deepcopy(self.config.data)
@@ -312,16 +316,24 @@ class Trainer:
         return self.schedule(max(step, 0))
 
     def evaluate(self, step=None):
-        """COCO evaluation of the current weights on the val split, into eval/val/."""
+        """COCO evaluation of the current weights on the val split, into eval/val/, with
+        the pictures of `summaries` (eval.summary_images of them) in eval/val/ and train/."""
         output_dir = self.folder.eval_dir("val")
-        metrics = evaluate_lib.evaluate_model(self.config, self.model, output_dir=output_dir)
+        step = step or self.step
+        self.eval_images = summaries.EvalImages(self.config) if self.chief else None
+        metrics = evaluate_lib.evaluate_model(self.config, self.model, output_dir=output_dir,
+                                              observer=self.eval_images)
         if self.chief:
             writer = tf.summary.create_file_writer(str(output_dir))
             with writer.as_default():
                 for name, value in metrics.items():
                     if isinstance(value, (int, float)) and np.isfinite(value):
-                        tf.summary.scalar(f"coco/{name}", value, step=step or self.step)
+                        tf.summary.scalar(f"coco/{name}", value, step=step)
+                self.eval_images.write(step)
             writer.flush()
+            with self.writer.as_default():
+                self.assignment_summaries.write(self.model, step)
+            self.writer.flush()
             print("eval: " + json.dumps({k: round(v, 4) for k, v in metrics.items()
                                          if isinstance(v, float)}), flush=True)
         return metrics

@@ -48,7 +48,8 @@ def draw_detections(image, boxes, scores, classes, class_names=None, score_thres
     Args:
       image: uint8 [h, w, 3] RGB (NumPy or PIL image).
       boxes: float [N, 4] yxyx pixels of `image`.
-      scores: float [N]; classes: int [N] contiguous (-1 = padding, not drawn).
+      scores: float [N], or None for boxes without a score (ground truth: the label is
+        the name alone); classes: int [N] contiguous (-1 = padding, not drawn).
       class_names: names by contiguous index (default: the index).
       score_threshold: detections scoring below it are not drawn.
       line_width, font_size: pixels; default from the image size (`label_font_size`).
@@ -58,7 +59,8 @@ def draw_detections(image, boxes, scores, classes, class_names=None, score_thres
     """
     picture = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
+    named_only = scores is None
+    scores = np.asarray(np.ones(len(boxes)) if named_only else scores, np.float64).reshape(-1)
     classes = np.asarray(classes).astype(np.int64).reshape(-1)
     if not len(boxes) == len(scores) == len(classes):
         raise ValueError(f"draw_detections: boxes {boxes.shape}, scores {scores.shape} and "
@@ -76,7 +78,7 @@ def draw_detections(image, boxes, scores, classes, class_names=None, score_thres
         draw.rectangle([xmin, ymin, xmax, ymax], outline=colour, width=line_width)
         name = (class_names[classes[i]] if class_names is not None
                 and classes[i] < len(class_names) else str(classes[i]))
-        text = f"{name} {scores[i]:.2f}"
+        text = name if named_only else f"{name} {scores[i]:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         width, height = right - left + 4, bottom - top + 4
         # Above the box when there is room, else just inside its top edge.
