@@ -21,7 +21,12 @@ Detection API expect:
   num_detections     float32 [batch]
 with D = `eval.max_detections`. Classes and counts are float32 because OD API clients read
 them as floats and cast (`.astype(int)`); float32 holds every integer below 2**24 exactly.
-The label map (`label_map.json`) and the resolved config (`config.yaml`) are saved as assets.
+The label map (`label_map.json`) and the resolved config (`config.yaml`) are saved as assets,
+TF Serving's warm-up requests as `assets.extra/tf_serving_warmup_requests`
+(`paa_tf.serving.warmup`).
+Running each image on its own is `export.batching: per_image` (the default); with `bucket`
+the images of a request are padded into one bucket and run as one batch
+(`paa_tf.serving.batching`).
 
 `paa_tf.export_reader` reads an export back (`load_exported`: a `predict_fn(batch) ->
 detections` in the project's internal conventions, for evaluation).
@@ -39,6 +44,8 @@ from paa_tf import inference, postprocess, serving_preprocess
 from paa_tf.data import transforms
 from paa_tf.export_reader import CONFIG_ASSET, INPUT_NAME
 from paa_tf.run_folder import RunFolder
+from paa_tf.serving import batching as serving_batching
+from paa_tf.serving import warmup
 
 SIGNATURES = ("serving_default", "image_tensor")
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -68,9 +75,11 @@ class ExportedDetector(tf.Module):
       preprocess: `serving_preprocess.ServingPreprocess`.
       params: `postprocess.PostprocessParams`.
       label_map: `LabelMap` (contiguous index -> dataset category id).
+      batching: `export.batching`; 'bucket' runs a request as one batch instead
+        (`paa_tf.serving.batching`).
     """
 
-    def __init__(self, model, preprocess, params, label_map):
+    def __init__(self, model, preprocess, params, label_map, batching="per_image"):
         super().__init__(name="paa_exported_detector")
         num_classes = model.config.model.num_classes
         if label_map.num_classes != num_classes:
@@ -80,6 +89,10 @@ class ExportedDetector(tf.Module):
         self._holder = _Holder(model)
         self._preprocess = preprocess
         self._params = params
+        if batching not in serving_batching.MODES:
+            raise ValueError(f"export.batching is {batching!r}; choose one of "
+                             f"{serving_batching.MODES}")
+        self._batching = batching
         self.model_variables = list(model.variables)
         self.class_ids = tf.constant(label_map.ids, tf.float32)
 
@@ -87,14 +100,21 @@ class ExportedDetector(tf.Module):
     def serve_encoded(self, inputs):
         """tf.string [B] JPEG/PNG bytes -> the four client outputs (module docstring)."""
         encoded = serving_preprocess.checked_encoded(inputs, self._preprocess)
-        return self._each_image(encoded, transforms.decode_image)
+        return self._request(encoded, transforms.decode_image)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
                                                 name=INPUT_NAME)])
     def serve_images(self, inputs):
         """uint8 [B, h, w, 3] RGB -> the four client outputs (module docstring)."""
         images = serving_preprocess.check_images(inputs, self._preprocess.max_pixels)
-        return self._each_image(images, lambda image: image)
+        return self._request(images, lambda image: image)
+
+    def _request(self, items, load):
+        """Client outputs of a request, batched as `export.batching` says."""
+        if self._batching == "bucket":
+            return serving_batching.detect_bucketed(items, load, self._preprocess, self.detect,
+                                                    self._params.max_detections)
+        return self._each_image(items, load)
 
     def _each_image(self, items, load):
         """Client outputs [B, ...] of `items` [B, ...], each image `load(item)` (uint8
@@ -152,7 +172,8 @@ def save_exported(module, export_dir, version, assets=(), overwrite=False):
 
     The SavedModel is written into a hidden sibling folder (which TensorFlow Serving ignores:
     it only loads numeric folders) and renamed, so a server watching `export_dir` never sees a
-    half-written version. `assets`: files copied under `assets/`.
+    half-written version. `assets`: files copied under `assets/`; TF Serving's warm-up
+    requests go to `assets.extra/` (`paa_tf.serving.warmup`).
     """
     version = int(version)
     if version < 0:
@@ -168,6 +189,8 @@ def save_exported(module, export_dir, version, assets=(), overwrite=False):
         signatures = {"serving_default": module.serve_encoded.get_concrete_function(),
                       "image_tensor": module.serve_images.get_concrete_function()}
         tf.saved_model.save(module, staging, signatures=signatures)
+        warmup.write_warmup_requests(staging, model_name=os.path.basename(
+            os.path.normpath(export_dir)))  # the base path's name, what MODEL_NAME usually is
         # mkdtemp makes the folder private (0700); a server running as another user (the
         # tensorflow/serving container) must be able to read it.
         umask = os.umask(0)
@@ -213,7 +236,8 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     preprocess = serving_preprocess.ServingPreprocess.from_config(config)
     model, checkpoint = run.restore(config, preprocess.image_size, checkpoint)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
-    module = ExportedDetector(model, preprocess, params, label_map)
+    module = ExportedDetector(model, preprocess, params, label_map,
+                              batching=config.export.batching)
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,
