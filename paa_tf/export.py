@@ -128,11 +128,8 @@ class ExportedDetector(tf.Module):
             outputs = self.detect(image[None], image_info[None])
             return {key: value[0] for key, value in outputs.items()}
 
-        signature = {"detection_boxes": tf.TensorSpec([max_det, 4], tf.float32),
-                     "detection_scores": tf.TensorSpec([max_det], tf.float32),
-                     "detection_classes": tf.TensorSpec([max_det], tf.float32),
-                     "num_detections": tf.TensorSpec([], tf.float32)}
-        return tf.map_fn(one, items, fn_output_signature=signature, parallel_iterations=1)
+        return tf.map_fn(one, items, fn_output_signature=serving_batching.output_specs(max_det),
+                         parallel_iterations=1)
 
     def detect(self, images, image_info):
         """Pre-processed float32 [B, H, W, 3] and image_info [B, 4, 2] -> client outputs.

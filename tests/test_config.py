@@ -109,6 +109,7 @@ def test_modules_read_their_choices_from_the_config():
     from paa_tf.assign import separation
     from paa_tf.data import buckets, records
     from paa_tf.modeling import backbone
+    from paa_tf.serving import batching
 
     assert assign.METHODS == config_lib.choices("assign.method")
     assert separation.SCHEMES == config_lib.choices("assign.separation")
@@ -117,6 +118,7 @@ def test_modules_read_their_choices_from_the_config():
     assert backbone.BACKBONES == config_lib.choices("model.backbone")
     assert set(backbone.RESNET_DEPTHS) == set(backbone.BACKBONES) - {"tiny"}
     assert postprocess.SCORES == config_lib.choices("eval.score")
+    assert batching.MODES == config_lib.choices("export.batching")
 
 
 def _config_field_names():
