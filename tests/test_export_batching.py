@@ -17,8 +17,8 @@ import tf_keras
 
 from paa_tf import config as config_lib
 from paa_tf import inference, postprocess
+from paa_tf.data import buckets, transforms
 from paa_tf.data import label_map as label_map_lib
-from paa_tf.data import transforms
 from paa_tf.modeling.detector import build_detector
 from paa_tf.serving import batching
 from tests.test_bucket_export import OVERRIDES, _max_difference, _oracle, client_outputs
@@ -97,9 +97,17 @@ def test_the_buckets_are_the_evaluation_ones(run):
 
     preprocess = serving_preprocess.ServingPreprocess.from_config(run["config"])
     assert batching.bucket_shapes(preprocess) == list(BUCKETS.values())
-    square = config_lib.load_config(REPO / "configs" / "quickstart.yaml")
-    assert batching.bucket_shapes(
-        serving_preprocess.ServingPreprocess.from_config(square)) == [(256, 256)]
+    # The evaluation pipeline's buckets, then the canvas.
+    assert batching.bucket_shapes(preprocess)[:-1] == buckets.bucket_shapes(
+        run["config"].data, is_training=False)
+    def shapes(*overrides):
+        config = config_lib.load_config(REPO / "configs" / "quickstart.yaml", list(overrides))
+        return batching.bucket_shapes(serving_preprocess.ServingPreprocess.from_config(config))
+
+    assert shapes() == [(256, 256)]  # data.buckets: square
+    # A canvas equal to the landscape bucket stays last: the portrait bucket is cut to it.
+    assert shapes("data.buckets=orientation", "data.image_size=[128,256]",
+                  "data.min_size=[128]", "data.max_size=256") == [(128, 128), (128, 256)]
 
 
 @pytest.mark.parametrize("which, bucket", [("landscape", "landscape"),

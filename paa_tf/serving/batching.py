@@ -38,7 +38,9 @@ def bucket_shapes(preprocess):
         return [canvas]
     shapes = [buckets.orientation_shape(preprocess.shorter_side, preprocess.max_size, canvas,
                                         portrait) for portrait in (False, True)]
-    return list(dict.fromkeys(shapes + [canvas]))
+    # The canvas last, always: the bucket of a request that fits no other (a non-square
+    # canvas can equal the landscape bucket).
+    return [shape for shape in dict.fromkeys(shapes) if shape != canvas] + [canvas]
 
 
 def request_bucket(scaled_sizes, shapes):
