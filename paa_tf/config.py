@@ -3,7 +3,10 @@
 An experiment is one `ExperimentConfig` with the sections `data`, `model`,
 `assign`, `loss`, `train`, `eval` and `export`. YAML files may start from
 another file with `base: other.yaml` (a path relative to the file), then
-override any subset of fields. Unknown keys and values of the wrong type are
+override any subset of fields. A name that is no file there but a shipped preset's
+(`quickstart`, `paa_r50_fpn_1x_coco`, with or without `.yaml`: the files of `PRESET_DIR`,
+installed with the package and linked as the repository's `configs/`) loads that preset,
+for `--config` and for `base:` alike. Unknown keys and values of the wrong type are
 errors that name the key and, for a misspelling, the nearest valid key.
 
 Defaults follow the authors' code ("KK", docs/CONVENTIONS.md) for the R50 1x COCO
@@ -220,6 +223,10 @@ class ExportConfig:
     max_image_size: int = 0  # 0 = data.image_size
     # Largest height x width of a request image, read from its header before decoding.
     max_pixels: int = 40_000_000
+    # 'per_image': each image of a request padded to its own size and run alone (exact per
+    # image); 'bucket': the request padded into one bucket and run as one batch (GPU servers
+    # with server-side batching). paa_tf/serving/batching.py.
+    batching: str = _choice("per_image", ("per_image", "bucket"))
 
 
 @dataclasses.dataclass
@@ -308,12 +315,32 @@ def _apply(obj, updates, prefix="", removed=None):
             setattr(obj, name, _coerce(value, hints[name], key))
 
 
+PRESET_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def preset_names():
+    """The shipped presets by name ('quickstart', ...), sorted."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name, folder="."):
+    """The file a config name means: `folder / name` when that is a file (a `base:` is
+    relative to its file's folder, `--config` to the working directory), else the shipped
+    preset of a bare `name` ('quickstart' or 'quickstart.yaml'), else `folder / name`."""
+    name = str(name)
+    path = pathlib.Path(folder) / name
+    preset = PRESET_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    bare = pathlib.Path(name).name == name
+    return preset if bare and not path.is_file() and preset.is_file() else path
+
+
 def _load_yaml(path, seen=()):
     path = pathlib.Path(path).resolve()
     if path in seen:
         raise ConfigError(f"config {path}: 'base' files form a cycle")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path} (a shipped preset is named without "
+                          f"a folder: {', '.join(preset_names())})")
     try:
         content = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -321,7 +348,7 @@ def _load_yaml(path, seen=()):
     if not isinstance(content, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     base = content.pop("base", None)
-    layers = _load_yaml(path.parent / base, seen + (path,)) if base else []
+    layers = _load_yaml(resolve_config_path(base, path.parent), seen + (path,)) if base else []
     return layers + [(path, content)]
 
 
@@ -404,7 +431,7 @@ def load_config(path=None, overrides=None):
     """Load an experiment YAML (with its `base` chain) and apply dotted overrides."""
     config = ExperimentConfig()
     removed = {}
-    for file_path, content in (_load_yaml(path) if path else []):
+    for file_path, content in (_load_yaml(resolve_config_path(path)) if path else []):
         try:
             _apply(config, content, removed=removed)
         except ConfigError as error:

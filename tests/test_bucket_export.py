@@ -70,12 +70,19 @@ def _oracle(config, model, image, shape=None):
         outputs["cls_logits"], outputs["box_deltas"], outputs["iou_logits"], anchors,
         info[None], level_ids=level_ids,
         params=postprocess.PostprocessParams.from_config(config)).items()}
+    return client_outputs(det, [image.shape[:2]]), shape
+
+
+def client_outputs(det, sizes):
+    """`postprocess` detections (NumPy, original pixels, contiguous classes) of images of
+    original `sizes` [(h, w), ...] -> the client conventions (normalised boxes, dataset ids)."""
     ids = np.array(LABEL_MAP.ids, np.float32)
     classes = det["detection_classes"]
-    return {"detection_boxes": det["detection_boxes"] / np.tile(image.shape[:2], 2),
+    scale = np.tile(np.asarray(sizes, np.float32), [1, 2])[:, None, :]
+    return {"detection_boxes": det["detection_boxes"] / scale,
             "detection_scores": det["detection_scores"],
             "detection_classes": np.where(classes >= 0, ids[np.maximum(classes, 0)], -1.0),
-            "num_detections": det["num_detections"].astype(np.float32)}, shape
+            "num_detections": det["num_detections"].astype(np.float32)}
 
 
 def _max_difference(actual, expected, index=0, expected_index=0):

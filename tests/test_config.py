@@ -33,6 +33,34 @@ def test_base_chain_overrides_only_what_it_names():
     assert cfg.train.base_lr == 0.01  # inherited from the 1x file
 
 
+def test_presets_are_package_data_linked_from_the_repository_root():
+    assert CONFIGS.is_symlink() and CONFIGS.resolve() == config_lib.PRESET_DIR
+    assert config_lib.PRESET_DIR == REPO / "paa_tf" / "configs"
+    assert "quickstart" in config_lib.preset_names()
+
+
+def test_a_shipped_preset_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    by_path = config_lib.load_config(CONFIGS / "paa_r101_fpn_2x_coco.yaml")
+    assert config_lib.load_config("paa_r101_fpn_2x_coco") == by_path
+    assert config_lib.load_config("paa_r101_fpn_2x_coco.yaml") == by_path
+    # A user's YAML elsewhere: its base a shipped preset by name; it overrides one key.
+    (tmp_path / "mine.yaml").write_text("base: paa_r101_fpn_2x_coco\ntrain:\n  base_lr: 0.02\n")
+    mine = config_lib.load_config(tmp_path / "mine.yaml")
+    assert mine.train.base_lr == 0.02 and by_path.train.base_lr == 0.01
+    assert config_lib.dataclasses.replace(mine, train=by_path.train) == by_path
+
+
+def test_a_file_beside_wins_over_a_preset_and_a_missing_one_names_the_presets(tmp_path):
+    (tmp_path / "quickstart.yaml").write_text("train:\n  batch_size: 3\n")
+    (tmp_path / "mine.yaml").write_text("base: quickstart.yaml\n")
+    assert config_lib.load_config(tmp_path / "mine.yaml").train.batch_size == 3
+    (tmp_path / "other.yaml").write_text("base: sub/quickstart.yaml\n")  # a path: no preset
+    with pytest.raises(config_lib.ConfigError, match=r"not found: .*sub/quickstart.yaml \(a "
+                                                     r"shipped preset .*quickstart"):
+        config_lib.load_config(tmp_path / "other.yaml")
+
+
 def test_override_types_and_lists():
     cfg = config_lib.load_config(
         CONFIGS / "quickstart.yaml",
@@ -82,6 +110,7 @@ def test_modules_read_their_choices_from_the_config():
     from paa_tf.data import buckets, records
     from paa_tf.inference import postprocess
     from paa_tf.modeling import backbone
+    from paa_tf.serving import batching
 
     assert assign.METHODS == config_lib.choices("assign.method")
     assert separation.SCHEMES == config_lib.choices("assign.separation")
@@ -90,6 +119,7 @@ def test_modules_read_their_choices_from_the_config():
     assert backbone.BACKBONES == config_lib.choices("model.backbone")
     assert set(backbone.RESNET_DEPTHS) == set(backbone.BACKBONES) - {"tiny"}
     assert postprocess.SCORES == config_lib.choices("eval.score")
+    assert batching.MODES == config_lib.choices("export.batching")
 
 
 def _config_field_names():

@@ -477,6 +477,30 @@ def test_serving_turns_exif_oriented_photos_like_pil(run):
                                        err_msg=f"{name}, orientation {orientation}")
 
 
+def assert_warmup_requests_run(version_dir, loaded):
+    """The export's TF Serving warm-up file holds one PredictionLog per signature, each
+    request runs on the loaded SavedModel's signature and gives the four outputs."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = pathlib.Path(version_dir) / "assets.extra" / "tf_serving_warmup_requests"
+    logs = [prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            for record in tf.data.TFRecordDataset(str(path))]
+    requests = {log.predict_log.request.model_spec.signature_name: log.predict_log.request
+                for log in logs}
+    assert len(logs) == 2 and set(requests) == set(export.SIGNATURES)
+    assert requests["image_tensor"].inputs["inputs"].dtype == tf.uint8.as_datatype_enum
+    assert requests["serving_default"].inputs["inputs"].dtype == tf.string.as_datatype_enum
+    for signature, request in requests.items():
+        value = tf.make_ndarray(request.inputs["inputs"])
+        outputs = _call(loaded, signature, value)
+        assert set(outputs) == set(export.OUTPUT_NAMES)
+        assert outputs["num_detections"].shape == (len(value),)
+
+
+def test_warmup_requests_run_against_their_signatures(run):
+    assert_warmup_requests_run(run["version_dir"], run["loaded"])
+
+
 def test_launcher_help_lists_the_flags():
     done = subprocess.run([sys.executable, str(REPO / "bin" / "paa_export"), "--help"],
                           capture_output=True, text=True, timeout=120)

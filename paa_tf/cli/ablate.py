@@ -6,7 +6,7 @@ Example::
     bin/paa_ablate --output_dir runs/ablate --steps 800 --seeds 0 --rows iou,paa_ioupred
     bin/paa_ablate --output_dir runs/ablate --steps 800 --seeds 0,1,2 --report_only
 
-Every training runs `paa_tf.cli.train` on configs/quickstart.yaml (generating the shapes
+Every training runs `paa_tf.cli.train` on the quickstart preset (generating the shapes
 dataset first if it is missing) with the same budget per seed; each is then scored with
 `paa_tf.cli.eval`. Finished runs are reused, interrupted ones resume, and a training that
 fails (say, a non-finite loss) is recorded as failed in the table instead of stopping the
@@ -23,7 +23,7 @@ from paa_tf.cli import program
 from paa_tf.experiments import ablation
 from paa_tf.run_folder import RunFolder
 
-CONFIG = "configs/quickstart.yaml"
+CONFIG = "quickstart"  # the shipped preset, by name: runs outside the checkout too
 
 FLAGS = program.FLAGS
 FLAG_SPECS = (

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-CONFIG = "configs/quickstart.yaml"
+CONFIG = "quickstart"  # the shipped preset, by name: runs outside the checkout too
 MODEL_DIR = "runs/quickstart"
 
 STEPS = [

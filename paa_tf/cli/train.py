@@ -18,7 +18,8 @@ from paa_tf.run_folder import RunFolder
 
 FLAGS = program.FLAGS
 FLAG_SPECS = (
-    program.CONFIG.with_help("Experiment YAML file (see configs/). When --model_dir already "
+    program.CONFIG.with_help("Experiment YAML file, or a shipped preset by name (quickstart, "
+                             "paa_r50_fpn_1x_coco, ...: see configs/). When --model_dir already "
                              "holds a config.yaml from an earlier run and --config is not "
                              "given, that file is used."),
     program.OVERRIDE,

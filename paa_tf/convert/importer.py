@@ -30,7 +30,6 @@ from paa_tf.modeling.backbone import build_backbone
 from paa_tf.modeling.detector import build_detector
 from paa_tf.run_folder import RunFolder
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
 # Built at this input size for the conversion only (weights do not depend on it).
 _BUILD_SIZE = (256, 256)
 
@@ -65,11 +64,11 @@ PRESETS = {("mmdet", 50): "paa_r50_fpn_1x_coco_mmdet.yaml",
 
 
 def preset_path(layout: str, depth: int) -> pathlib.Path:
-    """The default preset of a reference and depth (``PRESETS``) in configs/."""
+    """The default preset of a reference and depth (``PRESETS``), a shipped preset."""
     if (layout, depth) not in PRESETS:
         raise CheckpointError(f"no preset for a {layout} ResNet-{depth} model; give --config "
                               f"(presets exist for {sorted(PRESETS)})")
-    return CONFIG_DIR / PRESETS[(layout, depth)]
+    return config_lib.PRESET_DIR / PRESETS[(layout, depth)]
 
 
 def check_config(config, layout: str, depth: int, config_name: str):

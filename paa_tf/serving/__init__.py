@@ -1,2 +1,3 @@
-"""Serving: the SavedModel writer (`export`), its request checks (`requests`), reading an
-export back (`reader`)."""
+"""Serving: the SavedModel writer (`export`), its request checks (`requests`), how a request
+is batched through the network (`batching`), the TF Serving warm-up requests written beside it
+(`warmup`), and reading an export back (`reader`)."""

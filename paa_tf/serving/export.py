@@ -22,7 +22,12 @@ Detection API expect:
   num_detections     float32 [batch]
 with D = `eval.max_detections`. Classes and counts are float32 because OD API clients read
 them as floats and cast (`.astype(int)`); float32 holds every integer below 2**24 exactly.
-The label map (`label_map.json`) and the resolved config (`config.yaml`) are saved as assets.
+The label map (`label_map.json`) and the resolved config (`config.yaml`) are saved as assets,
+TF Serving's warm-up requests as `assets.extra/tf_serving_warmup_requests`
+(`paa_tf.serving.warmup`).
+Running each image on its own is `export.batching: per_image` (the default); with `bucket`
+the images of a request are padded into one bucket and run as one batch
+(`paa_tf.serving.batching`).
 
 `paa_tf.serving.reader` reads an export back (`load_exported`: a `predict_fn(batch) ->
 detections` in the project's internal conventions, for evaluation).
@@ -40,7 +45,8 @@ from paa_tf.data import transforms
 from paa_tf.inference import detection, postprocess
 from paa_tf.modeling.restore import restore_run
 from paa_tf.run_folder import RunFolder
-from paa_tf.serving import requests
+from paa_tf.serving import batching as serving_batching
+from paa_tf.serving import requests, warmup
 from paa_tf.serving.reader import CONFIG_ASSET, INPUT_NAME
 
 SIGNATURES = ("serving_default", "image_tensor")
@@ -72,10 +78,12 @@ class ExportedDetector(tf.Module):
       params: `postprocess.PostprocessParams`.
       label_map: `LabelMap` (contiguous index -> dataset category id).
       max_pixels: the largest height x width of a request image (`export.max_pixels`).
+      batching: `export.batching`; 'bucket' runs a request as one batch instead
+        (`paa_tf.serving.batching`).
     """
 
     def __init__(self, model, preprocess, params, label_map,
-                 max_pixels=requests.DEFAULT_MAX_PIXELS):
+                 max_pixels=requests.DEFAULT_MAX_PIXELS, batching="per_image"):
         super().__init__(name="paa_exported_detector")
         num_classes = model.config.model.num_classes
         if label_map.num_classes != num_classes:
@@ -86,6 +94,10 @@ class ExportedDetector(tf.Module):
         self._preprocess = preprocess
         self._max_pixels = int(max_pixels)
         self._params = params
+        if batching not in serving_batching.MODES:
+            raise ValueError(f"export.batching is {batching!r}; choose one of "
+                             f"{serving_batching.MODES}")
+        self._batching = batching
         self.model_variables = list(model.variables)
         self.class_ids = tf.constant(label_map.ids, tf.float32)
 
@@ -93,14 +105,21 @@ class ExportedDetector(tf.Module):
     def serve_encoded(self, inputs):
         """tf.string [B] JPEG/PNG bytes -> the four client outputs (module docstring)."""
         encoded = requests.checked_encoded(inputs, self._max_pixels)
-        return self._each_image(encoded, transforms.decode_image)
+        return self._request(encoded, transforms.decode_image)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
                                                 name=INPUT_NAME)])
     def serve_images(self, inputs):
         """uint8 [B, h, w, 3] RGB -> the four client outputs (module docstring)."""
         images = requests.check_images(inputs, self._max_pixels)
-        return self._each_image(images, lambda image: image)
+        return self._request(images, lambda image: image)
+
+    def _request(self, items, load):
+        """Client outputs of a request, batched as `export.batching` says."""
+        if self._batching == "bucket":
+            return serving_batching.detect_bucketed(items, load, self._preprocess, self.detect,
+                                                    self._params.max_detections)
+        return self._each_image(items, load)
 
     def _each_image(self, items, load):
         """Client outputs [B, ...] of `items` [B, ...], each image `load(item)` (uint8
@@ -114,11 +133,8 @@ class ExportedDetector(tf.Module):
             outputs = self.detect(image[None], image_info[None])
             return {key: value[0] for key, value in outputs.items()}
 
-        signature = {"detection_boxes": tf.TensorSpec([max_det, 4], tf.float32),
-                     "detection_scores": tf.TensorSpec([max_det], tf.float32),
-                     "detection_classes": tf.TensorSpec([max_det], tf.float32),
-                     "num_detections": tf.TensorSpec([], tf.float32)}
-        return tf.map_fn(one, items, fn_output_signature=signature, parallel_iterations=1)
+        return tf.map_fn(one, items, fn_output_signature=serving_batching.output_specs(max_det),
+                         parallel_iterations=1)
 
     def detect(self, images, image_info):
         """Pre-processed float32 [B, H, W, 3] and image_info [B, 4, 2] -> client outputs.
@@ -158,7 +174,8 @@ def save_exported(module, export_dir, version, assets=(), overwrite=False):
 
     The SavedModel is written into a hidden sibling folder (which TensorFlow Serving ignores:
     it only loads numeric folders) and renamed, so a server watching `export_dir` never sees a
-    half-written version. `assets`: files copied under `assets/`.
+    half-written version. `assets`: files copied under `assets/`; TF Serving's warm-up
+    requests go to `assets.extra/` (`paa_tf.serving.warmup`).
     """
     version = int(version)
     if version < 0:
@@ -174,6 +191,8 @@ def save_exported(module, export_dir, version, assets=(), overwrite=False):
         signatures = {"serving_default": module.serve_encoded.get_concrete_function(),
                       "image_tensor": module.serve_images.get_concrete_function()}
         tf.saved_model.save(module, staging, signatures=signatures)
+        warmup.write_warmup_requests(staging, model_name=os.path.basename(
+            os.path.normpath(export_dir)))  # the base path's name, what MODEL_NAME usually is
         # mkdtemp makes the folder private (0700); a server running as another user (the
         # tensorflow/serving container) must be able to read it.
         umask = os.umask(0)
@@ -219,7 +238,8 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     preprocess, max_pixels = requests.export_preprocess(config)
     model, checkpoint = restore_run(run, config, preprocess.image_size, checkpoint)
     params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
-    module = ExportedDetector(model, preprocess, params, label_map, max_pixels)
+    module = ExportedDetector(model, preprocess, params, label_map, max_pixels,
+                              batching=config.export.batching)
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,
