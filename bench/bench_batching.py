@@ -2,12 +2,12 @@
 
 Both servables are built in one process from the same weights
 (`paa_tf.serving.export.ExportedDetector`, the graph `bin/paa_export` saves, called as a
-`tf.function` without the save): `per_image` runs each photo alone on its own multiples of 32; `bucket` runs a whole request in one bucket
-(`paa_tf.serving.batching`). Each photo is sent (1) alone to `per_image`, (2) to `bucket` in a
-request of the photos of its orientation (the landscape or portrait bucket), (3) to `bucket`
-in one request of all photos (mixed orientations: the square canvas). Each `per_image`
-detection is paired with the same-class detection of highest IoU (>= 0.5) of the bucket run
-(`bench_buckets.paired_shift`).
+`tf.function` without the save): `per_image` runs each photo alone on its own multiples of 32;
+`bucket` runs a whole request in one bucket (`paa_tf.serving.batching`). Each photo is sent (1)
+alone to `per_image`, (2) to `bucket` in a request of the photos of its orientation (the
+landscape or portrait bucket), (3) to `bucket` in one request of all photos (mixed
+orientations: the square canvas). Each `per_image` detection is paired with the same-class
+detection of highest IoU (>= 0.5) of the bucket run (`bench_buckets.paired_shift`).
 
     # random R50 weights (no trained R50 offline), model.prior_prob=0.2 so detections exist:
     .venv/bin/python bench/bench_batching.py --photos 6
