@@ -16,7 +16,7 @@ import math
 import pathlib
 import re
 import typing
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import yaml
 
@@ -190,6 +190,16 @@ class TrainConfig:
     eval_every: int = 0  # 0 = no periodic evaluation
     seed: int = 0
     mixed_precision: bool = False
+    # Fine-tuning start (paa_tf/training/init_from.py, docs/CUSTOM_DATA.md): a run folder
+    # (a training run or a paa_import output), a checkpoint prefix of one, or a released .pth
+    # (converted by the importer). Applied on a fresh start only; a resumed run never re-reads it.
+    init_from: str = ""
+    # What init_from loads: 'auto' = 'all' when the classes are the source's, else
+    # 'all_but_classes' (the classification conv keeps only the channels of shared classes).
+    init_scope: str = _choice("auto", ("auto", "all", "all_but_classes", "backbone_fpn",
+                                       "backbone"))
+    # new class name: source class name, pairs added to (or overriding) the match by name.
+    init_class_map: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -242,6 +252,10 @@ def _coerce(value, annotation, key):
             return None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(value, inner, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping (name: name), got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], key) for k, v in value.items()}
     if origin in (tuple, list):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]

@@ -1,0 +1,1 @@
+"""Training: how a run starts (init_from), steps, checkpoints and schedules."""
