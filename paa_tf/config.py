@@ -61,6 +61,13 @@ class DataConfig:
     voc_root: str = ""  # VOC folder with Annotations/, JPEGImages/, ImageSets/Main/
     voc_train_split: str = "trainval"
     voc_val_split: str = "test"
+    # VOC XML in any folders, instead of voc_root: the XML files, their images (default: the
+    # XML folder) and the list file of each split (one name a line, a CSV's first column
+    # works; empty = every XML of voc_annotations).
+    voc_annotations: str = ""
+    voc_images: str = ""
+    voc_train_list: str = ""
+    voc_val_list: str = ""
     train_tfrecords: str = ""  # glob of Model Garden-layout TFRecords
     val_tfrecords: str = ""
     label_map: str = ""  # JSON label map; derived from the annotations when empty
@@ -72,7 +79,9 @@ class DataConfig:
     # images into their own buckets per scale, multiples of 32, and in the export each image
     # to its own multiple of 32 (paa_tf/data/buckets.py, README "Padded input").
     buckets: str = _choice("square", ("square", "orientation"))
-    max_instances: int = 100  # GT rows per image after padding
+    # GT rows per image after padding; None: the most boxes in one image of the split read
+    # (after the filters), so no image is refused or cut.
+    max_instances: Optional[int] = None
     flip_prob: float = 0.5
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
     pixel_std: Tuple[float, ...] = (58.395, 57.12, 57.375)

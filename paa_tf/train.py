@@ -89,8 +89,7 @@ def _label_map_source(data):
     """Where the training classes come from, for messages: the label map or the data."""
     if data.label_map:
         return data.label_map
-    source = {"coco": data.train_annotations, "voc": data.voc_root,
-              "tfrecord": data.train_tfrecords}.get(data.format, "")
+    source = pipeline.describe_source(data, "train")
     return f"the training data ({source})" if source else "the training data"
 
 
