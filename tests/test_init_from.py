@@ -186,3 +186,18 @@ def test_a_checkpoint_prefix_is_a_source_and_a_bad_path_is_named(source, tmp_pat
                            f"train.init_from={tmp_path / 'nothing'}")
     with pytest.raises(init_from.InitError, match="nothing not found: give a run folder"):
         missing.restore_or_initialise()
+
+
+def test_the_fine_tuning_preset_keeps_every_switch_of_the_imported_network():
+    from paa_tf import config as config_lib
+    from tests.test_presets import CONFIGS, MMDET
+
+    preset = config_lib.load_config(CONFIGS / "paa_r50_fpn_finetune_mmdet.yaml")
+    source = config_lib.load_config(CONFIGS / "paa_r50_fpn_1x_coco_mmdet.yaml")
+    for key in list(MMDET) + list(init_from._SEMANTIC_KEYS):
+        section, name = key.split(".")
+        assert getattr(getattr(preset, section), name) == getattr(getattr(source, section),
+                                                                  name), key
+    assert preset.train.init_from.endswith(".pth") and preset.train.init_scope == "auto"
+    assert preset.model.num_classes is None and preset.data.max_instances is None
+    assert preset.model.backbone_checkpoint is None

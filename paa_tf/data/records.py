@@ -371,11 +371,12 @@ _DECODE_LOCK = threading.Lock()
 
 def _graph_decode():
     """`transforms.decode_image` as one compiled function (op by op, the EXIF parser's loop
-    made the check 30x slower than the decode), built once per process.
+    made the check 30x slower than the decode), traced once per process.
 
-    Built under a lock: `verify_images` checks images from several threads, and an
-    unguarded cache let each thread's first call build (and trace) a function of its own,
-    which TensorFlow reported as retracing.
+    `verify_images` checks images from several threads, and a `tf.function` keys its traces
+    on the calling thread's context: called from 8 worker threads it traced again in each
+    (TensorFlow's "triggered tf.function retracing" warning). The threads call its one
+    concrete function instead, made under a lock.
     """
     with _DECODE_LOCK:
         if _graph_decode.function is None:
@@ -387,10 +388,11 @@ def _graph_decode():
             _graph_decode.function = tf.function(
                 lambda encoded: tf.shape(transforms.decode_image(encoded)),
                 input_signature=[tf.TensorSpec([], tf.string)])
-        return _graph_decode.function
+            _graph_decode.concrete = _graph_decode.function.get_concrete_function()
+        return _graph_decode.concrete
 
 
-_graph_decode.function = None
+_graph_decode.function = _graph_decode.concrete = None
 
 
 def _tensorflow_decode_problem(data, path):
