@@ -235,7 +235,9 @@ class Trainer:
             # Every scope covers the backbone: model.backbone_checkpoint is not read.
             report = init_from.initialise(self.model, self.config, self.model_dir,
                                           self.label_map, write=self.chief)
-            print(init_from.summary(report), flush=True)
+            print(init_from.summary(report)
+                  + ("\n  model.backbone_checkpoint not read (init_from covers the backbone)"
+                     if self.config.model.backbone_checkpoint else ""), flush=True)
         elif self.config.model.backbone_checkpoint:
             path = self.config.model.backbone_checkpoint
             report = load_backbone_weights(

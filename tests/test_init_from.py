@@ -97,6 +97,8 @@ def test_other_classes_keep_the_shared_channels_and_start_the_rest_at_the_prior(
     np.testing.assert_array_equal(got["box_deltas"].numpy(), want["box_deltas"].numpy())
     report = json.loads((tmp_path / "run" / "init.json").read_text())
     assert report["scope"] == "all_but_classes"
+    assert report["variables_loaded"] == len(trainer.model.weights) - 2  # all but the conv's
+    assert report["variables_loaded_for_shared_classes_only"] == 2  # kernel and bias
     assert report["classes_carried"] == {"Square": "square", "circle": "circle"}
     assert report["classes_at_prior"] == ["hexagon", "star"]
 
@@ -159,11 +161,14 @@ def test_a_resumed_run_does_not_reinitialise_and_its_own_folder_is_refused(sourc
     run = tmp_path / "run"
     first = make_trainer(run, SOURCE_CLASSES, f"train.init_from={source.model_dir}")
     first.restore_or_initialise()
-    first.train(total_steps=2)
+    # What training would do, without its cost: the run's weights move away from the
+    # source's, and a checkpoint of them is saved (ckpt-0).
+    first.model.head.bbox_pred.kernel.assign(tf.zeros_like(first.model.head.bbox_pred.kernel))
+    first.keeper.save()
     trained = by_path(first.model)
     capsys.readouterr()
     second = make_trainer(run, SOURCE_CLASSES, f"train.init_from={source.model_dir}")
-    assert second.restore_or_initialise().endswith("ckpt-2")
+    assert second.restore_or_initialise().endswith("ckpt-0")
     out = capsys.readouterr().out
     assert "Resumed from" in out and "Initialised from" not in out
     for path, value in by_path(second.model).items():
@@ -171,10 +176,11 @@ def test_a_resumed_run_does_not_reinitialise_and_its_own_folder_is_refused(sourc
     # The run's own weights differ from the source's: a re-initialisation would show.
     assert not np.array_equal(trained["head/bbox_pred/kernel"],
                               by_path(source.model)["head/bbox_pred/kernel"])
-    for own in (run, run / "ckpt-2"):
-        again = make_trainer(run, SOURCE_CLASSES, f"train.init_from={own}")
-        with pytest.raises(init_from.InitError, match="this run's own folder"):
-            again.restore_or_initialise()
+    again = make_trainer(run, SOURCE_CLASSES, f"train.init_from={run}")
+    with pytest.raises(init_from.InitError, match="this run's own folder"):
+        again.restore_or_initialise()  # refused although the run would resume
+    with pytest.raises(init_from.InitError, match="this run's own folder or checkpoint"):
+        init_from.refuse_own_run(run / "ckpt-0", run)
 
 
 def test_a_checkpoint_prefix_is_a_source_and_a_bad_path_is_named(source, tmp_path):

@@ -44,6 +44,10 @@ def test_voc_from_separate_folders_reads_what_the_voc_layout_reads(sample_data, 
     assert report.label_map == layout_report.label_map  # class names from xml/*.xml
     assert f"{folders / 'xml'} + {folders / 'photos'} (list {folders / 'val.csv'})" in \
         report.split
+    # What paa_eval prints as the data it reads (not the quickstart's val_images a VOC config
+    # may inherit).
+    inherited = bccd_config(sample_data, val_images="data/shapes/val")
+    assert pipeline.describe_source(inherited, "val") == f"{sample_data / 'bccd'} val"
     # No list file: every XML of the folder, as many as the VOC layout's splits hold together.
     every = bccd_config(sample_data, voc_root="", voc_annotations=str(folders / "xml"),
                         voc_images=str(folders / "photos"))

@@ -226,8 +226,11 @@ def plan(model, reader, scope, mapping, num_source_classes):
             "loaded, no step was taken):\n  " + "\n  ".join(problems) + "\nBuild the model of "
             "the source (model.backbone, fpn_channels, head_convs, head_channels, min/max_level"
             ", aux_head) or choose a smaller train.init_scope")
-    return assignments, {"loaded": len(assignments), "kept_initialisation": len(outside),
-                         "outside_scope": outside, "class_channels_copied": class_channels}
+    # all_but_classes: the classification conv's kernel and bias are copied in part only.
+    partly = len(CLASS_VARIABLES) if scope == "all_but_classes" else 0
+    return assignments, {"loaded": len(assignments) - partly, "partly": partly,
+                         "kept_initialisation": len(outside), "outside_scope": outside,
+                         "class_channels_copied": class_channels}
 
 
 def _config_differences(source_config, config):
@@ -289,9 +292,11 @@ def initialise(model, config, model_dir, label_map=None, write=True):
                 for t, s in sorted(mapping.items())} if with_head else {})
     report = {
         "source": os.path.abspath(train.init_from), "kind": kind,
-        "checkpoint": checkpoint if kind != "pth" else "(converted on the fly)",
+        # A .pth's conversion lives in a temporary folder: only the file itself is a source.
+        "checkpoint": checkpoint if kind != "pth" else None,
         "scope": scope, "scope_requested": train.init_scope,
         "variables_loaded": counts["loaded"],
+        "variables_loaded_for_shared_classes_only": counts["partly"],
         "variables_kept_initialisation": counts["kept_initialisation"],
         "outside_scope": sorted({p.split("/")[0] for p in counts["outside_scope"]}),
         "classes_carried": carried,
@@ -312,11 +317,16 @@ def initialise(model, config, model_dir, label_map=None, write=True):
 
 def summary(report):
     """Printable lines of an `initialise` report."""
-    lines = [f"Initialised from {report['source']} ({report['kind']}, {report['checkpoint']}), "
-             f"init_scope {report['scope']}"
+    where = (f"{report['kind']}, {report['checkpoint']}" if report["checkpoint"] else
+             f"{report['import']['layout']} ResNet-{report['import']['depth']} .pth, converted "
+             "by the importer")
+    lines = [f"Initialised from {report['source']} ({where}), init_scope {report['scope']}"
              + (" (auto)" if report["scope_requested"] == "auto" else "")
-             + f": {report['variables_loaded']} variables loaded, "
-             f"{report['variables_kept_initialisation']} kept their initialisation"
+             + f": {report['variables_loaded']} variables loaded"
+             + (f", {report['variables_loaded_for_shared_classes_only']} (the classification "
+                "conv) for the shared classes only" if report[
+                    "variables_loaded_for_shared_classes_only"] else "")
+             + f", {report['variables_kept_initialisation']} kept their initialisation"
              + (f" ({', '.join(report['outside_scope'])})" if report["outside_scope"] else "")]
     carried, prior = report["classes_carried"], report["classes_at_prior"]
     if carried or prior:
