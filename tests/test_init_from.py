@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from paa_tf import config as config_lib
 from paa_tf import train as train_lib
 from paa_tf.data import label_map as label_map_lib
+from paa_tf.modeling.weights import _object_paths
 from paa_tf.training import init_from
 from tests import train_utils
+from tests.test_presets import CONFIGS, MMDET
 
 SOURCE_CLASSES = ("circle", "square", "triangle")
 
@@ -40,8 +43,6 @@ def images():
 
 
 def by_path(model):
-    from paa_tf.modeling.weights import _object_paths
-
     return {path: variable.numpy() for path, variable in _object_paths(model).items()
             if path.startswith(("backbone/", "fpn/", "head/"))}  # not the optimizer's
 
@@ -195,9 +196,6 @@ def test_a_checkpoint_prefix_is_a_source_and_a_bad_path_is_named(source, tmp_pat
 
 
 def test_the_fine_tuning_preset_keeps_every_switch_of_the_imported_network():
-    from paa_tf import config as config_lib
-    from tests.test_presets import CONFIGS, MMDET
-
     preset = config_lib.load_config(CONFIGS / "paa_r50_fpn_finetune_mmdet.yaml")
     source = config_lib.load_config(CONFIGS / "paa_r50_fpn_1x_coco_mmdet.yaml")
     for key in list(MMDET) + list(init_from._SEMANTIC_KEYS):

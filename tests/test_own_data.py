@@ -1,15 +1,21 @@
 """Own data without reading the source: VOC XML from any folders, data.max_instances derived
 from the annotations, the decode check's function built once (issue 20, item 5)."""
 
+import io
 import shutil
 import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
+from paa_tf.config import DataConfig
 from paa_tf.data import pipeline, records
 from paa_tf.data.records import BadRecordError
+from paa_tf.data.tfrecord import _bytes as strings
+from paa_tf.data.tfrecord import _floats as floats
+from paa_tf.data.tfrecord import _ints as ints
 from tests.test_data_voc import bccd_config, oracle
 
 
@@ -98,15 +104,6 @@ def test_the_decode_check_traces_its_function_once_across_threads(sample_data, f
 def _tutorial_example(filename, encoded, width, height, objects):
     """A tf.train.Example with the keys the OD API tutorial's generate_tfrecord.py writes:
     `objects` = [(class name, class id, xmin, ymin, xmax, ymax) in pixels]."""
-    def floats(values):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
-
-    def ints(values):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-    def strings(values):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-
     feature = {
         "image/height": ints([height]), "image/width": ints([width]),
         "image/filename": strings([filename.encode()]),
@@ -122,12 +119,6 @@ def _tutorial_example(filename, encoded, width, height, objects):
 
 
 def test_an_object_detection_api_tutorial_record_and_pbtxt_are_read_as_they_are(tmp_path):
-    import io
-
-    from PIL import Image
-
-    from paa_tf.config import DataConfig
-
     (tmp_path / "label_map.pbtxt").write_text(
         "item {\n  id: 2\n  name: 'dog'\n}\nitem {\n    name: \"cat\"\n    id: 1\n}\n")
     buffer = io.BytesIO()
