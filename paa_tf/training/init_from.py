@@ -81,14 +81,19 @@ def _same_folder(a, b):
 def refuse_own_run(init_from, model_dir):
     """InitError when `init_from` is the run folder `model_dir` or one of its checkpoints."""
     path = os.fspath(init_from)
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    if not path.endswith(".pth") and _same_folder(folder, model_dir):
+    if os.path.isdir(path):
+        folder = path
+    elif os.path.isfile(path + ".index"):  # a checkpoint prefix
+        folder = os.path.dirname(os.path.abspath(path))
+    else:
+        return  # a .pth, or a path resolve_source reports as not found
+    if _same_folder(folder, model_dir):
         raise InitError(f"train.init_from names this run's own folder or checkpoint ({path}): "
                         "a run continues from its own checkpoints by itself; give another run")
 
 
 def resolve_source(init_from, model_dir, scratch):
-    """(kind, folder or None, checkpoint prefix, import report or None) of `init_from`.
+    """(kind, source run folder, checkpoint prefix, import report or None) of `init_from`.
 
     kind: 'run folder' | 'checkpoint' | 'pth'. A `.pth` is imported into `scratch`.
     Raises InitError for a path that is none of these, or names the run's own folder.
