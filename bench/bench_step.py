@@ -70,14 +70,15 @@ def synthetic_batch(config, gts, seed=0):
     Returns dict of NumPy arrays: image float32 [B, H, W, 3] (normalised-looking noise),
     gt_boxes float32 [B, M, 4] yxyx pixels (-1 pads), gt_classes int32 [B, M] (-1 pads),
     image_info float32 [B, 4, 2], source_id int64 [B]; B = train.batch_size,
-    M = data.max_instances, `gts` real boxes per image (at most M).
+    M = data.max_instances (`gts` when unset: there are no annotations to count it from),
+    `gts` real boxes per image (at most M).
     """
     import numpy as np
 
     rng = np.random.default_rng(seed)
     batch = config.train.batch_size
     height, width = (int(s) for s in config.data.image_size)
-    rows = config.data.max_instances
+    rows = config.data.max_instances or gts
     count = min(gts, rows)
     boxes = np.full((batch, rows, 4), -1.0, np.float32)
     classes = np.full((batch, rows), -1, np.int32)

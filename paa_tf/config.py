@@ -19,7 +19,7 @@ import math
 import pathlib
 import re
 import typing
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import yaml
 
@@ -64,6 +64,13 @@ class DataConfig:
     voc_root: str = ""  # VOC folder with Annotations/, JPEGImages/, ImageSets/Main/
     voc_train_split: str = "trainval"
     voc_val_split: str = "test"
+    # VOC XML in any folders, instead of voc_root: the XML files, their images (default: the
+    # XML folder) and the list file of each split (one name a line, a CSV's first column
+    # works; empty = every XML of voc_annotations).
+    voc_annotations: str = ""
+    voc_images: str = ""
+    voc_train_list: str = ""
+    voc_val_list: str = ""
     train_tfrecords: str = ""  # glob of Model Garden-layout TFRecords
     val_tfrecords: str = ""
     label_map: str = ""  # JSON label map; derived from the annotations when empty
@@ -75,7 +82,9 @@ class DataConfig:
     # images into their own buckets per scale, multiples of 32, and in the export each image
     # to its own multiple of 32 (paa_tf/data/buckets.py, README "Padded input").
     buckets: str = _choice("square", ("square", "orientation"))
-    max_instances: int = 100  # GT rows per image after padding
+    # GT rows per image after padding; None: the most boxes in one image of the split read
+    # (after the filters), so no image is refused or cut.
+    max_instances: Optional[int] = None
     flip_prob: float = 0.5
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)  # RGB, 0-255
     pixel_std: Tuple[float, ...] = (58.395, 57.12, 57.375)
@@ -193,6 +202,16 @@ class TrainConfig:
     eval_every: int = 0  # 0 = no periodic evaluation
     seed: int = 0
     mixed_precision: bool = False
+    # Fine-tuning start (paa_tf/training/init_from.py, docs/CUSTOM_DATA.md): a run folder
+    # (a training run or a paa_import output), a checkpoint prefix of one, or a released .pth
+    # (converted by the importer). Applied on a fresh start only; a resumed run never re-reads it.
+    init_from: str = ""
+    # What init_from loads: 'auto' = 'all' when the classes are the source's, else
+    # 'all_but_classes' (the classification conv keeps only the channels of shared classes).
+    init_scope: str = _choice("auto", ("auto", "all", "all_but_classes", "backbone_fpn",
+                                       "backbone"))
+    # new class name: source class name, pairs added to (or overriding) the match by name.
+    init_class_map: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -254,6 +273,10 @@ def _coerce(value, annotation, key):
             return None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(value, inner, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping (name: name), got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], key) for k, v in value.items()}
     if origin in (tuple, list):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]

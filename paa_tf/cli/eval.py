@@ -110,8 +110,12 @@ def _run_model(output_dir):
                                              config.data.val_annotations):
         raise app.UsageError("give --image_dir (image folder) and --annotations (instances JSON), "
                              "or set data.val_images / data.val_annotations in the config")
-    print(f"paa_eval: evaluating '{split_name()}' ({config.data.val_images or config.data.format}"
-          f") into {output_dir}", flush=True)
+    # pipeline only to name the data: the config alone says what is read
+    from paa_tf.data import pipeline
+
+    print(f"paa_eval: evaluating '{split_name()}' "
+          f"({pipeline.describe_source(config.data, 'val') or config.data.format}) into "
+          f"{output_dir}", flush=True)
     if FLAGS.image_summaries and not config.eval.summary_images:
         raise app.UsageError("--image_summaries draws eval.summary_images images, which is 0: "
                              "give e.g. --override eval.summary_images=4")

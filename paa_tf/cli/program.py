@@ -10,8 +10,11 @@ script and `python -m paa_tf.cli <program>` call it). It
   an error) and lists them in `--help`, which exits 0;
 * adds `--traceback` and turns `--verbosity` into the switch for TensorFlow's own log lines:
   by default only warnings and errors (absl's `app.run` would show INFO, TF's C++ INFO lines
-  are hidden through `TF_CPP_MIN_LOG_LEVEL=1` unless the environment sets it); `--verbosity=0`
-  brings back INFO (`Saving symbolic checkpoint`, `Sharding callback duration`, ...);
+  are hidden through `TF_CPP_MIN_LOG_LEVEL=1` unless the environment sets it, and on a
+  machine without an NVIDIA driver its C++ error lines too, `=3`: `failed call to cuInit` and
+  oneDNN's uint8 notice, which a CPU user cannot act on; any `--verbosity` brings them back,
+  `--verbosity=-1` the error lines); `--verbosity=0` brings back INFO (`Saving symbolic
+  checkpoint`, `Sharding callback duration`, ...);
 * refuses positional arguments (unless the program takes them) and missing required flags;
 * ends on an error as paa_tf/cli/errors.py says: `<program>: error: <message>`, exit code 2
   for bad input, 3 for a non-finite training, a traceback only for a bug or `--traceback`.
@@ -108,9 +111,24 @@ def define(flag_specs: Sequence[Flag], flag_values=FLAGS):
         # absl's --help lists the key flags of the script named by sys.argv[0] only.
         flag_values.register_key_flag_for_module(sys.argv[0], flag_values[spec.name])
     flag_values["verbosity"].help = (
-        "Log level of TensorFlow and absl: -1 (default) warnings and errors only, 0 adds "
-        "TensorFlow's INFO lines (e.g. 'Saving symbolic checkpoint'), 1 debug.")
+        "Log level of TensorFlow and absl: -1 warnings and errors only (the default, which "
+        "also hides TensorFlow's C++ error lines on a machine without an NVIDIA driver, e.g. "
+        "'failed call to cuInit'), 0 adds TensorFlow's INFO lines (e.g. 'Saving symbolic "
+        "checkpoint'), 1 debug.")
     flag_values.register_key_flag_for_module(sys.argv[0], flag_values["verbosity"])
+
+
+def _tensorflow_log_level(verbosity):
+    """TF_CPP_MIN_LOG_LEVEL for a --verbosity flag (0 all, 1 no INFO, 3 no ERROR lines).
+
+    Given: 1 for -1, 0 for 0 and above. Default: 1 on a machine with an NVIDIA driver, 3 on
+    one without: there TensorFlow's C++ side prints E-level lines a CPU user cannot act on
+    (CUDA's "failed call to cuInit", oneDNN's "supports DT_UINT8 only on platforms with
+    AVX-512"); real failures still reach the program as Python errors.
+    """
+    if verbosity.present:
+        return min(3, max(0, -verbosity.value))
+    return 1 if os.path.exists("/proc/driver/nvidia") else 3
 
 
 def quiet_tensorflow(flag_values=FLAGS):
@@ -119,7 +137,7 @@ def quiet_tensorflow(flag_values=FLAGS):
     verbosity = flag_values["verbosity"]
     if not verbosity.present:  # absl.app.run raised an unset verbosity to INFO
         absl_logging.set_verbosity(absl_logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(min(3, max(0, -verbosity.value))))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(_tensorflow_log_level(verbosity)))
 
 
 _HELP = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")

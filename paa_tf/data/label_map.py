@@ -6,12 +6,15 @@ File format (JSON, kept beside the data and beside every trained model)::
 
 `index` runs 0..C-1 without gaps; `id` is the dataset's own category id (COCO 1..90,
 non-contiguous; VOC index + 1); `name` is the category name. Both `id` and `name` are unique.
-`load_label_map` also accepts a COCO instances JSON (its `categories` list, sorted by id).
+`load_label_map` also accepts a COCO instances JSON (its `categories` list, sorted by id) and
+the Object Detection API's `label_map.pbtxt` (`item { id: 1 name: 'cat' }` entries, sorted
+by id).
 """
 
 import dataclasses
 import json
 import os
+import re
 
 LABEL_MAP_FILENAME = "label_map.json"
 
@@ -114,8 +117,27 @@ def write_label_map(label_map, path):
     return path
 
 
+def _from_pbtxt(path):
+    """LabelMap of an Object Detection API `label_map.pbtxt` (its items sorted by id)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    pairs = []
+    for position, body in enumerate(re.findall(r"item\s*\{(.*?)\}", text, re.S)):
+        ident = re.search(r"\bid\s*:\s*(-?\d+)", body)
+        name = re.search(r"\bname\s*:\s*(['\"])(.*?)\1", body)
+        if ident is None or name is None:
+            raise ValueError(f"label map {path}: item {position} needs an integer 'id' and a "
+                             f"quoted 'name' (got {body.strip()!r})")
+        pairs.append((int(ident.group(1)), name.group(2)))
+    if not pairs:
+        raise ValueError(f"label map {path} holds no 'item {{ id: ... name: ... }}' entries")
+    pairs.sort()
+    return LabelMap(ids=tuple(p[0] for p in pairs), names=tuple(p[1] for p in pairs))
+
+
 def load_label_map(path):
-    """Read a label map file (list of {index, id, name}) or a COCO JSON's `categories`.
+    """Read a label map file (list of {index, id, name}), a COCO JSON's `categories` or an
+    Object Detection API `.pbtxt`.
 
     `path` may be a folder holding label_map.json. Raises ValueError naming the file and the
     entry when the content is not a valid label map.
@@ -126,6 +148,8 @@ def load_label_map(path):
     if not os.path.isfile(path):
         raise ValueError(f"label map file not found: {path}; write one with "
                          "paa_tf.data.label_map.write_label_map or paa_make_tfrecord")
+    if path.endswith(".pbtxt"):
+        return _from_pbtxt(path)
     try:
         with open(path) as f:
             content = json.load(f)

@@ -55,7 +55,7 @@ def dataset_label_map(config):
         content = coco_lib.load_coco_json(annotations)
         return label_map_lib.from_coco_categories(content.get("categories"), annotations)
     if config.format == "voc":
-        return voc_lib.default_label_map(config.voc_root)
+        return voc_lib.default_label_map(config.voc_root, config.voc_annotations or None)
     if config.format == "tfrecord":
         return tfrecord_lib.default_label_map(
             tfrecord_lib.find_shards(config.train_tfrecords or config.val_tfrecords))
@@ -71,20 +71,34 @@ def run_label_map(config):
     return dataset_label_map(config)
 
 
+def describe_source(config, split):
+    """The data `split` ('train' | 'val') reads, for messages: 'data/x/val2017',
+    'data/voc test', 'data/xml (list data/val.csv)', 'data/*.tfrecord'."""
+    train = split == "train"
+    if config.format == "voc" and config.voc_annotations:
+        images = config.voc_images or config.voc_annotations
+        listed = config.voc_train_list if train else config.voc_val_list
+        where = (config.voc_annotations if images == config.voc_annotations
+                 else f"{config.voc_annotations} + {images}")
+        return f"{where} ({f'list {listed}' if listed else 'every XML'})"
+    return {"coco": config.train_images if train else config.val_images,
+            "voc": f"{config.voc_root} {config.voc_train_split if train else config.voc_val_split}",
+            "tfrecord": config.train_tfrecords if train else config.val_tfrecords,
+            }.get(config.format, "")
+
+
 def load_records(config, split="train", is_training=True, skip_bad_records=None):
     """Validated, filtered records of `split`; returns (records, report, tfrecord_layout).
 
     `tfrecord_layout` is (files, readable counts) for the TFRecord format, else None.
+    `report.max_instances` is the GT rows per image: `data.max_instances`, or when that is
+    None the most boxes in one image of the split after the filters.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split is {split!r}; choose 'train' or 'val'")
     skip = config.skip_bad_records if skip_bad_records is None else bool(skip_bad_records)
     # The report names the files read: paa_eval may point the 'val' slot at any split.
-    source = {"coco": config.train_images if split == "train" else config.val_images,
-              "voc": f"{config.voc_root} "
-                     f"{config.voc_train_split if split == 'train' else config.voc_val_split}",
-              "tfrecord": config.train_tfrecords if split == "train" else config.val_tfrecords,
-              }.get(config.format)
+    source = describe_source(config, split)
     report = records_lib.BadRecordReport(split=f"{split}: {source}" if source else split)
     label_map = label_map_lib.load_label_map(config.label_map) if config.label_map else None
     level = config.verify_images
@@ -94,6 +108,12 @@ def load_records(config, split="train", is_training=True, skip_bad_records=None)
         images = config.train_images if split == "train" else config.val_images
         records, label_map = coco_lib.read_coco(annotations, images, report,
                                                 skip_bad_records=skip, label_map=label_map)
+        records = records_lib.verify_images(records, report, level=level, skip_bad_records=skip)
+    elif config.format == "voc" and config.voc_annotations:
+        records, label_map = voc_lib.read_voc_folders(
+            config.voc_annotations, config.voc_images,
+            config.voc_train_list if split == "train" else config.voc_val_list, report,
+            skip_bad_records=skip, label_map=label_map, keep_difficult=config.voc_keep_difficult)
         records = records_lib.verify_images(records, report, level=level, skip_bad_records=skip)
     elif config.format == "voc":
         voc_split = config.voc_train_split if split == "train" else config.voc_val_split
@@ -351,6 +371,7 @@ def build_dataset(data_config, split="train", is_training=True, batch_size=1,
     config = data_config
     records, report, layout = load_records(config, split, is_training, skip_bad_records)
     report.log()
+    config = dataclasses.replace(config, max_instances=report.max_instances)
     repeat = is_training if repeat is None else repeat
     pipelines, replica = (1, 0), 0
     if input_context is not None:

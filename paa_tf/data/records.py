@@ -19,10 +19,10 @@ errors: they are counted in `BadRecordReport.filtered`.
 
 import collections
 import dataclasses
-import functools
 import hashlib
 import io
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -79,6 +79,8 @@ class BadRecordReport:
     num_images: int = 0  # images that the pipeline emits per pass
     num_boxes: int = 0  # GT boxes that the pipeline emits per pass
     id_to_name: dict = dataclasses.field(default_factory=dict)  # source id -> file name
+    max_instances: int = 0  # GT rows per image (data.max_instances, or derived: finalize)
+    max_instances_derived: bool = False
 
     def add(self, image_id, name, reason):
         self.entries.append((image_id, name, reason))
@@ -96,7 +98,9 @@ class BadRecordReport:
         """Printable report; `filtered_title` names the counts of `filtered` (e.g. 'counted'
         where the records are kept, as in a TFRecord conversion)."""
         lines = [f"data '{self.split}': {self.num_images} images, {self.num_boxes} boxes; "
-                 f"{self.num_skipped} bad records skipped"]
+                 f"{self.num_skipped} bad records skipped"
+                 + (f"; data.max_instances {self.max_instances} (the most boxes in one image)"
+                    if self.max_instances_derived else "")]
         if self.filtered:
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.filtered.items()))
             lines.append(f"  {filtered_title}: {counts}")
@@ -215,6 +219,9 @@ def finalize(records, report, *, is_training, max_instances, box_tolerance, skip
              drop_crowd=True):
     """Validate boxes, apply the filters, enforce `max_instances`; returns kept records.
 
+    `max_instances` None: the most boxes in one image after the filters (nothing refused or
+    cut); `report.max_instances` holds the value used.
+
     Each returned record has `boxes`/`classes` replaced by the filtered targets (crowd removed,
     clipped) in original pixels, in the input order. The raw crowd flags stay available from
     the source (pycocotools reads them from the JSON for evaluation).
@@ -223,6 +230,10 @@ def finalize(records, report, *, is_training, max_instances, box_tolerance, skip
                           skip_bad_records=skip_bad_records)
     filtered = [(record, *filter_boxes(record, report, drop_crowd=drop_crowd))
                 for record in kept]
+    report.max_instances_derived = max_instances is None
+    if max_instances is None:
+        max_instances = max([len(b) for _, b, _ in filtered] + [1])
+    report.max_instances = max_instances
     too_many = [(r.image_id, r.name, f"{len(b)} boxes after filtering, more than "
                  f"data.max_instances={max_instances}")
                 for r, b, _ in filtered if len(b) > max_instances]
@@ -342,17 +353,33 @@ def image_problem(source, expected_hw=None, level="header"):
     return None, (height, width)
 
 
-@functools.cache
+_DECODE_LOCK = threading.Lock()
+
+
 def _graph_decode():
     """`transforms.decode_image` as one compiled function (op by op, the EXIF parser's loop
-    made the check 30x slower than the decode)."""
-    # TensorFlow only for 'decode' checks: reading records stays light without them.
-    import tensorflow as tf
+    made the check 30x slower than the decode), traced once per process.
 
-    from paa_tf.data import transforms
+    `verify_images` checks images from several threads, and a `tf.function` keys its traces
+    on the calling thread's context: called from 8 worker threads it traced again in each
+    (TensorFlow's "triggered tf.function retracing" warning). The threads call its one
+    concrete function instead, made under a lock.
+    """
+    with _DECODE_LOCK:
+        if _graph_decode.function is None:
+            # TensorFlow only for 'decode' checks: reading records stays light without them.
+            import tensorflow as tf
 
-    return tf.function(lambda encoded: tf.shape(transforms.decode_image(encoded)),
-                       input_signature=[tf.TensorSpec([], tf.string)])
+            from paa_tf.data import transforms
+
+            _graph_decode.function = tf.function(
+                lambda encoded: tf.shape(transforms.decode_image(encoded)),
+                input_signature=[tf.TensorSpec([], tf.string)])
+            _graph_decode.concrete = _graph_decode.function.get_concrete_function()
+        return _graph_decode.concrete
+
+
+_graph_decode.function = _graph_decode.concrete = None
 
 
 def _tensorflow_decode_problem(data, path):

@@ -1,4 +1,6 @@
-"""Reader for Pascal VOC layout: `Annotations/*.xml`, `JPEGImages/`, `ImageSets/Main/<split>.txt`.
+"""Reader for Pascal VOC XML: the VOC layout (`Annotations/*.xml`, `JPEGImages/`,
+`ImageSets/Main/<split>.txt`) or any folders (`data.voc_annotations`, `data.voc_images`, and
+a list file of the images of a split, or every XML of the folder: `read_voc_folders`).
 
 Coordinates: VOC `bndbox` values are 1-based inclusive pixel indices (`xmin=1, xmax=W` is the
 whole width), so the continuous box is `[ymin - 1, xmin - 1, ymax, xmax]`.
@@ -45,14 +47,37 @@ def read_split(root, split):
     return stems
 
 
-def default_label_map(root):
-    """Label map of the class names in all `Annotations/*.xml` (the same for every split).
+def read_list(path):
+    """File stems named in a split list file: the first field of each line (split at
+    whitespace or a comma, so a CSV's first column works), a file extension dropped, blank
+    lines, '#' comments and a 'filename' header skipped; file order, no duplicates."""
+    if not os.path.isfile(path):
+        raise ValueError(f"VOC list file not found: {path} (data.voc_train_list / "
+                         "data.voc_val_list; empty = every XML file of data.voc_annotations)")
+    stems, seen = [], set()
+    with open(path) as f:
+        for line in f:
+            fields = line.replace(",", " ").split()
+            if not fields or fields[0].startswith("#") or fields[0].lower() in (
+                    "filename", "file_name", "image", "name"):
+                continue
+            stem = os.path.splitext(os.path.basename(fields[0]))[0]
+            if stem not in seen:
+                seen.add(stem)
+                stems.append(stem)
+    return stems
+
+
+def default_label_map(root, annotations=None):
+    """Label map of the class names in all `Annotations/*.xml` of `root` (or in the XML
+    files of the folder `annotations`); the same for every split.
 
     The 20 VOC classes in their usual order when every name is one of them; otherwise the
     names sorted alphabetically. Unreadable files are skipped here (the reader reports them).
     """
+    folder = annotations or os.path.join(root, "Annotations")
     names = set()
-    for path in glob.glob(os.path.join(root, "Annotations", "*.xml")):
+    for path in glob.glob(os.path.join(folder, "*.xml")):
         try:
             tree = ET.parse(path)
         except (ET.ParseError, OSError):
@@ -60,8 +85,7 @@ def default_label_map(root):
         names.update((obj.findtext("name") or "").strip() for obj in tree.iter("object"))
     names.discard("")
     if not names:
-        raise ValueError(f"no object names found in {root}/Annotations/*.xml; pass "
-                         "data.label_map")
+        raise ValueError(f"no object names found in {folder}/*.xml; pass data.label_map")
     if names <= set(label_map_lib.VOC_CLASSES):
         return label_map_lib.from_names(label_map_lib.VOC_CLASSES)
     return label_map_lib.from_names(sorted(names))
@@ -126,12 +150,39 @@ def read_voc(root, split, report, *, skip_bad_records=False, label_map=None,
     reported with `skip_bad_records`.
     """
     root = os.fspath(root)
-    stems = read_split(root, split)
-    if label_map is None:
-        label_map = default_label_map(root)
+    return _read(read_split(root, split), os.path.join(root, "Annotations"),
+                 os.path.join(root, "JPEGImages"), report, skip_bad_records,
+                 label_map or default_label_map(root), keep_difficult)
+
+
+def read_voc_folders(annotations, images, list_file, report, *, skip_bad_records=False,
+                     label_map=None, keep_difficult=False):
+    """Records of VOC XML files in the folder `annotations` whose images are in `images`
+    (default: beside the XML): those `list_file` names (`read_list`), or every XML file
+    when it is empty. Returns (records, map); errors as `read_voc`."""
+    annotations = os.fspath(annotations)
+    if not os.path.isdir(annotations):
+        raise ValueError(f"data.voc_annotations: {annotations} is not a folder of VOC XML "
+                         "files")
+    images = os.fspath(images) if images else annotations
+    if not os.path.isdir(images):
+        raise ValueError(f"data.voc_images: {images} is not a folder")
+    if list_file:
+        stems = read_list(list_file)
+    else:
+        stems = sorted(os.path.splitext(os.path.basename(p))[0]
+                       for p in glob.glob(os.path.join(annotations, "*.xml")))
+        if not stems:
+            raise ValueError(f"data.voc_annotations: no .xml files in {annotations}")
+    return _read(stems, annotations, images, report, skip_bad_records,
+                 label_map or default_label_map("", annotations), keep_difficult)
+
+
+def _read(stems, annotation_dir, image_dir, report, skip_bad_records, label_map,
+          keep_difficult):
     records, problems, ids = [], [], {}
     for stem in stems:
-        xml_path = os.path.join(root, "Annotations", stem + ".xml")
+        xml_path = os.path.join(annotation_dir, stem + ".xml")
         image_id = records_lib.stable_id(stem)
         if image_id in ids:
             raise ValueError(f"VOC stems {ids[image_id]!r} and {stem!r} hash to the same id; "
@@ -146,10 +197,9 @@ def read_voc(root, split, report, *, skip_bad_records=False, label_map=None,
         except ValueError as error:
             problems.append((image_id, stem, f"{error} in {xml_path}"))
             continue
-        path = os.path.join(root, "JPEGImages", file_name)
-        if not os.path.exists(path) and os.path.exists(os.path.join(root, "JPEGImages",
-                                                                    stem + ".jpg")):
-            file_name, path = stem + ".jpg", os.path.join(root, "JPEGImages", stem + ".jpg")
+        path = os.path.join(image_dir, file_name)
+        if not os.path.exists(path) and os.path.exists(os.path.join(image_dir, stem + ".jpg")):
+            file_name, path = stem + ".jpg", os.path.join(image_dir, stem + ".jpg")
         records.append(records_lib.ImageRecord(
             image_id=image_id, name=file_name, height=height, width=width, boxes=boxes,
             classes=classes, is_crowd=difficult,

@@ -1,1 +1,2 @@
-"""Training: the `Trainer` loop (`train`), checkpoints and resume (`checkpoints`), schedules."""
+"""Training: the `Trainer` loop (`train`), how a fresh run starts (`init_from`), checkpoints
+and resume (`checkpoints`), schedules."""

@@ -23,7 +23,7 @@ from paa_tf.data import pipeline
 from paa_tf.evaluation import evaluate as evaluate_lib
 from paa_tf.modeling import detector
 from paa_tf.modeling.weights import load_backbone_weights
-from paa_tf.training import checkpoints, schedules
+from paa_tf.training import checkpoints, init_from, schedules
 from paa_tf.visualization import summaries
 
 _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
@@ -90,8 +90,7 @@ def _label_map_source(data):
     """Where the training classes come from, for messages: the label map or the data."""
     if data.label_map:
         return data.label_map
-    source = {"coco": data.train_annotations, "voc": data.voc_root,
-              "tfrecord": data.train_tfrecords}.get(data.format, "")
+    source = pipeline.describe_source(data, "train")
     return f"the training data ({source})" if source else "the training data"
 
 
@@ -141,6 +140,7 @@ class Trainer:
         elif config.model.num_classes is None:
             raise ValueError("model.num_classes is not set and there is no label map to take "
                              "it from (a dataset_fn was given): set model.num_classes")
+        self.label_map = label_map  # the classes train.init_from carries by name
         if self.chief:
             self.folder.write(config, label_map)
         if self.multi_worker:
@@ -222,7 +222,10 @@ class Trainer:
         return self._step_fn
 
     def restore_or_initialise(self):
-        """Resume from the newest readable checkpoint, or initialise the backbone."""
+        """Resume from the newest readable checkpoint, or initialise: from `train.init_from`
+        (paa_tf/training/init_from.py) or the backbone from `model.backbone_checkpoint`."""
+        if self.config.train.init_from:  # refused on a resume too: the config is wrong
+            init_from.refuse_own_run(self.config.train.init_from, self.model_dir)
         restored = self.keeper.restore_latest()
         if restored:
             print(f"Resumed from {restored} at step {self.step}", flush=True)
@@ -232,6 +235,13 @@ class Trainer:
                 print(f"NOTE: the input order is reseeded with the step, not restored ({why}): "
                       "the resumed run sees other batches than an uninterrupted one would",
                       flush=True)
+        elif self.config.train.init_from:
+            # Every scope covers the backbone: model.backbone_checkpoint is not read.
+            report = init_from.initialise(self.model, self.config, self.model_dir,
+                                          self.label_map, write=self.chief)
+            print(init_from.summary(report)
+                  + ("\n  model.backbone_checkpoint not read (init_from covers the backbone)"
+                     if self.config.model.backbone_checkpoint else ""), flush=True)
         elif self.config.model.backbone_checkpoint:
             path = self.config.model.backbone_checkpoint
             report = load_backbone_weights(
