@@ -99,8 +99,8 @@ class ModelConfig:
     # resnextD_GxWd: ResNeXt-D with G groups of W channels in the first stage's 3x3 conv
     # (PyTorch layouts only; see resnet_torch.py).
     backbone: str = _choice("resnet50", ("tiny", "resnet18", "resnet34", "resnet50", "resnet101",
-                                         "resnet152", "resnext101_64x4d", "resnext101_32x8d",
-                                         "resnext152_32x8d"))
+                                         "resnet152", "resnext50_32x4d", "resnext101_64x4d",
+                                         "resnext101_32x8d", "resnext152_32x8d"))
     backbone_checkpoint: Optional[str] = None  # local checkpoint or .h5/.keras weights
     # Load a backbone checkpoint that does not cover the backbone exactly (reported, not refused).
     backbone_checkpoint_partial: bool = False

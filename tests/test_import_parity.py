@@ -274,14 +274,15 @@ def test_missing_pytorch_says_what_to_install(monkeypatch):
 
 def test_a_config_that_computes_something_else_is_refused():
     from paa_tf.convert import importer
+    from paa_tf.convert.layouts import Architecture
     from paa_tf.convert.torch_file import CheckpointError
 
     authors = config_lib.load_config(REPO / "configs" / "paa_r50_fpn_1.5x_coco_authors.yaml")
     with pytest.raises(CheckpointError, match="model.backbone_style is 'msra'"):
-        importer.check_config(authors, "mmdet", 50, "authors.yaml")
+        importer.check_config(authors, "mmdet", Architecture(50), "authors.yaml")
     mmdet = config_lib.load_config(REPO / "configs" / "paa_r50_fpn_1x_coco_mmdet.yaml")
     with pytest.raises(CheckpointError, match="model.backbone is 'resnet50'"):
-        importer.check_config(mmdet, "mmdet", 101, "mmdet.yaml")
+        importer.check_config(mmdet, "mmdet", Architecture(101), "mmdet.yaml")
 
 
 # --- ImageNet initialisation (what mmdetection trains from). ---
