@@ -62,6 +62,8 @@ def imported(tmp_path_factory):
             "config": config, "model": model}
 
 
+# Slow: the module's import builds and restores a ResNeXt-50 detector (~75 s here).
+@pytest.mark.slow
 def test_import_reads_the_architecture_from_the_file(imported):
     report = json.loads((imported["run_dir"] / "import.json").read_text())
     assert report["architecture"] == "resnext50_32x4d + DCNv2 res4-5 + head DCNv2"
@@ -76,6 +78,7 @@ def test_import_reads_the_architecture_from_the_file(imported):
     assert len(offsets) == 6 + 3 + 2  # res4 (6 blocks), res5 (3), the two towers
 
 
+@pytest.mark.slow
 def test_every_level_output_matches_the_reference(imported):
     image = rgb_image(1)
     with torch.no_grad():
@@ -93,6 +96,7 @@ def test_every_level_output_matches_the_reference(imported):
     print(f"\nResNeXt + DCNv2: largest relative difference per output {worst}")
 
 
+@pytest.mark.slow
 def test_backbone_features_match_and_depend_on_the_offsets(imported):
     image = rgb_image(2)
     body = imported["network"].backbone.body
@@ -117,6 +121,7 @@ def test_backbone_features_match_and_depend_on_the_offsets(imported):
     assert _relative_error(changed, want[2]) > 1e-2
 
 
+@pytest.mark.slow
 def test_detections_match_after_the_authors_post_processing(imported):
     config, model = imported["config"], imported["model"]
     image = rgb_image(3)
@@ -143,6 +148,7 @@ def test_detections_match_after_the_authors_post_processing(imported):
         free[np.flatnonzero(same)[0]] = False
 
 
+@pytest.mark.slow
 def test_bad_dcn_checkpoints_are_refused_naming_the_key(imported, tmp_path, capsys):
     from paa_tf.convert import strict_load, torch_file
     from paa_tf.convert.torch_file import CheckpointError
@@ -203,6 +209,8 @@ def test_each_released_network_picks_its_preset_and_the_preset_fits(network, pre
     importer.check_config(config, "authors", arch, preset)  # raises on any differing key
 
 
+# Slow: ~3 min here (the first float16 training step of a ResNeXt-50 with DCN, on the CPU).
+@pytest.mark.slow
 def test_mixed_precision_step_with_resnext_and_dcn_is_finite():
     """A ResNeXt-50 32x4d with DCNv2 in res4-5 and the head, mixed_float16: the step's
     gradients are finite (the loss scale is kept) and reach the offset convs."""

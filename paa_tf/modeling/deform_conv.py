@@ -21,7 +21,9 @@ padding and dilation, with bias) with 3 * deformable_groups * K outputs: the fir
 deformable_groups * K go through a sigmoid and are the modulations, laid out (group, tap).
 That conv starts at zero (weights and bias), so a new layer samples the plain grid with every
 modulation sigmoid(0) = 0.5: it computes 0.5 x the plain convolution (+ bias) until the offset
-conv learns.
+conv learns. (The zero start is mmcv's and maskrcnn-benchmark's ``ModulatedDeformConvPack``;
+the authors' ``DFConv2d`` starts its offset conv kaiming-uniform in the backbone and N(0, 0.01)
+in the head. Importing their weights replaces either.)
 
 Parameters, named for ``paa_tf.convert``: ``kernel`` [kh, kw, C / groups, filters] (HWIO),
 ``bias`` [filters] (when ``use_bias``), ``offset_kernel`` [kh, kw, C, 3 * dg * K] and
