@@ -30,8 +30,9 @@ from tests.test_import_parity import (
     RELATIVE_TOLERANCE,
     REPO,
     WIDTH,
-    _detections,
     _relative_error,
+    assert_levels_match,
+    assert_same_detections,
     cli_import,
     paa_input,
     reference_input,
@@ -83,16 +84,8 @@ def test_every_level_output_matches_the_reference(imported):
     image = rgb_image(1)
     with torch.no_grad():
         expected = ref.to_paa_layout(imported["network"](reference_input("authors", image)))
-    outputs = {k: v.numpy() for k, v in imported["model"](paa_input(imported["config"], image),
-                                                          training=False).items()}
-    starts = np.concatenate([[0], np.cumsum(np.bincount(imported["model"].level_ids))])
-    worst = {}
-    for name, levels in expected.items():
-        for level, want in enumerate(levels):
-            got = outputs[name][:, starts[level]:starts[level + 1]]
-            error = _relative_error(got, want)
-            worst[name] = max(worst.get(name, 0.0), error)
-            assert error < RELATIVE_TOLERANCE, f"{name} P{level + 3}: {error:.2e}"
+    outputs = imported["model"](paa_input(imported["config"], image), training=False)
+    worst = assert_levels_match(expected, outputs, imported["model"].level_ids, "dcnv2")
     print(f"\nResNeXt + DCNv2: largest relative difference per output {worst}")
 
 
@@ -124,28 +117,12 @@ def test_backbone_features_match_and_depend_on_the_offsets(imported):
 @pytest.mark.slow
 def test_detections_match_after_the_authors_post_processing(imported):
     config, model = imported["config"], imported["model"]
+    assert config.eval.candidate_rule == "kk" and config.eval.score_voting
     image = rgb_image(3)
     with torch.no_grad():
         levels = ref.to_paa_layout(imported["network"](reference_input("authors", image)))
-    expected_raw = {k: np.concatenate(v, axis=1) for k, v in levels.items()}
-    got_raw = {k: v.numpy() for k, v in model(paa_input(config, image), training=False).items()}
-    size = np.array([HEIGHT, WIDTH], np.float32)
-    info = tf.constant([[size, size, [1.0, 1.0], [0.0, 0.0]]], tf.float32)
-    want = _detections(config, model, expected_raw, info)
-    got = _detections(config, model, got_raw, info)
-    count = int(want["num_detections"][0])
-    assert count > 10, "the reference gives few detections: a vacuous comparison"
-    assert int(got["num_detections"][0]) == count
-    scores = want["detection_scores"][0, :count]
-    assert len(np.unique(scores)) == count, "exact score ties: pick another image or seed"
-    free = np.ones(count, bool)
-    got_boxes = got["detection_boxes"][0, :count]
-    for i in range(count):
-        same = (free & (got["detection_classes"][0, :count] == want["detection_classes"][0, i])
-                & (np.abs(got["detection_scores"][0, :count] - scores[i]) <= 1e-5)
-                & (np.abs(got_boxes - want["detection_boxes"][0, i]).max(axis=1) <= 1e-3))
-        assert same.any(), f"reference detection {i} has no paa-tf twin"
-        free[np.flatnonzero(same)[0]] = False
+    assert_same_detections(config, model, levels, model(paa_input(config, image),
+                                                        training=False))
 
 
 @pytest.mark.slow
