@@ -108,8 +108,11 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
+    # resnextD_GxWd: ResNeXt-D with G groups of W channels in the first stage's 3x3 conv
+    # (PyTorch layouts only; see resnet_torch.py).
     backbone: str = _choice("resnet50", ("tiny", "resnet18", "resnet34", "resnet50", "resnet101",
-                                         "resnet152"))
+                                         "resnet152", "resnext50_32x4d", "resnext101_64x4d",
+                                         "resnext101_32x8d", "resnext152_32x8d"))
     backbone_checkpoint: Optional[str] = None  # local checkpoint or .h5/.keras weights
     # Load a backbone checkpoint that does not cover the backbone exactly (reported, not refused).
     backbone_checkpoint_partial: bool = False
@@ -117,6 +120,10 @@ class ModelConfig:
     # layout (symmetric padding) with the stride in the 3x3 conv ('torchvision', mmdetection)
     # or in the first 1x1 conv ('msra', the authors' maskrcnn-benchmark). See resnet_torch.py.
     backbone_style: str = _choice("model_garden", ("model_garden", "torchvision", "msra"))
+    # Stages (2..5 = res2..res5) whose 3x3 convs are modulated deformable convs (DCNv2,
+    # modeling/deform_conv.py), the authors' STAGE_WITH_DCN; PyTorch-layout ResNets only.
+    backbone_dcn_stages: Tuple[int, ...] = ()
+    deformable_groups: int = 1  # offset groups of every deformable conv (the authors': 1)
     # BatchNorm epsilon of the ResNet backbones: the value the pretrained weights were trained
     # with (Model Garden's ImageNet ResNets and torchvision: 1e-5, although Model Garden's ResNet
     # class defaults to 1e-3; 0 for the authors' FrozenBatchNorm).
@@ -135,6 +142,9 @@ class ModelConfig:
     fpn_init: str = _choice("lecun_uniform", ("lecun_uniform", "glorot_uniform"))
     p7_from_relu: bool = True  # KK: P7 from ReLU(P6); MM: from P6
     head_convs: int = 4
+    # The last conv of each head tower a modulated deformable conv (the authors'
+    # USE_DCN_IN_TOWER).
+    head_dcn: bool = False
     head_channels: int = 256
     head_norm: str = _choice("group", ("group", "none"))
     aux_head: str = _choice("iou", ("iou", "centerness", "none"))
@@ -488,6 +498,7 @@ SCORES = choices("eval.score")  # ways to rank detections
 
 # Counts that must be at least 1: zero or a negative value would fail deep inside TensorFlow.
 _POSITIVE = ("data.max_instances", "model.num_classes", "model.fpn_channels",
+             "model.deformable_groups",
              "model.head_channels", "assign.topk", "assign.fnp_count", "train.batch_size",
              "train.total_steps", "train.checkpoint_every", "train.log_every", "eval.batch_size",
              "eval.pre_nms_topk", "eval.max_detections")

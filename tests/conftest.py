@@ -2,10 +2,16 @@
 
 import os
 import pathlib
+import sys
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The torch/torchvision pair of requirements-test.txt is a CUDA build that brings triton; its
+# LLVM crashes the process (segfault) when it loads after TensorFlow, and torchvision.ops
+# imports it through torch._dynamo. Nothing here compiles GPU kernels: a None entry makes
+# 'import triton' fail cleanly, and torch then does without it.
+sys.modules.setdefault("triton", None)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

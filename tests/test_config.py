@@ -117,7 +117,9 @@ def test_modules_read_their_choices_from_the_config():
     assert buckets.MODES == config_lib.choices("data.buckets")
     assert records.LEVELS == config_lib.choices("data.verify_images")
     assert backbone.BACKBONES == config_lib.choices("model.backbone")
-    assert set(backbone.RESNET_DEPTHS) == set(backbone.BACKBONES) - {"tiny"}
+    assert set(backbone.RESNET_DEPTHS) | set(backbone.RESNEXT) == set(backbone.BACKBONES) - {
+        "tiny"}
+    assert backbone.RESNEXT["resnext101_64x4d"] == (101, 64, 4)
     assert postprocess.SCORES == config_lib.choices("eval.score")
     assert batching.MODES == config_lib.choices("export.batching")
 

@@ -117,20 +117,25 @@ def test_every_level_output_matches_the_reference(imported):
     with torch.no_grad():
         expected = ref.to_paa_layout(imported["network"](reference_input(imported["source"],
                                                                           image)))
-    outputs = {k: v.numpy() for k, v in imported["model"](paa_input(imported["config"], image),
-                                                          training=False).items()}
-    level_sizes = np.bincount(imported["model"].level_ids)
-    starts = np.concatenate([[0], np.cumsum(level_sizes)])
+    outputs = imported["model"](paa_input(imported["config"], image), training=False)
+    worst = assert_levels_match(expected, outputs, imported["model"].level_ids,
+                                imported["source"])
+    print(f"\n{imported['source']}: largest relative difference per output {worst}")
+
+
+def assert_levels_match(expected, outputs, level_ids, label):
+    """Every level of every output within RELATIVE_TOLERANCE; {output: largest error}."""
+    starts = np.concatenate([[0], np.cumsum(np.bincount(level_ids))])
     worst = {}
     for name, levels in expected.items():
         for level, want in enumerate(levels):
-            got = outputs[name][:, starts[level]:starts[level + 1]]
+            got = outputs[name].numpy()[:, starts[level]:starts[level + 1]]
             assert got.shape == want.shape, (name, level)
             error = _relative_error(got, want)
             worst[name] = max(worst.get(name, 0.0), error)
             assert error < RELATIVE_TOLERANCE, (
-                f"{imported['source']} {name} P{level + 3}: max |diff| / max |ref| = {error:.2e}")
-    print(f"\n{imported['source']}: largest relative difference per output {worst}")
+                f"{label} {name} P{level + 3}: max |diff| / max |ref| = {error:.2e}")
+    return worst
 
 
 def test_backbone_reproduces_the_reference_features_with_the_checkpoints_bn_epsilon(
@@ -175,9 +180,16 @@ def test_detections_match_after_the_references_post_processing(imported):
     with torch.no_grad():
         levels = ref.to_paa_layout(imported["network"](reference_input(imported["source"],
                                                                        image)))
-    expected_raw = {k: np.concatenate(v, axis=1) for k, v in levels.items()}
     model = imported["model"]
-    got_raw = {k: v.numpy() for k, v in model(paa_input(config, image), training=False).items()}
+    assert_same_detections(config, model, levels, model(paa_input(config, image),
+                                                        training=False))
+
+
+def assert_same_detections(config, model, reference_levels, outputs):
+    """The config's post-processing gives the same detections from the reference's per-level
+    outputs (``to_paa_layout``) and from paa-tf's ``outputs``."""
+    expected_raw = {k: np.concatenate(v, axis=1) for k, v in reference_levels.items()}
+    got_raw = {k: v.numpy() for k, v in outputs.items()}
     size = np.array([HEIGHT, WIDTH], np.float32)
     info = tf.constant([[size, size, [1.0, 1.0], [0.0, 0.0]]], tf.float32)
     want = _detections(config, model, expected_raw, info)
@@ -276,14 +288,15 @@ def test_missing_pytorch_says_what_to_install(monkeypatch):
 
 def test_a_config_that_computes_something_else_is_refused():
     from paa_tf.convert import importer
+    from paa_tf.convert.layouts import Architecture
     from paa_tf.convert.torch_file import CheckpointError
 
     authors = config_lib.load_config(REPO / "configs" / "paa_r50_fpn_1.5x_coco_authors.yaml")
     with pytest.raises(CheckpointError, match="model.backbone_style is 'msra'"):
-        importer.check_config(authors, "mmdet", 50, "authors.yaml")
+        importer.check_config(authors, "mmdet", Architecture(50), "authors.yaml")
     mmdet = config_lib.load_config(REPO / "configs" / "paa_r50_fpn_1x_coco_mmdet.yaml")
     with pytest.raises(CheckpointError, match="model.backbone is 'resnet50'"):
-        importer.check_config(mmdet, "mmdet", 101, "mmdet.yaml")
+        importer.check_config(mmdet, "mmdet", Architecture(101), "mmdet.yaml")
 
 
 # --- ImageNet initialisation (what mmdetection trains from). ---

@@ -45,7 +45,7 @@ def _run(argv):
     report = importer.import_checkpoint(
         FLAGS.torch_checkpoint, FLAGS.output_dir, source=FLAGS.source, config_path=FLAGS.config,
         overrides=FLAGS.override, overwrite=FLAGS.overwrite)
-    print(f"Imported {report['layout']} ResNet-{report['depth']} checkpoint "
+    print(f"Imported {report['layout']} {report['architecture']} checkpoint "
           f"{FLAGS.torch_checkpoint} -> {report['checkpoint']} ({report['loaded']} arrays, "
           f"{time.time() - start:.0f} s)")
     for line in report.get("set_to_zero", [])[:3]:

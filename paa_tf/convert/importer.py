@@ -54,26 +54,40 @@ _COMMON = {"model.min_level": 3, "model.max_level": 7, "model.octave_base_scale"
            "model.aux_head": "iou", "model.num_classes": 80}
 
 
-# The preset used by default for each reference and depth. The schedule in the name is the
-# one the released models were trained with (mmdetection's 1x; the authors' R-50 release is
-# 1.5x and their R-101 release 2x); it changes nothing at inference.
-PRESETS = {("mmdet", 50): "paa_r50_fpn_1x_coco_mmdet.yaml",
-           ("mmdet", 101): "paa_r101_fpn_1x_coco_mmdet.yaml",
-           ("authors", 50): "paa_r50_fpn_1.5x_coco_authors.yaml",
-           ("authors", 101): "paa_r101_fpn_2x_coco_authors.yaml"}
+# The preset used by default for each reference and network (``layouts.architecture``). The
+# schedule in the name is the one the released models were trained with (mmdetection's 1x;
+# the authors' R-50 release is 1.5x, their other releases 2x); it changes nothing at
+# inference.
+_ARCH = layouts.Architecture
+PRESETS = {("mmdet", _ARCH(50)): "paa_r50_fpn_1x_coco_mmdet.yaml",
+           ("mmdet", _ARCH(101)): "paa_r101_fpn_1x_coco_mmdet.yaml",
+           ("authors", _ARCH(50)): "paa_r50_fpn_1.5x_coco_authors.yaml",
+           ("authors", _ARCH(101)): "paa_r101_fpn_2x_coco_authors.yaml",
+           ("authors", _ARCH(101, 64, 4)): "paa_x101_64x4d_fpn_2x_coco_authors.yaml",
+           ("authors", _ARCH(101, 64, 4, (4, 5), True)):
+               "paa_dcnv2_x101_64x4d_fpn_2x_coco_authors.yaml",
+           ("authors", _ARCH(152, 32, 8, (3, 4, 5), True)):
+               "paa_dcnv2_x152_32x8d_fpn_2x_coco_authors.yaml"}
 
 
-def preset_path(layout: str, depth: int) -> pathlib.Path:
-    """The default preset of a reference and depth (``PRESETS``), a shipped preset."""
-    if (layout, depth) not in PRESETS:
-        raise CheckpointError(f"no preset for a {layout} ResNet-{depth} model; give --config "
-                              f"(presets exist for {sorted(PRESETS)})")
-    return config_lib.PRESET_DIR / PRESETS[(layout, depth)]
+def preset_path(layout: str, arch: layouts.Architecture) -> pathlib.Path:
+    """The default preset of a reference and network (``PRESETS``) a shipped preset."""
+    if (layout, arch) not in PRESETS:
+        known = "; ".join(f"{lay} {a.name}" for lay, a in PRESETS)
+        raise CheckpointError(f"no preset for a {layout} {arch.name} model; give --config "
+                              f"(presets exist for: {known})")
+    return config_lib.PRESET_DIR / PRESETS[(layout, arch)]
 
 
-def check_config(config, layout: str, depth: int, config_name: str):
+def check_config(config, layout: str, arch: layouts.Architecture, config_name: str):
     """Raise CheckpointError naming the first config key that differs from the reference."""
-    expected = {**_COMMON, **REQUIRED[layout], "model.backbone": f"resnet{depth}"}
+    expected = {**_COMMON, **REQUIRED[layout], "model.backbone": arch.backbone,
+                "model.backbone_dcn_stages": arch.dcn_stages, "model.head_dcn": arch.head_dcn}
+    if arch.dcn_stages or arch.head_dcn:
+        expected["model.deformable_groups"] = arch.deformable_groups
+    if layout == "authors" and arch.groups > 1:
+        # Their ResNeXt configs set STRIDE_IN_1X1: False (the stride in the 3x3 conv).
+        expected["model.backbone_style"] = "torchvision"
     for key, value in expected.items():
         section, name = key.split(".")
         actual = getattr(getattr(config, section), name)
@@ -82,7 +96,7 @@ def check_config(config, layout: str, depth: int, config_name: str):
         if not same:
             raise CheckpointError(
                 f"{config_name}: {key} is {actual!r} but the {layout} checkpoint needs "
-                f"{value!r}; use the preset {PRESETS.get((layout, depth), '')} or fix the key")
+                f"{value!r}; use the preset {PRESETS.get((layout, arch), '')} or fix the key")
 
 
 def _sha256(path):
@@ -124,25 +138,25 @@ def import_checkpoint(path, output, source="auto", config_path=None, overrides=N
     if layout not in layouts.LAYOUTS:
         raise CheckpointError(f"--source {source!r}: choose auto, mmdet, authors or imagenet")
     try:
-        depth = layouts.resnet_depth(state, layout)
+        arch = layouts.architecture(state, layout)
     except ValueError as error:
         raise CheckpointError(f"{path}: {error}") from None
     output = _prepare_output(output, overwrite)
     report = {"source_file": os.path.abspath(path), "sha256": _sha256(path), "layout": layout,
-              "depth": depth}
+              "depth": arch.depth, "architecture": arch.name}
     if layout == "imagenet":
-        report.update(_import_backbone(state, path, output, depth, config_path, overrides))
+        report.update(_import_backbone(state, path, output, arch, config_path, overrides))
     else:
-        report.update(_import_detector(state, path, output, layout, depth, config_path,
+        report.update(_import_detector(state, path, output, layout, arch, config_path,
                                        overrides))
     (output / "import.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
-def _import_detector(state, path, output, layout, depth, config_path, overrides):
-    config_path = pathlib.Path(config_path) if config_path else preset_path(layout, depth)
+def _import_detector(state, path, output, layout, arch, config_path, overrides):
+    config_path = pathlib.Path(config_path) if config_path else preset_path(layout, arch)
     config = config_lib.load_config(config_path, overrides=overrides)
-    check_config(config, layout, depth, str(config_path))
+    check_config(config, layout, arch, str(config_path))
     # The released weights replace every initial value; the ImageNet file is not needed.
     build_config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, backbone_checkpoint=None))
@@ -157,16 +171,16 @@ def _import_detector(state, path, output, layout, depth, config_path, overrides)
             "set_to_zero": result["filled"], "not_weights": result["ignored"]}
 
 
-def _import_backbone(state, path, output, depth, config_path, overrides):
+def _import_backbone(state, path, output, arch, config_path, overrides):
     if config_path:
         model_cfg = config_lib.load_config(config_path, overrides=overrides).model
     else:
-        model_cfg = config_lib.ModelConfig(backbone=f"resnet{depth}",
+        model_cfg = config_lib.ModelConfig(backbone=arch.backbone,
                                            backbone_style="torchvision")
-    if model_cfg.backbone_style != "torchvision" or model_cfg.backbone != f"resnet{depth}":
+    if model_cfg.backbone_style != "torchvision" or model_cfg.backbone != arch.backbone:
         raise CheckpointError(
-            f"{path} is a torchvision ResNet-{depth}: the config must build "
-            f"model.backbone: resnet{depth} with model.backbone_style: torchvision (it has "
+            f"{path} is a torchvision {arch.backbone}: the config must build "
+            f"model.backbone: {arch.backbone} with model.backbone_style: torchvision (it has "
             f"{model_cfg.backbone}, {model_cfg.backbone_style})")
     backbone = build_backbone(model_cfg, (*_BUILD_SIZE, 3))
     result = strict_load.load_strict(backbone, state, "imagenet", source_name=str(path),

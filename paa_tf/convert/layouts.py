@@ -26,8 +26,17 @@ The authors' code (``kkhoot/PAA``, maskrcnn-benchmark layout: ``paa_core/modelin
 resnet.py``, ``fpn.py``, ``backbone.py``, ``rpn/paa/paa.py``, ``rpn/anchor_generator.py``):
 
 * ``backbone.body``: ``stem.conv1``/``stem.bn1``, ``layerI.B.convK``/``bnK``,
-  ``layerI.0.downsample.0``/``.1``; ``STRIDE_IN_1X1=True`` puts the stride in ``conv1``;
+  ``layerI.0.downsample.0``/``.1``; ``STRIDE_IN_1X1=True`` puts the stride in ``conv1``
+  (their ResNeXt configs set it False: the stride is in the 3x3 ``conv2``);
   ``FrozenBatchNorm2d`` holds weight, bias, running_mean, running_var and uses no ε;
+* ResNeXt (``RESNETS.NUM_GROUPS`` x ``WIDTH_PER_GROUP``): the same keys, ``conv2`` grouped, so
+  ``layer1.0.conv2.weight`` is [G·W, W, 3, 3] (groups = its rows / columns);
+* DCNv2 (``STAGE_WITH_DCN``, ``WITH_MODULATED_DCN``; ``DFConv2d`` in ``layers/misc.py``): a
+  deformable ``conv2`` is a module with ``conv2.offset`` (a plain conv with bias giving
+  3·dg·9 channels: offsets, then the modulation logits) and ``conv2.conv`` (the
+  ``ModulatedDeformConv``: ``weight``, and ``bias`` only where built with one, i.e. not in the
+  backbone); ``PAA.USE_DCN_IN_TOWER`` makes the last conv of each tower such a module, with
+  bias (``cls_tower.9.offset``, ``cls_tower.9.conv``);
 * ``backbone.fpn`` ("R-50-FPN-RETINANET"): ``in_channels_list`` starts with 0 for C2, so the
   blocks are ``fpn_inner2..4`` (laterals of C3..C5) and ``fpn_layer2..4`` (P3..P5), with
   biases; ``top_blocks.p6`` reads P5 (``USE_C5: False`` makes its input P5) and
@@ -40,8 +49,12 @@ resnet.py``, ``fpn.py``, ``backbone.py``, ``rpn/paa/paa.py``, ``rpn/anchor_gener
   (x1, y1, x2, y2, +1 convention). They are not weights; ``strict_load`` checks them against
   paa-tf's anchors instead.
 
-torchvision's ImageNet ResNet files: the torchvision names without a prefix, plus the
-classifier ``fc.weight`` / ``fc.bias``, which a detector has no use for.
+torchvision's ImageNet ResNet and ResNeXt files: the torchvision names without a prefix,
+plus the classifier ``fc.weight`` / ``fc.bias``, which a detector has no use for.
+
+mmdetection names a deformable conv after mmcv's ``ModulatedDeformConv2dPack``: its own
+``weight`` / ``bias`` and the offset conv ``conv_offset`` (no PAA model with DCN is released
+there; the names are kept so a file that has one fails on a named key).
 """
 
 from __future__ import annotations
@@ -63,6 +76,8 @@ class Target:
     part: str
     layer: str
     param: str
+    # The layer is a ModulatedDeformConv2D ('kernel', 'bias', 'offset_kernel', 'offset_bias').
+    deformable: bool = False
 
     @property
     def path(self):
@@ -117,6 +132,20 @@ def _head_conv_kind(layer, param):
     return "conv" if param == "kernel" else "copy"
 
 
+def conv_source(module: str, target: Target, offset_name: str = "offset",
+                deform_name: str | None = "conv") -> Source:
+    """The key of a conv/norm parameter of PyTorch module ``module``; for a deformable conv
+    its offset conv is ``module.<offset_name>`` and its own weights ``module.<deform_name>``
+    (or ``module`` itself when ``deform_name`` is None)."""
+    param = target.param
+    kind = "conv" if param.endswith("kernel") else "copy"
+    if param.startswith("offset_"):
+        return Source(f"{module}.{offset_name}.{_PARAMS[param[len('offset_'):]]}", kind)
+    if target.deformable and deform_name:
+        module = f"{module}.{deform_name}"
+    return Source(f"{module}.{_PARAMS[param]}", kind)
+
+
 class Layout:
     """Base: a layout names the file key of each target (``source``) and non-weight keys."""
 
@@ -132,11 +161,12 @@ class Layout:
             return "BatchNorm's update counter, not a weight"
         return None
 
-    @staticmethod
-    def _backbone(target, stem, prefix):
-        module = torchvision_module(target.layer, stem)
-        kind = "conv" if target.param == "kernel" else "copy"
-        return Source(f"{prefix}{module}.{_PARAMS[target.param]}", kind)
+    # Where a deformable conv keeps its offset conv and its own weights (see conv_source).
+    offset_name, deform_name = "conv_offset", None
+
+    def _backbone(self, target, stem, prefix):
+        return conv_source(prefix + torchvision_module(target.layer, stem), target,
+                           self.offset_name, self.deform_name)
 
 
 class MMDetLayout(Layout):
@@ -163,7 +193,7 @@ class MMDetLayout(Layout):
             if t.param == "bias":
                 return Source(None, note="mmdetection's tower convs have no bias (GroupNorm "
                                          "follows); paa-tf's is set to 0")
-            return Source(f"{module}.conv.weight", "conv")
+            return conv_source(f"{module}.conv", t, self.offset_name, self.deform_name)
         if t.layer.startswith("scales_"):
             return Source(f"bbox_head.scales.{t.layer[len('scales_'):]}.scale", "scalar")
         module = {"cls_logits": "atss_cls", "bbox_pred": "atss_reg",
@@ -175,6 +205,7 @@ class AuthorsLayout(MMDetLayout):
     """The authors' code (``{'model': ...}``, maskrcnn-benchmark module names)."""
 
     name = "authors"
+    offset_name, deform_name = "offset", "conv"
 
     def source(self, t):
         if t.part == "backbone":
@@ -193,8 +224,7 @@ class AuthorsLayout(MMDetLayout):
             # Sequential(conv, GroupNorm, ReLU) x 4: conv i at 3i, its GroupNorm at 3i + 1.
             position = 3 * int(index) + (1 if kind == "gn" else 0)
             module = f"rpn.head.{'cls' if tower == 'cls' else 'bbox'}_tower.{position}"
-            return Source(f"{module}.{_PARAMS[t.param]}",
-                          "conv" if t.param == "kernel" else "copy")
+            return conv_source(module, t)
         if t.layer.startswith("scales_"):
             return Source(f"rpn.head.scales.{t.layer[len('scales_'):]}.scale", "scalar")
         return Source(f"rpn.head.{t.layer}.{_PARAMS[t.param]}", _head_conv_kind(t.layer, t.param))
@@ -232,13 +262,71 @@ def guess_layout(state, kind) -> str:
     return "imagenet"
 
 
-def resnet_depth(state, layout) -> int:
-    """ResNet depth from the number of blocks in stage 3 (6: 50, 23: 101, 36: 152)."""
-    prefix = {"mmdet": "backbone.", "authors": "backbone.body.", "imagenet": ""}[layout]
+_PREFIX = {"mmdet": "backbone.", "authors": "backbone.body.", "imagenet": ""}
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """What a checkpoint's keys and shapes say about its network (``architecture``)."""
+
+    depth: int
+    groups: int = 1
+    width_per_group: int = 64
+    dcn_stages: tuple = ()  # 2..5 (res2..res5)
+    head_dcn: bool = False
+    deformable_groups: int = 1
+
+    @property
+    def backbone(self) -> str:
+        """The ``model.backbone`` name: resnet50 or resnext101_64x4d."""
+        if self.groups == 1 and self.width_per_group == 64:
+            return f"resnet{self.depth}"
+        return f"resnext{self.depth}_{self.groups}x{self.width_per_group}d"
+
+    @property
+    def name(self) -> str:
+        """A readable name: 'resnext101_64x4d + DCNv2 res4-5 + head DCNv2'."""
+        parts = [self.backbone]
+        if self.dcn_stages:
+            parts.append(f"DCNv2 res{min(self.dcn_stages)}-{max(self.dcn_stages)}")
+        if self.head_dcn:
+            parts.append("head DCNv2")
+        return " + ".join(parts)
+
+
+def architecture(state, layout) -> Architecture:
+    """The network of a checkpoint from its keys and shapes.
+
+    Depth: blocks in stage 3 (6: 50, 23: 101, 36: 152). ResNeXt: the shape [G·W, W, 3, 3] of
+    ``layer1.0.conv2``'s weight (ResNet: [64, 64, 3, 3]). DCN: the stages whose block 0 has an
+    offset conv, the head towers' last conv likewise, and the offset conv's 3·dg·9 outputs.
+    """
+    prefix = _PREFIX[layout]
     blocks = {int(m.group(1)) for k in state
               for m in [re.match(re.escape(prefix) + r"layer3\.(\d+)\.", k)] if m}
     depth = {6: 50, 23: 101, 36: 152}.get(len(blocks))
     if depth is None:
         raise ValueError(f"cannot tell the ResNet depth: the checkpoint has {len(blocks)} blocks "
                          f"under '{prefix}layer3.' (ResNet-50/101/152 have 6/23/36)")
-    return depth
+    layout_obj = LAYOUTS[layout]
+
+    def key(module, param, deformable):
+        target = Target("backbone", "", param, deformable)
+        return conv_source(prefix + module, target, layout_obj.offset_name,
+                           layout_obj.deform_name).key
+
+    conv2 = next((state[k] for k in (key("layer1.0.conv2", "kernel", False),
+                                     key("layer1.0.conv2", "kernel", True)) if k in state), None)
+    groups, width = 1, 64
+    if conv2 is not None and conv2.ndim == 4 and conv2.shape[1]:
+        groups = max(1, conv2.shape[0] // conv2.shape[1])
+        width = conv2.shape[0] // groups
+    offsets = {stage: state.get(key(f"layer{stage - 1}.0.conv2", "offset_kernel", False))
+               for stage in (2, 3, 4, 5)}
+    dcn_stages = tuple(stage for stage, value in offsets.items() if value is not None)
+    # The last of the authors' 4 tower convs sits at index 9 (see AuthorsLayout).
+    head_offset = (state.get("rpn.head.cls_tower.9.offset.weight")
+                   if layout == "authors" else None)
+    channels = [v.shape[0] for v in [*offsets.values(), head_offset] if v is not None]
+    return Architecture(depth, groups, width, dcn_stages, head_offset is not None,
+                        deformable_groups=channels[0] // 27 if channels else 1)

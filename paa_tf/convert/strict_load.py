@@ -13,12 +13,19 @@ import numpy as np
 
 from paa_tf.convert.layouts import LAYOUTS, Target, convert
 from paa_tf.convert.torch_file import CheckpointError
+from paa_tf.modeling.deform_conv import ModulatedDeformConv2D
 
 _MAX_LISTED = 12
 
 
 def _param(variable):
     return variable.name.split("/")[-1].split(":")[0]
+
+
+def _targets(part, layer):
+    deformable = isinstance(layer, ModulatedDeformConv2D)
+    return [(Target(part, layer.name, _param(variable), deformable), variable)
+            for variable in layer.weights]
 
 
 def model_targets(model, parts=("backbone", "fpn", "head")) -> list:
@@ -31,22 +38,19 @@ def model_targets(model, parts=("backbone", "fpn", "head")) -> list:
     backbone = getattr(model, "backbone", model)
     if "backbone" in parts:
         for layer in backbone.layers:
-            for variable in layer.weights:
-                pairs.append((Target("backbone", layer.name, _param(variable)), variable))
+            pairs += _targets("backbone", layer)
     if "fpn" in parts:
         fpn = model.fpn
         for group in (fpn.laterals, fpn.output_convs, fpn.extra_convs):
             for layer in group.values():
-                for variable in layer.weights:
-                    pairs.append((Target("fpn", layer.name, _param(variable)), variable))
+                pairs += _targets("fpn", layer)
     if "head" in parts:
         head = model.head
         layers = [*head.cls_tower, *head.box_tower, head.cls_logits, head.bbox_pred]
         if head.aux_pred is not None:
             layers.append(head.aux_pred)
         for layer in layers:
-            for variable in layer.weights:
-                pairs.append((Target("head", layer.name, _param(variable)), variable))
+            pairs += _targets("head", layer)
         # Both references index their per-level scales from 0 at the lowest level.
         for index, variable in enumerate(head.scales):
             pairs.append((Target("head", f"scales_{index}", "scale"), variable))
@@ -117,8 +121,9 @@ def load_strict(model, state: dict, layout_name: str, source_name: str = "checkp
                         "head_channels, head_convs):" + _listing(mismatched))
     if unknown:
         problems.append(f"{len(unknown)} keys of the file are not used by the {layout_name} "
-                        "layout (another architecture, e.g. DCN or ResNeXt, or another "
-                        "source: see --source):" + _listing(unknown))
+                        "layout (another architecture than the config's, e.g. "
+                        "model.backbone_dcn_stages or model.head_dcn, or another source: see "
+                        "--source):" + _listing(unknown))
     if problems:
         raise CheckpointError(f"{source_name} does not fit the paa-tf model "
                               f"({layout_name} layout); nothing was loaded.\n"

@@ -6,6 +6,9 @@ Two families:
   (fixed affine and statistics, as in KK) is Keras BatchNormalization with ``trainable=False``,
   which in tf_keras also forces inference mode, so the moving statistics are used and never
   updated. ``freeze_at`` freezes the stem (1) and the stages res2..res{freeze_at}.
+* ``resnext101_64x4d``, ``resnext101_32x8d``, ``resnext152_32x8d``: ResNeXt, PyTorch layouts
+  only (``paa_tf.modeling.resnet_torch``), like the ResNets with ``model.backbone_style``
+  torchvision or msra; those also take deformable 3x3 convs (``model.backbone_dcn_stages``).
 * ``tiny``: a plain conv net (16-128 channels) for CPU runs and tests. Stride-2 convs use an
   explicit one-pixel zero padding and 'valid' convolution, like PyTorch (see fpn.py).
 
@@ -15,6 +18,8 @@ Two families:
 
 from __future__ import annotations
 
+import re
+
 import tf_keras
 
 from paa_tf import config as config_lib
@@ -22,7 +27,10 @@ from paa_tf.modeling.resnet_torch import build_torch_resnet
 
 BACKBONES = config_lib.choices("model.backbone")
 RESNET_DEPTHS = {name: int(name[len("resnet"):]) for name in BACKBONES
-                 if name.startswith("resnet")}
+                 if re.fullmatch(r"resnet\d+", name)}
+# resnextD_GxWd -> (depth D, groups G, width per group W): PyTorch layouts only.
+RESNEXT = {name: tuple(int(n) for n in match.groups()) for name in BACKBONES
+           for match in [re.fullmatch(r"resnext(\d+)_(\d+)x(\d+)d", name)] if match}
 
 # Channels of the tiny backbone's stages at strides 2, 4, 8, 16, 32.
 TINY_CHANNELS = (16, 32, 64, 96, 128)
@@ -129,14 +137,21 @@ def build_backbone(model_config, input_shape=(None, None, 3)) -> tf_keras.Model:
     if name == "tiny":
         return build_tiny_backbone(input_shape, frozen_bn=model_config.frozen_bn)
     style = model_config.backbone_style
-    if name in RESNET_DEPTHS and style != "model_garden":
+    if style != "model_garden" and (name in RESNET_DEPTHS or name in RESNEXT):
+        depth, groups, width = RESNEXT.get(name, (RESNET_DEPTHS.get(name), 1, 64))
         return build_torch_resnet(
-            RESNET_DEPTHS[name], style, input_shape, freeze_at=model_config.freeze_at,
+            depth, style, input_shape, freeze_at=model_config.freeze_at,
             frozen_bn=model_config.frozen_bn, bn_epsilon=model_config.bn_epsilon,
-            input_channels=model_config.input_channels)
-    if model_config.input_channels != "rgb":
-        raise ValueError("model.input_channels = 'bgr' needs a PyTorch-layout ResNet "
-                         "(model.backbone_style torchvision or msra)")
+            input_channels=model_config.input_channels, groups=groups, width_per_group=width,
+            dcn_stages=tuple(model_config.backbone_dcn_stages),
+            deformable_groups=model_config.deformable_groups)
+    unsupported = [key for key, used in (
+        ("model.input_channels: bgr", model_config.input_channels != "rgb"),
+        (f"model.backbone: {name}", name in RESNEXT),
+        ("model.backbone_dcn_stages", bool(model_config.backbone_dcn_stages))) if used]
+    if unsupported:
+        raise ValueError(f"{unsupported[0]} needs a PyTorch-layout ResNet: set "
+                         "model.backbone_style to torchvision or msra (not model_garden)")
     if name in RESNET_DEPTHS:
         return build_resnet_backbone(
             RESNET_DEPTHS[name], input_shape,

@@ -28,12 +28,13 @@ from paa_tf.ops.anchors import generate_anchors
 from paa_tf.ops.boxes import decode_boxes
 
 LOGGER = logging.getLogger(__name__)
-# Variables treated as biases: 2x LR, no decay (KK names conv and GroupNorm offsets 'bias').
-BIAS_NAMES = ("bias", "beta")
+# Variables treated as biases: 2x LR, no decay (KK names conv and GroupNorm offsets 'bias';
+# its key test, "bias" in the name, also covers the deformable convs' offset-conv biases).
+BIAS_NAMES = ("bias", "beta", "offset_bias")
 
 
 def is_bias(variable) -> bool:
-    """True for conv biases and normalisation offsets (GroupNorm/BatchNorm 'beta')."""
+    """True for conv biases (offset convs' included) and normalisation offsets ('beta')."""
     return variable.name.split("/")[-1].split(":")[0] in BIAS_NAMES
 
 
@@ -255,7 +256,9 @@ def build_detector(config, image_size=None, assign_fn=None) -> PAADetector:
     head = PAAHead(num_classes=model_cfg.num_classes, channels=model_cfg.head_channels,
                    num_convs=model_cfg.head_convs, min_level=model_cfg.min_level,
                    max_level=model_cfg.max_level, prior_prob=model_cfg.prior_prob,
-                   aux_head=model_cfg.aux_head, norm=model_cfg.head_norm, name="paa_head")
+                   aux_head=model_cfg.aux_head, norm=model_cfg.head_norm,
+                   dcn=model_cfg.head_dcn, deformable_groups=model_cfg.deformable_groups,
+                   name="paa_head")
     anchors, level_ids = generate_anchors(
         height, width, model_cfg.min_level, model_cfg.max_level,
         octave_base_scale=model_cfg.octave_base_scale,

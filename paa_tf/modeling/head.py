@@ -1,6 +1,8 @@
 """The PAA head, shared by all pyramid levels (paper Sec. 3.2; docs/PAA.md, "Network").
 
-Two towers of ``num_convs`` x (3x3 conv, GroupNorm(32), ReLU): the classification tower feeds
+Two towers of ``num_convs`` x (3x3 conv, GroupNorm(32), ReLU) (with ``dcn``, the last conv of
+each tower a modulated deformable conv, ``paa_tf.modeling.deform_conv``, as the authors'
+``USE_DCN_IN_TOWER``; its offset conv starts at zero): the classification tower feeds
 the class logits, the box tower feeds the box deltas (times a learnable per-level scale,
 initialised to 1) and the auxiliary quality logit (IoU prediction, or centerness for the
 ablation). Convs are initialised N(0, 0.01) with bias 0; the class bias is
@@ -18,6 +20,7 @@ import math
 import tensorflow as tf
 import tf_keras
 
+from paa_tf.modeling.deform_conv import ModulatedDeformConv2D
 from paa_tf.modeling.group_norm import GroupNorm
 
 AUX_HEADS = ("iou", "centerness", "none")
@@ -43,7 +46,8 @@ class PAAHead(tf_keras.layers.Layer):
 
     def __init__(self, num_classes: int, channels: int = 256, num_convs: int = 4,
                  min_level: int = 3, max_level: int = 7, prior_prob: float = 0.01,
-                 aux_head: str = "iou", norm: str = "group", **kwargs):
+                 aux_head: str = "iou", norm: str = "group", dcn: bool = False,
+                 deformable_groups: int = 1, **kwargs):
         super().__init__(**kwargs)
         if aux_head not in AUX_HEADS:
             raise ValueError(f"model.aux_head = {aux_head!r}; choose one of {AUX_HEADS}")
@@ -60,6 +64,8 @@ class PAAHead(tf_keras.layers.Layer):
         self.prior_prob = prior_prob
         self.aux_head = aux_head
         self.norm = norm
+        self.dcn = dcn
+        self.deformable_groups = deformable_groups
         self.cls_tower = self._tower("cls_tower")
         self.box_tower = self._tower("box_tower")
         prior_bias = -math.log((1.0 - prior_prob) / prior_prob)
@@ -70,7 +76,13 @@ class PAAHead(tf_keras.layers.Layer):
     def _tower(self, name):
         layers = []
         for i in range(self.num_convs):
-            layers.append(_normal_conv(self.channels, f"{name}_conv{i}"))
+            if self.dcn and i == self.num_convs - 1:
+                layers.append(ModulatedDeformConv2D(
+                    self.channels, 3, deformable_groups=self.deformable_groups,
+                    kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.01),
+                    name=f"{name}_conv{i}"))
+            else:
+                layers.append(_normal_conv(self.channels, f"{name}_conv{i}"))
             if self.norm == "group":
                 # float32 under mixed precision: with few values per group the backward pass
                 # scales like 1/sigma^3 and overflows float16.
@@ -121,5 +133,6 @@ class PAAHead(tf_keras.layers.Layer):
         config.update(num_classes=self.num_classes, channels=self.channels,
                       num_convs=self.num_convs, min_level=self.min_level,
                       max_level=self.max_level, prior_prob=self.prior_prob,
-                      aux_head=self.aux_head, norm=self.norm)
+                      aux_head=self.aux_head, norm=self.norm, dcn=self.dcn,
+                      deformable_groups=self.deformable_groups)
         return config

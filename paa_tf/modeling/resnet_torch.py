@@ -22,6 +22,16 @@ BatchNorm is Keras ``BatchNormalization`` with the checkpoint's ε (``model.bn_e
 1e-5 for torchvision/mmdetection (``nn.BatchNorm2d``'s default), 0 for maskrcnn-benchmark,
 whose ``FrozenBatchNorm2d`` computes ``weight / sqrt(running_var)`` with no ε at all.
 
+ResNeXt (Xie et al. 2017) is the same network with a grouped 3x3 conv: ``groups`` groups of
+``width_per_group`` channels in the first stage's bottleneck (``X-101-64x4d``: 64 x 4 = 256,
+where ResNet-50/101 have 64), the width doubling per stage like the output; the 1x1 convs and
+the shortcut are unchanged. The authors' ResNeXt configs (and torchvision's ResNeXts) put
+the stride in the 3x3 conv (``STRIDE_IN_1X1: False``), i.e. ``style='torchvision'``.
+
+``dcn_stages`` makes the 3x3 conv of every block of those stages (numbered 2..5 = res2..res5
+= ``layer1..layer4``) a modulated deformable conv (``paa_tf.modeling.deform_conv``; no bias,
+the block's groups, ``deformable_groups``), as the authors' ``STAGE_WITH_DCN`` does.
+
 Layer names follow the PyTorch module paths with '.' written '_' (``layer2_0_conv1``,
 ``layer2_0_downsample_conv``, ``layer2_0_downsample_bn``), so ``paa_tf.convert`` maps a
 checkpoint key to a layer by name.
@@ -35,18 +45,19 @@ import tensorflow as tf
 import tf_keras
 
 from paa_tf import config as config_lib
+from paa_tf.modeling.deform_conv import ModulatedDeformConv2D
 
 STYLES = tuple(s for s in config_lib.choices("model.backbone_style") if s != "model_garden")
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
-def _conv(x, filters, kernel, stride, name):
+def _conv(x, filters, kernel, stride, name, groups=1):
     """Conv with PyTorch's symmetric zero padding of kernel // 2 pixels, no bias."""
     pad = kernel // 2
     if pad:
         x = tf_keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
     return tf_keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid",
-                                  use_bias=False, name=name)(x)
+                                  groups=groups, use_bias=False, name=name)(x)
 
 
 def _bn(x, name, epsilon, frozen):
@@ -57,8 +68,9 @@ def _bn(x, name, epsilon, frozen):
     return bn(x)
 
 
-def _bottleneck(x, width, out_channels, stride, name, style, epsilon, frozen_bn):
-    """One bottleneck block: 1x1 -> 3x3 -> 1x1 (x4 channels), residual, ReLU."""
+def _bottleneck(x, width, out_channels, stride, name, style, epsilon, frozen_bn, groups=1,
+                deformable=False, deformable_groups=1):
+    """One bottleneck block: 1x1 -> 3x3 (grouped, maybe deformable) -> 1x1, residual, ReLU."""
     stride_1x1, stride_3x3 = (stride, 1) if style == "msra" else (1, stride)
     shortcut = x
     if x.shape[-1] != out_channels or stride != 1:
@@ -66,7 +78,12 @@ def _bottleneck(x, width, out_channels, stride, name, style, epsilon, frozen_bn)
         shortcut = _bn(shortcut, f"{name}_downsample_bn", epsilon, frozen_bn)
     y = _conv(x, width, 1, stride_1x1, f"{name}_conv1")
     y = tf_keras.layers.ReLU(name=f"{name}_relu1")(_bn(y, f"{name}_bn1", epsilon, frozen_bn))
-    y = _conv(y, width, 3, stride_3x3, f"{name}_conv2")
+    if deformable:
+        y = ModulatedDeformConv2D(width, 3, strides=stride_3x3, padding=1, groups=groups,
+                                  deformable_groups=deformable_groups, use_bias=False,
+                                  name=f"{name}_conv2")(y)
+    else:
+        y = _conv(y, width, 3, stride_3x3, f"{name}_conv2", groups=groups)
     y = tf_keras.layers.ReLU(name=f"{name}_relu2")(_bn(y, f"{name}_bn2", epsilon, frozen_bn))
     y = _conv(y, out_channels, 1, 1, f"{name}_conv3")
     y = _bn(y, f"{name}_bn3", epsilon, frozen_bn)
@@ -87,7 +104,8 @@ class ChannelReverse(tf_keras.layers.Layer):
 
 def build_torch_resnet(depth: int, style: str = "torchvision", input_shape=(None, None, 3),
                        freeze_at: int = 2, frozen_bn: bool = True, bn_epsilon: float = 1e-5,
-                       input_channels: str = "rgb", name=None) -> tf_keras.Model:
+                       input_channels: str = "rgb", groups: int = 1, width_per_group: int = 64,
+                       dcn_stages=(), deformable_groups: int = 1, name=None) -> tf_keras.Model:
     """The PyTorch-layout ResNet (see the module docstring).
 
     Args:
@@ -99,6 +117,10 @@ def build_torch_resnet(depth: int, style: str = "torchvision", input_shape=(None
       frozen_bn: every BatchNorm a fixed affine map with the checkpoint's statistics.
       bn_epsilon: BatchNorm ε (1e-5 torchvision, 0 maskrcnn-benchmark's FrozenBatchNorm2d).
       input_channels: 'rgb', or 'bgr' to reverse the (normalised RGB) input's channels first.
+      groups, width_per_group: the first stage's 3x3 conv has ``groups`` groups of
+        ``width_per_group`` channels (1 x 64: ResNet; 64 x 4, 32 x 8: ResNeXt).
+      dcn_stages: stages (2..5) whose 3x3 convs are modulated deformable convs.
+      deformable_groups: their offset groups.
     Returns:
       tf_keras.Model: image float32 [B, H, W, 3] -> {3: C3 [B, H/8, W/8, 512],
       4: C4 [B, H/16, W/16, 1024], 5: C5 [B, H/32, W/32, 2048]} (ceil division).
@@ -112,6 +134,9 @@ def build_torch_resnet(depth: int, style: str = "torchvision", input_shape=(None
         raise ValueError(f"model.input_channels {input_channels!r}: choose 'rgb' or 'bgr'")
     if not 0 <= freeze_at <= 5:
         raise ValueError(f"model.freeze_at must be in 0..5, got {freeze_at}")
+    if not set(dcn_stages) <= {2, 3, 4, 5}:
+        raise ValueError(f"model.backbone_dcn_stages {list(dcn_stages)}: stages are 2..5 "
+                         "(res2..res5)")
     inputs = tf_keras.Input(shape=input_shape, name="image")
     x = ChannelReverse(name="rgb_to_bgr")(inputs) if input_channels == "bgr" else inputs
     x = _conv(x, 64, 7, 2, "conv1")
@@ -124,11 +149,15 @@ def build_torch_resnet(depth: int, style: str = "torchvision", input_shape=(None
     for stage, count in enumerate(BLOCKS[depth], start=1):
         for block in range(count):
             stride = 2 if stage > 1 and block == 0 else 1
-            x = _bottleneck(x, 64 * 2 ** (stage - 1), 256 * 2 ** (stage - 1), stride,
-                            f"layer{stage}_{block}", style, bn_epsilon, frozen_bn)
+            x = _bottleneck(x, groups * width_per_group * 2 ** (stage - 1),
+                            256 * 2 ** (stage - 1), stride, f"layer{stage}_{block}", style,
+                            bn_epsilon, frozen_bn, groups=groups,
+                            deformable=stage + 1 in dcn_stages,
+                            deformable_groups=deformable_groups)
         if stage >= 2:
             outputs[stage + 1] = x
-    model = tf_keras.Model(inputs, outputs, name=name or f"resnet{depth}_{style}_backbone")
+    kind = f"resnext{depth}_{groups}x{width_per_group}d" if groups > 1 else f"resnet{depth}"
+    model = tf_keras.Model(inputs, outputs, name=name or f"{kind}_{style}_backbone")
     for layer in model.layers:
         # Stage 1 is the stem (every layer not in a 'layerN_' stage), stage k is layer{k-1}.
         match = re.match(r"layer(\d)_", layer.name)

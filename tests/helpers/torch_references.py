@@ -18,6 +18,28 @@ from torch import nn
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
+class DFConv2d(nn.Module):
+    """The authors' modulated deformable conv module (``layers/misc.py``): ``offset``, a conv
+    with bias giving 27 channels (18 offsets, then 9 modulation logits), and ``conv``, the
+    ``ModulatedDeformConv`` holding ``weight`` (and ``bias`` when built with one)."""
+
+    def __init__(self, cin, cout, stride=1, groups=1, bias=False):
+        super().__init__()
+        self.offset = nn.Conv2d(cin, 27, 3, stride=stride, padding=1)
+        self.conv = nn.Module()
+        self.conv.weight = nn.Parameter(torch.empty(cout, cin // groups, 3, 3))
+        self.conv.bias = nn.Parameter(torch.zeros(cout)) if bias else None
+        self.stride = stride
+
+    def forward(self, x):
+        # torchvision only here: the plain reference networks need nothing but torch.
+        from torchvision.ops import deform_conv2d
+
+        out = self.offset(x)
+        return deform_conv2d(x, out[:, :18], self.conv.weight, self.conv.bias,
+                             stride=self.stride, padding=1, mask=out[:, 18:].sigmoid())
+
+
 class FrozenBN(nn.Module):
     """maskrcnn-benchmark's FrozenBatchNorm2d: four buffers, y = (x - mean)·w/sqrt(var) + b."""
 
@@ -34,12 +56,14 @@ class FrozenBN(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, cin, width, cout, stride, stride_in_1x1, norm):
+    def __init__(self, cin, width, cout, stride, stride_in_1x1, norm, groups=1, dcn=False):
         super().__init__()
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(cin, width, 1, stride=s1, bias=False)
         self.bn1 = norm(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, bias=False)
+        self.conv2 = (DFConv2d(width, width, stride=s3, groups=groups) if dcn else
+                      nn.Conv2d(width, width, 3, stride=s3, padding=1, bias=False,
+                                groups=groups))
         self.bn2 = norm(width)
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = norm(cout)
@@ -67,10 +91,16 @@ class Stem(nn.Module):
 
 class ResNet(nn.Module):
     """torchvision layout (``msra=False``: conv1/bn1 at the top, stride in the 3x3) or
-    maskrcnn-benchmark's (``msra=True``: ``stem.conv1``, stride in the first 1x1, FrozenBN)."""
+    maskrcnn-benchmark's (``msra=True``: ``stem.conv1``, stride in the first 1x1, FrozenBN).
 
-    def __init__(self, depth, msra):
+    ResNeXt: ``groups`` x ``width_per_group`` in the first stage's 3x3 conv; with
+    ``stride_in_1x1=False`` the authors' ResNeXt (their layout, stride in the 3x3).
+    ``dcn_stages``: stages (2..5) whose 3x3 convs are ``DFConv2d``."""
+
+    def __init__(self, depth, msra, groups=1, width_per_group=64, stride_in_1x1=None,
+                 dcn_stages=()):
         super().__init__()
+        stride_in_1x1 = msra if stride_in_1x1 is None else stride_in_1x1
         norm = FrozenBN if msra else nn.BatchNorm2d
         self.msra = msra
         if msra:
@@ -80,11 +110,13 @@ class ResNet(nn.Module):
             self.bn1 = norm(64)
         cin = 64
         for stage, count in enumerate(BLOCKS[depth], start=1):
-            width, cout = 64 * 2 ** (stage - 1), 256 * 2 ** (stage - 1)
+            width = groups * width_per_group * 2 ** (stage - 1)
+            cout = 256 * 2 ** (stage - 1)
             blocks = []
             for index in range(count):
                 stride = 2 if stage > 1 and index == 0 else 1
-                blocks.append(Bottleneck(cin, width, cout, stride, msra, norm))
+                blocks.append(Bottleneck(cin, width, cout, stride, stride_in_1x1, norm,
+                                         groups=groups, dcn=stage + 1 in dcn_stages))
                 cin = cout
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
 
@@ -210,12 +242,14 @@ class KKScale(nn.Module):
 
 
 class KKHead(nn.Module):
-    def __init__(self, num_classes=80):
+    def __init__(self, num_classes=80, dcn=False):
         super().__init__()
         for name in ("cls_tower", "bbox_tower"):
             layers = []
-            for _ in range(4):
-                layers += [nn.Conv2d(256, 256, 3, padding=1), nn.GroupNorm(32, 256), nn.ReLU()]
+            for index in range(4):
+                conv = (DFConv2d(256, 256, bias=True) if dcn and index == 3
+                        else nn.Conv2d(256, 256, 3, padding=1))
+                layers += [conv, nn.GroupNorm(32, 256), nn.ReLU()]
             setattr(self, name, nn.Sequential(*layers))
         self.cls_logits = nn.Conv2d(256, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(256, 4, 3, padding=1)
@@ -247,12 +281,14 @@ class KKAnchorBuffers(nn.Module):
 class KKPAA(nn.Module):
     """The authors' GeneralizedRCNN with PAA: ``backbone.body``, ``backbone.fpn``, ``rpn``."""
 
-    def __init__(self, depth=50):
+    def __init__(self, depth=50, groups=1, width_per_group=64, dcn_stages=(), head_dcn=False):
         super().__init__()
-        self.backbone = nn.Sequential(OrderedDict([("body", ResNet(depth, msra=True)),
-                                                   ("fpn", KKFPN())]))
+        # Their ResNeXt configs set STRIDE_IN_1X1 False; their ResNets keep True.
+        body = ResNet(depth, msra=True, groups=groups, width_per_group=width_per_group,
+                      stride_in_1x1=groups == 1, dcn_stages=dcn_stages)
+        self.backbone = nn.Sequential(OrderedDict([("body", body), ("fpn", KKFPN())]))
         self.rpn = nn.Module()
-        self.rpn.head = KKHead()
+        self.rpn.head = KKHead(dcn=head_dcn)
         self.rpn.anchor_generator = KKAnchorBuffers()
 
     def forward(self, x):
@@ -293,11 +329,20 @@ def randomize(model, seed, small_var_fraction=0.1):
                 fill(module.bias, rng.normal(0, 0.1, n))
                 fill(module.running_mean, rng.normal(0, 0.2, n))
                 fill(module.running_var, var)
+            elif isinstance(module, DFConv2d):
+                weight = module.conv.weight
+                fill(weight, rng.normal(0, np.sqrt(1.0 / weight[0].numel()), weight.shape))
+                if module.conv.bias is not None:
+                    fill(module.conv.bias, rng.normal(0, 0.1, module.conv.bias.shape))
             elif isinstance(module, nn.GroupNorm):
                 fill(module.weight, rng.uniform(0.5, 1.5, module.weight.shape))
                 fill(module.bias, rng.normal(0, 0.1, module.bias.shape))
             elif isinstance(module, (MMScale, KKScale)):
                 fill(module.scale, rng.uniform(0.5, 1.5, module.scale.shape))
+        for module in model.modules():
+            if isinstance(module, DFConv2d):
+                # Offsets of a few pixels (std ~3): samples cross pixels and image borders.
+                module.offset.weight.mul_(3.0)
         heads = [m for m in model.modules() if isinstance(m, (MMHead, KKHead))]
         for head in heads:
             cls = head.atss_cls if isinstance(head, MMHead) else head.cls_logits
