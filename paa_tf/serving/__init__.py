@@ -1,0 +1,1 @@
+"""Exports of the detector for other runtimes than TensorFlow Serving (ONNX, LiteRT)."""
