@@ -23,9 +23,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from bench_common import alternating_rounds, machine_facts  # noqa: E402
 
-from paa_tf import coco_scoring  # noqa: E402
+from paa_tf import coco_scoring, export, serving_preprocess  # noqa: E402
+from paa_tf.run_folder import RunFolder  # noqa: E402
 from paa_tf.serving import formats, litert_export, onnx_export, runtimes  # noqa: E402
 
 FILES = {"saved_model": "", "onnx": f"onnx/{onnx_export.FILENAME}",
@@ -47,13 +49,43 @@ def coco_ap(run, coco_gt, image_dir):
         out = run(image[None])
         height, width = image.shape[:2]
         for k in range(int(out["num_detections"][0])):
-            ymin, xmin, ymax, xmax = out["detection_boxes"][0, k] * [height, width] * 2
+            ymin, xmin, ymax, xmax = out["detection_boxes"][0, k] * np.array([height, width] * 2)
             results.append({"image_id": image_id, "category_id": int(
                 out["detection_classes"][0, k]), "bbox": [float(xmin), float(ymin),
                 float(xmax - xmin), float(ymax - ymin)],
                 "score": float(out["detection_scores"][0, k])})
     metrics = coco_scoring.coco_evaluate(coco_gt, results, verbose=False)
     return 100 * metrics["AP"], 100 * metrics["AP50"]
+
+
+def network_split(model_dir, photos, rounds, threads):
+    """Where the time goes: the network alone (Keras model on the pre-processed canvas, as
+    TensorFlow, LiteRT fp32 and LiteRT int8) beside the whole files' figures above, so that
+    whole - network is the pre/post-processing each runtime pays."""
+    run = RunFolder(model_dir)
+    module, _ = export.restore_detector(run, run.config())
+    model = module._holder.model
+    pre = module._preprocess
+    canvas = [serving_preprocess.padded_one(tf.cast(p[0], tf.float32), pre)[0][None].numpy()
+              for p in photos]
+    network = tf.function(lambda x: model(x, training=False),
+                          input_signature=[tf.TensorSpec(canvas[0].shape, tf.float32)])
+    concrete = network.get_concrete_function()
+    calls = {"network TF": lambda x: network(tf.constant(x))}
+    for variant in ("fp32", "int8"):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+        if variant == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([c] for c in canvas)
+        runner = Interpreter(model_content=converter.convert(),
+                                  num_threads=threads).get_signature_runner()
+        key = runner.get_input_details()
+        name = next(iter(key))
+        calls[f"network LiteRT {variant}"] = (lambda r, n: lambda x: r(**{n: x}))(runner, name)
+    cpu = {}
+    wall = alternating_rounds(calls, canvas, rounds, cpu=cpu)
+    for name in calls:
+        print(f"| {name} | {1000 * wall[name]:.1f} | {1000 * cpu[name]:.1f} |", flush=True)
 
 
 def main():
@@ -66,6 +98,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--formats", default=",".join(formats.FORMATS))
+    parser.add_argument("--model_dir", help="the run folder: also time the network alone")
     args = parser.parse_args()
     print(machine_facts(tf))
     names = formats.check_formats(args.formats.split(","))
@@ -87,6 +120,9 @@ def main():
         ratio = f"{base / wall[name]:.2f}x" if base else "-"
         print(f"| {name} | {1000 * wall[name]:.1f} | {1000 * cpu[name]:.1f} | {ratio} | "
               f"{ap:.2f} | {ap50:.2f} |", flush=True)
+    if args.model_dir:
+        print("| network alone | ms / image (wall) | ms / image (CPU) |\n|---|---|---|")
+        network_split(args.model_dir, photos, args.rounds, args.threads)
 
 
 if __name__ == "__main__":

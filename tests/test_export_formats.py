@@ -143,7 +143,7 @@ def _agreement_ap(outputs, images, fmt):
         gt["images"].append({"id": index + 1, "height": height, "width": width})
         for source, target in ((outputs["saved_model"][index], "gt"), (outputs[fmt][index], "dt")):
             for k in range(int(source["num_detections"][0])):
-                y0, x0, y1, x1 = source["detection_boxes"][0, k] * [height, width] * 2
+                y0, x0, y1, x1 = source["detection_boxes"][0, k] * np.array([height, width] * 2)
                 score = float(source["detection_scores"][0, k])
                 record = {"image_id": index + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
                           "category_id": int(source["detection_classes"][0, k])}
