@@ -77,11 +77,14 @@ def network_split(model_dir, photos, rounds, threads):
         if variant == "int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: ([c] for c in canvas)
-        runner = Interpreter(model_content=converter.convert(),
-                                  num_threads=threads).get_signature_runner()
-        key = runner.get_input_details()
-        name = next(iter(key))
-        calls[f"network LiteRT {variant}"] = (lambda r, n: lambda x: r(**{n: x}))(runner, name)
+        interpreter = Interpreter(model_content=converter.convert(), num_threads=threads)
+        interpreter.allocate_tensors()
+        index = interpreter.get_input_details()[0]["index"]
+
+        def invoke(x, interpreter=interpreter, index=index):
+            interpreter.set_tensor(index, x)
+            interpreter.invoke()
+        calls[f"network LiteRT {variant}"] = invoke
     cpu = {}
     wall = alternating_rounds(calls, canvas, rounds, cpu=cpu)
     for name in calls:
