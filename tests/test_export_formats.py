@@ -255,3 +255,13 @@ def test_unknown_format_is_refused_with_the_valid_ones():
                                          "litert, litert_fp16, litert_int8"):
         formats.check_formats(["saved_model", "tflite"])
     assert formats.check_formats(["onnx", "litert", "onnx"]) == ("onnx", "litert")
+
+
+def test_cli_refuses_an_unknown_format(tmp_path, capsys):
+    code = test_export._cli(["--model_dir", str(tmp_path), "--export_dir", str(tmp_path / "e"),
+                             "--formats", "saved_model,tflite"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "paa_export: error: --formats saved_model,tflite: unknown tflite; choose from " \
+           "saved_model, onnx, litert, litert_fp16, litert_int8" in err
+    assert not (tmp_path / "e").exists()
