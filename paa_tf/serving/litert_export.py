@@ -12,9 +12,10 @@ candidates, class-aware NMS, score voting (paper Eq. 9-10) and the OD-API output
           num_detections     float32 [1]
 
 Builtin operators only, no select TF ops: `ai_edge_litert`'s interpreter has no Flex
-delegate (a select-TF-op model fails to allocate there), so a file that needs one would not
-run in the runtime it is made for. Two parts of the SavedModel graph have no builtin and are
-replaced here:
+delegate (checked with ai-edge-litert 2.3: a model with a select TF op raises `RuntimeError:
+Select TensorFlow op(s) ... not supported by this interpreter`), so a file that needs one
+would not run in the runtime it is made for. Two parts of the SavedModel graph have no
+builtin and are replaced here:
 - `tf.image.combined_non_max_suppression` (TF's CombinedNonMaxSuppression): `class_aware_nms`
   runs one single-class NMS (builtin NON_MAX_SUPPRESSION_V5) over (candidate, class) pairs
   whose boxes are shifted apart per class, which keeps exactly what per-class NMS keeps;
