@@ -11,7 +11,11 @@ Writes ``<export_dir>/<version>/`` in TensorFlow Serving's layout with the signa
 ``serving_default`` (tf.string encoded JPEG/PNG images) and ``image_tensor`` (uint8 images),
 both taking the input ``inputs`` and returning ``detection_boxes`` (normalised yxyx),
 ``detection_scores``, ``detection_classes`` (dataset ids) and ``num_detections`` (see
-paa_tf/serving/export.py and README "Export").
+paa_tf/serving/export.py and README "Export"). ``--formats`` adds ONNX and LiteRT files of the same
+detector (paa_tf/serving/formats.py, README "Deploy")::
+
+    bin/paa_export --model_dir=runs/quickstart --export_dir=runs/quickstart/export \
+        --formats saved_model,onnx,litert,litert_fp16,litert_int8 --calibration_images 100
 """
 
 import os
@@ -30,17 +34,30 @@ FLAG_SPECS = (
     program.flag("integer", "version", None, "Version folder number (default: export.version "
                  "of the config).", lower_bound=0),
     program.flag("bool", "overwrite", False, "Replace an existing version folder."),
+    program.flag("list", "formats", ["saved_model"], "Comma-separated formats to write: "
+                 "saved_model (<export_dir>/<version>/), onnx, litert, litert_fp16, "
+                 "litert_int8 (each in <export_dir>/<format>/ with label_map.json)."),
+    program.flag("integer", "calibration_images", 100, "Training images litert_int8 "
+                 "calibrates its activation ranges on.", lower_bound=1),
 )
 
 
 def _run(argv):
     # TensorFlow only once a model runs: --help and usage errors stay fast
-    from paa_tf.serving import export
+    from paa_tf.serving import formats
 
     start = time.time()
-    path = export.export_from_model_dir(
-        FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint, version=FLAGS.version,
-        overwrite=FLAGS.overwrite, config_overrides=FLAGS.override)
+    written = formats.export_formats(
+        FLAGS.model_dir, FLAGS.export_dir, formats.check_formats(FLAGS.formats),
+        checkpoint=FLAGS.checkpoint, version=FLAGS.version, overwrite=FLAGS.overwrite,
+        config_overrides=FLAGS.override, num_calibration=FLAGS.calibration_images)
+    for name, written_path in written.items():
+        if name != "saved_model":
+            print(f"Exported {name} to {written_path}")
+    path = written.get("saved_model")
+    if path is None:
+        print(f"({time.time() - start:.0f} s)")
+        return 0
     print(f"Exported SavedModel to {path} ({time.time() - start:.0f} s)")
     print("  signatures: serving_default (inputs: tf.string [batch] JPEG/PNG bytes), "
           "image_tensor (inputs: uint8 [batch, height, width, 3])")

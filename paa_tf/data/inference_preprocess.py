@@ -70,9 +70,12 @@ class InferencePreprocess:
         """uint8 [h, w, 3] -> (float32 [h', w', 3] normalised and resized, unpadded;
         image_info float32 [4, 2], see `transforms`), mirrored left-right after resizing
         when `flip`."""
+        # float32 first: the same values in TensorFlow, whose bilinear resize turns uint8
+        # into float32, while ONNX's Resize keeps uint8 (an exported graph converted by
+        # tf2onnx would subtract the mean from uint8 pixels).
         resized, image_info = transforms.resize_image(
-            image, self.shorter_side, self.max_size, self.image_size, self.pixel_mean,
-            self.pixel_std)
+            tf.cast(image, tf.float32), self.shorter_side, self.max_size, self.image_size,
+            self.pixel_mean, self.pixel_std)
         if flip:
             resized = tf.reverse(resized, axis=[1])
         return resized, image_info

@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from paa_tf import config as config_lib
@@ -99,7 +100,9 @@ class ExportedDetector(tf.Module):
                              f"{serving_batching.MODES}")
         self._batching = batching
         self.model_variables = list(model.variables)
-        self.class_ids = tf.constant(label_map.ids, tf.float32)
+        # NumPy, so the graph holds it as a constant: a captured tensor would stay a graph
+        # input in tf2onnx's conversion of the per-image loop.
+        self.class_ids = np.asarray(label_map.ids, np.float32)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
     def serve_encoded(self, inputs):
@@ -207,6 +210,20 @@ def save_exported(module, export_dir, version, assets=(), overwrite=False):
     return target
 
 
+def restore_detector(run, config, checkpoint=None, score_voting=None):
+    """(`ExportedDetector` of `run`'s checkpoint, the config it records) for `config` (the
+    run's, overrides applied); `score_voting` None keeps `eval.score_voting`."""
+    voting = config.eval.score_voting if score_voting is None else bool(score_voting)
+    # The exported config records what the graph does.
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
+                                                                  score_voting=voting))
+    preprocess, max_pixels = requests.export_preprocess(config)
+    model, checkpoint = restore_run(run, config, preprocess.image_size, checkpoint)
+    params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
+    return ExportedDetector(model, preprocess, params, run.label_map(), max_pixels,
+                            batching=config.export.batching), config
+
+
 def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
                           score_voting=None, overwrite=False, config_overrides=None):
     """Export a training run (see the module docstring); returns `<export_dir>/<version>`.
@@ -223,7 +240,7 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     """
     run = RunFolder(model_dir)
     config = run.config(overrides=config_overrides)  # num_classes checked against the map
-    label_map = run.label_map()
+    run.label_map()  # a missing or bad label map fails before the slow part
     if not checkpoint and not run.checkpoints():  # before the slow part
         raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
     version = config.export.version if version is None else int(version)
@@ -231,15 +248,7 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     if os.path.exists(target) and not overwrite:  # before the slow part
         raise ValueError(f"{target} exists; pass --overwrite to replace it or --version with a "
                          "new number (TF Serving serves the highest version)")
-    voting = config.eval.score_voting if score_voting is None else bool(score_voting)
-    # The exported config records what the graph does.
-    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
-                                                                  score_voting=voting))
-    preprocess, max_pixels = requests.export_preprocess(config)
-    model, checkpoint = restore_run(run, config, preprocess.image_size, checkpoint)
-    params = postprocess.PostprocessParams.from_config(config, score_voting=voting)
-    module = ExportedDetector(model, preprocess, params, label_map, max_pixels,
-                              batching=config.export.batching)
+    module, config = restore_detector(run, config, checkpoint, score_voting)
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,
