@@ -130,6 +130,7 @@ def test_orderings_verdicts_are_paired_by_seed():
     assert (centerness["verdict"], centerness["mean_diff"]) == ("did not hold", -0.75)
 
 
+@pytest.mark.slow
 def test_tiny_ablation_run_trains_scores_reuses_and_records_failures(tmp_path):
     paths = synthetic.make_shapes_dataset(tmp_path / "shapes", num_train=16, num_val=4,
                                           image_size=128, seed=5)

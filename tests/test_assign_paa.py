@@ -308,6 +308,7 @@ def test_ignore_schemes_reach_the_anchor_labels(scheme):
     assert np.sum(labels == IGNORE) == len(b)
 
 
+@pytest.mark.slow
 def test_no_gradient_flows_and_whole_assignment_compiles_with_xla():
     anchors, levels, gt, cls, logits, pred = make_batch(4)
     config = AssignConfig(max_gt_per_batch=16)
@@ -354,6 +355,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_runs_under_mirrored_strategy_on_two_cpu_devices(repo_root):
     """strategy.run on 2 logical CPUs (per-replica batch 2, one image without GT) = 1 device."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
@@ -365,6 +367,7 @@ def test_runs_under_mirrored_strategy_on_two_cpu_devices(repo_root):
         ["paa", "ok"], ["iou", "ok"], ["atss", "ok"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["paa", "iou", "atss"])
 def test_unknown_batch_size_and_project_config(method):
     """Evaluation's last partial batch has a dynamic B; the project's AssignConfig is accepted."""

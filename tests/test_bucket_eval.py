@@ -8,6 +8,8 @@ on its orientation's bucket.
 
 import json
 
+import pytest
+
 from paa_tf import config as config_lib
 from paa_tf.data import pipeline
 from paa_tf.evaluation import evaluate
@@ -28,6 +30,7 @@ def bucketed_run(root):
     return config, build_detector(config)
 
 
+@pytest.mark.slow
 def test_eval_and_tta_run_on_the_buckets_and_agree(tmp_path):
     config, model = bucketed_run(tmp_path / "data")
     shapes = {tuple(b["image"].shape[1:3]) for b in pipeline.build_dataset(

@@ -81,6 +81,7 @@ def test_bucket_shapes_for_the_coco_scales():
         buckets.mode_of(DataConfig(buckets="round"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("min_size", [(128,), (100, 128)])
 def test_eval_batches_hold_one_bucket_and_the_square_content(tmp_path, min_size):
     # With a training range the evaluation runs at its largest scale (data.eval_shorter_side).
@@ -127,6 +128,7 @@ def test_training_batches_are_the_square_stream_regrouped(tmp_path):
             assert info[1][0] <= height and info[1][1] <= width
 
 
+@pytest.mark.slow
 def test_resumed_iterator_continues_the_bucketed_batch_sequence(tmp_path):
     config = make_mixed_coco(tmp_path, min_size=(100, 160), deterministic=False)
     dataset, _ = pipeline.build_dataset(config, "train", True, batch_size=2)
@@ -145,6 +147,7 @@ def test_resumed_iterator_continues_the_bucketed_batch_sequence(tmp_path):
     assert len({b["image"].shape for b in expected}) >= 2  # the sequence switches buckets
 
 
+@pytest.mark.slow
 def test_input_pipelines_split_each_global_batch_of_one_bucket(tmp_path):
     config = make_mixed_coco(tmp_path)
     single = numpy_batches(pipeline.build_dataset(config, "train", True, batch_size=4)[0], 6)

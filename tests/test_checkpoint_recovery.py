@@ -42,6 +42,7 @@ def copy_run(source, target):
     return target
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["deleted", "emptied", "garbage", "lists_only_the_oldest"])
 def test_a_lost_state_file_resumes_from_the_newest_checkpoint_on_disk(trained, tmp_path, damage,
                                                                       capsys):
@@ -81,6 +82,7 @@ def test_unreadable_checkpoints_stop_the_run_instead_of_a_fresh_start(trained, t
     assert digests(run) == before
 
 
+@pytest.mark.slow
 def test_save_never_replaces_a_checkpoint_the_run_did_not_restore(trained, tmp_path):
     run = copy_run(trained, tmp_path / "run")
     before = digests(run)

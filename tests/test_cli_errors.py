@@ -41,6 +41,7 @@ def run_with_damaged_newest(tmp_path_factory):
     return config, model_dir
 
 
+@pytest.mark.slow
 def test_the_run_folder_falls_back_past_a_damaged_newest_checkpoint(run_with_damaged_newest,
                                                                      capsys):
     config, model_dir = run_with_damaged_newest
@@ -53,6 +54,7 @@ def test_the_run_folder_falls_back_past_a_damaged_newest_checkpoint(run_with_dam
         restore_run(RunFolder(model_dir), config, (128, 128), str(model_dir / "ckpt-8"))
 
 
+@pytest.mark.slow
 def test_predict_falls_back_past_a_damaged_newest_checkpoint(run_with_damaged_newest, capsys):
     _, model_dir = run_with_damaged_newest
     predictor = predict.Predictor(model_dir)
@@ -116,6 +118,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_one_paragraph_and_exit_code_2(case, tmp_path):
     program, make_args, words = BAD_INPUTS[case]
@@ -125,6 +128,7 @@ def test_bad_input_is_one_paragraph_and_exit_code_2(case, tmp_path):
     assert f"{program}: error: " in result.stderr and words in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_the_traceback_flag_shows_the_traceback(tmp_path):
     result = run_program("paa_train", "--config", bad_config(tmp_path), "--model_dir",
                          str(tmp_path / "m"), "--traceback")

@@ -89,6 +89,7 @@ def assert_skipped(config, bad_id, good_ids, reason):
     assert str(bad_id) in report.summary()
 
 
+@pytest.mark.slow
 def test_missing_image_names_file_and_image_id(tmp_path):
     config = make_coco(tmp_path)
     os.remove(tmp_path / "images" / "img1.jpg")
@@ -298,6 +299,7 @@ def test_tfrecord_garbage_record_and_unknown_label(tmp_path):
     assert ids == [10] and report.num_skipped == 2
 
 
+@pytest.mark.slow
 def test_tfrecord_truncated_shard_reads_what_is_readable(tmp_path):
     config, path, serialized = tfrecord_dataset(tmp_path)
     size = os.path.getsize(path)

@@ -84,6 +84,7 @@ def expected_scaled_size(height, width, shorter, config):
     return round(height * scale), round(width * scale)
 
 
+@pytest.mark.slow
 def test_val_images_boxes_and_mapping_back_match_pycocotools(sample_data):
     config = coco_mini_config(sample_data)
     dataset, report = pipeline.build_dataset(config, "val", is_training=False, batch_size=8)
@@ -151,6 +152,7 @@ def test_train_filters_flip_and_multiscale_match_source_counts(sample_data):
     assert len(shorter_sides) > batches  # S drawn per image, not once per batch
 
 
+@pytest.mark.slow
 def test_deterministic_pipeline_repeats_exactly(sample_data):
     config = coco_mini_config(sample_data, min_size=(200, 256), max_size=320,
                               image_size=(384, 384), num_parallel_calls=2)
@@ -178,6 +180,7 @@ def test_training_elements_have_static_shapes(tmp_path):
     assert spec["source_id"].dtype == tf.int64
 
 
+@pytest.mark.slow
 def test_input_context_shards_records_between_pipelines(tmp_path):
     config = make_coco(tmp_path, num_images=5)
     seen = []

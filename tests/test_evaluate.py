@@ -162,9 +162,9 @@ def test_unknown_image_id_is_a_clear_error(sample_data):
 
 
 def test_cli_help_and_usage_errors(repo_root, tmp_path):
-    help_out = _run_cli(repo_root, "--help")  # absl's --help exits with status 1
+    help_out = _run_cli(repo_root, "--help")
     for flag in ("results_file", "gt_as_detections", "model_dir", "checkpoint", "saved_model",
-                 "override", "split", "data", "config", "annotations"):
+                 "override", "split", "image_dir", "config", "annotations"):
         assert f"--{flag}:" in help_out.stdout or f"--[no]{flag}:" in help_out.stdout, flag
     nothing = _run_cli(repo_root, f"--output_dir={tmp_path}")
     assert nothing.returncode != 0 and "nothing to evaluate" in nothing.stderr
@@ -201,6 +201,7 @@ def _tiny_run(sample_data, model_dir):
     return config, model
 
 
+@pytest.mark.slow
 def test_checkpoint_evaluation_matches_in_process(sample_data, repo_root, tmp_path):
     """`bin/paa_eval --model_dir` restores the checkpoint and writes exactly the detections
     `evaluate_model` computes in process with the same weights; the records are valid COCO."""
@@ -263,6 +264,7 @@ def test_tta_views_and_geometry():
         tta.tta_views(config, scales=[0])
 
 
+@pytest.mark.slow
 def test_tta_at_the_evaluation_scale_equals_plain_evaluation(repo_root, tmp_path):
     """`bin/paa_eval --override eval.tta_scales=[<eval scale>]` (one view, no flip: the
     undecoded images pre-processed per view, candidates merged by `merge_tta`) writes exactly
@@ -292,6 +294,7 @@ def _encoded_png(image):
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_flip_tta_on_a_symmetric_image_gives_mirrored_boxes(tmp_path):
     """On a left-right symmetric image the mirrored view sees the same pixels, so its
     detections mapped back are the plain detections mirrored (x -> W - x), same scores and

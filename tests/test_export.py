@@ -184,6 +184,7 @@ def _call(loaded, signature, value):
     return {k: v.numpy() for k, v in outputs.items()}
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures(run):
     cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
     text = subprocess.run([str(cli), "show", "--dir", str(run["version_dir"]), "--all"],
@@ -210,6 +211,7 @@ def test_saved_model_cli_lists_both_signatures(run):
     assert export_reader.exported_label_map(run["export_dir"]) == LABEL_MAP
 
 
+@pytest.mark.slow
 def test_both_signatures_match_the_python_model_path(run, images):
     expected = _python_path(run["config"], run["model"], images["decoded"])
     # Four images of four sizes (JPEG, PNG, grey PNG, RGBA PNG) in one request.
@@ -402,6 +404,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("what,signature,make,message", BAD_REQUESTS,
                          ids=[b[0] for b in BAD_REQUESTS])
+@pytest.mark.slow
 def test_bad_request_is_a_clear_invalid_argument(run, server, images, what, signature, make,
                                                  message):
     value = make(images["encoded"])
@@ -431,6 +434,7 @@ def test_wrong_dtype_is_an_invalid_argument(run, server, signature, value):
         _call(run["loaded"], signature, value)
 
 
+@pytest.mark.slow
 def test_pixel_limit_is_frozen_into_the_export(run, images, tmp_path):
     """`export.max_pixels` bounds each request image, by its header before decoding (encoded)
     or by the tensor's shape (uint8); the limit is the config's, saved with the export."""
@@ -509,6 +513,7 @@ def test_launcher_help_lists_the_flags():
         assert flag in done.stdout
 
 
+@pytest.mark.slow
 def test_cli_export_without_voting_as_a_new_version(run, images, capsys):
     args = ["--model_dir", str(run["model_dir"]), "--export_dir", str(run["export_dir"])]
     assert _cli(args) not in (0, None)  # version 1 exists: refused, nothing rebuilt
@@ -530,6 +535,7 @@ def test_cli_export_without_voting_as_a_new_version(run, images, capsys):
                            expected["detection_boxes"], atol=1e-3), "voting changed nothing"
 
 
+@pytest.mark.slow
 def test_eval_of_the_export_equals_eval_of_the_checkpoint(run, tmp_path):
     shapes = synthetic.make_shapes_dataset(tmp_path / "shapes", num_train=1, num_val=6,
                                            image_size=128, seed=5)

@@ -69,6 +69,7 @@ def vectors_fit():
     return {name: i for i, name in enumerate(names)}, fit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(VECTORS))
 def test_reference_vectors_float64(name, vectors_fit):
     """T1-T7: iterations, parameters, components and log-densities, all in one batch."""
@@ -131,6 +132,7 @@ def random_sets(rng, count):
     return sets
 
 
+@pytest.mark.slow
 def test_matches_sklearn_on_1000_random_sets():
     """Step D: labels equal `GaussianMixture` called as KK calls it; s within 1e-6.
 

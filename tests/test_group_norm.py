@@ -111,6 +111,7 @@ def _keras_group_norm(groups, epsilon, dtype, name):
                                               name=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["keras_to_ours", "ours_to_keras"])
 def test_checkpoints_load_across_the_keras_layer_and_ours(monkeypatch, tmp_path, direction):
     """A run trained with tf_keras.layers.GroupNormalization (checkpoints before this layer)

@@ -93,6 +93,7 @@ def imported(request, tmp_path_factory):
             "run_dir": run_dir, "config": config, "model": model}
 
 
+@pytest.mark.slow
 def test_run_folder_is_laid_out_like_a_training_run(imported):
     run_dir = imported["run_dir"]
     labels = json.loads((run_dir / "label_map.json").read_text())
@@ -112,6 +113,7 @@ def _relative_error(actual, expected):
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_every_level_output_matches_the_reference(imported):
     image = rgb_image(1)
     with torch.no_grad():
@@ -138,6 +140,7 @@ def assert_levels_match(expected, outputs, level_ids, label):
     return worst
 
 
+@pytest.mark.slow
 def test_backbone_reproduces_the_reference_features_with_the_checkpoints_bn_epsilon(
         imported):
     """C3..C5 equal the reference's; the same weights with another BN ε do not."""
@@ -172,6 +175,7 @@ def _detections(config, model, outputs, image_info):
         level_ids=model.level_ids, params=params).items()}
 
 
+@pytest.mark.slow
 def test_detections_match_after_the_references_post_processing(imported):
     """Same detections from the reference's outputs and paa-tf's, with the preset's rules."""
     config = imported["config"]
@@ -250,6 +254,7 @@ def test_unknown_missing_and_mismatched_keys_are_named_and_nothing_is_loaded(imp
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_checkpoint_naming_the_key(imported, tmp_path, capsys):
     content = torch.load(imported["checkpoint"], weights_only=True)
     weights = content["state_dict" if imported["source"] == "mmdet" else "model"]
@@ -338,6 +343,7 @@ EXPORT_OVERRIDES = "data.image_size=[256,256],data.min_size=[256],data.max_size=
 @pytest.mark.slow
 # The authors' run only (a SavedModel of a ResNet-50 takes a minute or two to write): it
 # carries the most conversions through the export (BGR input, the +1 convention, KK rules).
+@pytest.mark.slow
 @pytest.mark.parametrize("imported", ["authors"], indirect=True)
 def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_path):
     """paa_export of the imported run folder vs the eval pre-processing, the restored Keras
@@ -396,6 +402,7 @@ def test_export_of_the_imported_run_gives_the_python_detections(imported, tmp_pa
                                want["detection_boxes"][0, :count], rtol=0, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_only_reading_a_pth_file_needs_pytorch():
     """Importing every paa_tf module (the importer's included) loads no PyTorch: training,
     evaluation and serving never need it."""

@@ -51,6 +51,7 @@ def reference_r50_paa_parameter_count(num_classes=80):
     return backbone + fpn + head
 
 
+@pytest.mark.slow
 def test_r50_parameter_count_equals_the_reference_up_to_frozen_bn_variables():
     # COCO's 80 classes: a run takes them from its label map, here they are given.
     model = build_detector(build_config(overrides="model.num_classes=80"), image_size=(128, 128))
@@ -216,6 +217,7 @@ def test_unknown_backbone_is_a_clear_error():
         build_backbone(config.model)
 
 
+@pytest.mark.slow
 def test_tf_checkpoint_loading_reports_loaded_missing_and_mismatched(tmp_path):
     config = build_config(overrides="model.backbone=resnet18")
     source = build_backbone(config.model, (64, 64, 3))
@@ -397,6 +399,7 @@ def test_partial_backbone_checkpoint_is_refused_with_the_variables_named(tmp_pat
         np.testing.assert_array_equal(variable.numpy(), want)
 
 
+@pytest.mark.slow
 def test_training_refuses_a_partial_backbone_checkpoint_unless_allowed(tmp_path):
     model_config, _, path = _tiny_checkpoint(tmp_path)
     partial = _rewrite_checkpoint(path, str(tmp_path / "partial"), drop={_kernel_key(0)})

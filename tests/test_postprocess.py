@@ -309,6 +309,7 @@ def test_merge_tta_unflips_rescales_and_votes():
     np.testing.assert_allclose(out["detection_scores"][0, 0], 0.9)
 
 
+@pytest.mark.slow
 def test_runs_in_saved_model_with_dynamic_batch(tmp_path):
     """The whole post-processing inside a SavedModel signature, batch 1 and 3, equals eager."""
     rng = np.random.default_rng(2)

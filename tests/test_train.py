@@ -52,6 +52,7 @@ def test_resume_continues_at_the_right_step_with_the_same_lr(tmp_path, capsys):
     assert "step 6/6" in out and "lr " in out and "img/s" in out
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_uninterrupted_run(tmp_path):
     # Model, optimizer slots, step and input position are all restored.
     # Deterministic data + restore of model, optimizer slots and step: the two halves of an
@@ -68,6 +69,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_corrupted_newest_checkpoint_falls_back_with_warning(tmp_path, capsys):
     trainer = make_trainer(tmp_path)
     trainer.train(total_steps=4)  # ckpt-2 and ckpt-4

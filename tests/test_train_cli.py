@@ -53,6 +53,7 @@ def run_train(config, model_dir, overrides, *extra, timeout=300):
                           cwd=REPO)
 
 
+@pytest.mark.slow
 def test_override_reaches_the_model(tiny_experiment, tmp_path):
     result = run_train(tiny_experiment, tmp_path, "model.head_channels=64,train.total_steps=1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -69,6 +70,7 @@ def test_override_reaches_the_model(tiny_experiment, tmp_path):
     assert len(label_map["classes"] if isinstance(label_map, dict) else label_map) == 6
 
 
+@pytest.mark.slow
 def test_periodic_evaluation_writes_coco_metrics(tiny_experiment, tmp_path):
     result = run_train(tiny_experiment, tmp_path, "train.total_steps=3,train.eval_every=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -87,6 +89,7 @@ def test_misspelt_override_fails_naming_the_key(tiny_experiment, tmp_path):
     assert "train.totl_steps" in result.stderr and "total_steps" in result.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_finishes_the_same_number_of_steps(tiny_experiment, tmp_path):
     overrides = "train.total_steps=30,train.checkpoint_every=3"
     command = TRAIN + ["--config", str(tiny_experiment), "--model_dir", str(tmp_path),
@@ -115,6 +118,7 @@ def test_sigkill_then_resume_finishes_the_same_number_of_steps(tiny_experiment, 
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-30")
 
 
+@pytest.mark.slow
 def test_mixed_precision_step_runs_with_finite_losses(tiny_experiment, tmp_path):
     result = run_train(tiny_experiment, tmp_path, "train.total_steps=2,train.mixed_precision=true")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -130,6 +134,7 @@ def test_a_wrong_num_classes_stops_before_step_1_naming_both_numbers(tiny_experi
     assert "step 1/" not in result.stdout and not list(tmp_path.glob("ckpt-*"))
 
 
+@pytest.mark.slow
 def test_stop_after_checkpoints_where_it_stops_and_the_next_run_resumes(tiny_experiment,
                                                                          tmp_path):
     """`--stop_after 1` with checkpoints every 100 steps: ckpt-1 is written anyway, and the
@@ -160,6 +165,7 @@ def test_stop_after_checkpoints_where_it_stops_and_the_next_run_resumes(tiny_exp
     assert "deprecated" not in second.stderr, second.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_workers_train_and_only_the_chief_writes(tiny_experiment, tmp_path):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

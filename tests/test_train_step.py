@@ -32,6 +32,7 @@ def _batch(num_images=1):
     return {"image": image, "gt_boxes": boxes, "gt_classes": classes}
 
 
+@pytest.mark.slow
 def test_one_image_overfit_drives_the_total_loss_down():
     tf_keras.utils.set_random_seed(0)
     model = build_detector(build_config(overrides=TINY), SIZE)
@@ -68,6 +69,7 @@ def _fixed_assignment(labels, boxes, num_pos_per_gt):
     return assign_fn
 
 
+@pytest.mark.slow
 def test_test_step_losses_and_metrics_follow_the_assignment():
     config = build_config(overrides=TINY)
     probe = build_detector(config, SIZE)
@@ -133,6 +135,7 @@ def test_doubling_the_gradient_equals_doubling_the_lr_for_sgd_with_momentum():
     np.testing.assert_allclose(scaled_gradient.numpy(), scaled_lr.numpy(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_mixed_float16_steps_are_finite_and_not_skipped():
     """Losses stay float32; GroupNorm runs in float32 so float16 gradients do not overflow."""
     tf_keras.mixed_precision.set_global_policy("mixed_float16")

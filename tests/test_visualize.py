@@ -183,6 +183,7 @@ def test_positives_per_gt_plot_reads_the_training_scalars(tmp_path):
         curves.positives_per_gt_plot(tmp_path / "nothing")
 
 
+@pytest.mark.slow
 def test_bin_paa_visualize_on_a_training_run(repo_root, tmp_path):
     """`bin/paa_visualize` draws the assignment picture of a run's training image and the
     positives plot of its logs; `--image` finds the same record as `--data_index`."""
