@@ -6,9 +6,14 @@ state file loses nothing. TensorFlow writes a checkpoint's data first and its in
 a process killed mid-save leaves no index (or an index with incomplete data): such a
 checkpoint cannot be restored and `restore_latest` falls back to the next older one, as it
 does for a checkpoint damaged later (disk, copy). A run never starts afresh over
-checkpoints it could not read: it stops and says so.
+checkpoints it could not read: it stops and says so. The temporary folder of a save that was
+killed (`ckpt-<step>_temp/`, where TensorFlow writes the shards before moving them beside the
+index) is removed at the next start, with a note.
 """
 
+import contextlib
+import gc
+import glob
 import os
 import pathlib
 import shutil
@@ -33,6 +38,34 @@ def is_chief(strategy):
 
 class UnreadableCheckpointsError(ValueError):
     """`model_dir` holds checkpoints but none of them can be restored."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint holds other variables or shapes than the model being trained
+    (its config was changed since): older checkpoints of the run would not fit either."""
+
+
+def _mismatch(error):
+    """Whether a failed restore means "another model" rather than "damaged file"."""
+    if isinstance(error, AssertionError):  # assert_existing_objects_matched: other layers
+        return True
+    return isinstance(error, ValueError) and "incompatible tensor with shape" in str(error)
+
+
+@contextlib.contextmanager
+def _quiet_restore():
+    """Holds TensorFlow's logger at ERROR around a restore, until what the restore left is
+    garbage-collected: a failed restore's bookkeeping logs one warning per value it did not
+    restore when it is deleted (some 200 lines for a config that does not fit), and the
+    outcome is reported by the caller instead."""
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    tf_logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        gc.collect()
+        tf_logger.setLevel(level)
 
 
 def _worker_dir(model_dir, strategy):
@@ -106,6 +139,8 @@ class CheckpointKeeper:
         tried. Raises UnreadableCheckpointsError when there are checkpoint files but none
         can be read (a fresh start would overwrite them).
         """
+        if is_chief(self.strategy):
+            self._remove_killed_saves()
         candidates = find_checkpoints(self.model_dir)
         listed = _state_file_listing(self.model_dir)
         if candidates and (listed is None or candidates[0] not in listed):
@@ -116,16 +151,23 @@ class CheckpointKeeper:
         if not candidates and listed is None and state_file.exists() and is_chief(self.strategy):
             state_file.unlink()  # lists nothing readable; TensorFlow would refuse to start
         for index, path in enumerate(candidates):
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-            # A damaged file surfaces as an OpError, IndexError, ValueError... depending on
-            # where the reader trips; any failure here means "not this checkpoint".
-            except Exception as error:  # noqa: BLE001
+            failure = None
+            with _quiet_restore():
+                try:
+                    self.checkpoint.restore(path).assert_existing_objects_matched()
+                # A damaged file surfaces as an OpError, IndexError, ValueError... depending on
+                # where the reader trips; any failure here means "not this checkpoint".
+                except Exception as error:  # noqa: BLE001
+                    first_line = str(error).strip().splitlines()[0][:300] if str(error) else ""
+                    failure = (_mismatch(error), f"{type(error).__name__}: {first_line}")
+            if failure and failure[0]:
+                raise CheckpointMismatchError(f"checkpoint {path} does not fit the model being "
+                                              f"trained ({failure[1]})")
+            if failure:
                 older = candidates[index + 1] if index + 1 < len(candidates) else "none left"
-                logging.warning("checkpoint %s cannot be restored (%s: %s); falling back to "
-                                "the previous one (%s)", path, type(error).__name__,
-                                str(error).splitlines()[0][:200] if str(error) else "", older)
-                print(f"WARNING: checkpoint {path} is unreadable ({type(error).__name__}); "
+                logging.warning("checkpoint %s cannot be restored (%s); falling back to the "
+                                "previous one (%s)", path, failure[1], older)
+                print(f"WARNING: checkpoint {path} is unreadable ({failure[1].split(':')[0]}); "
                       f"falling back to {older}", flush=True)
                 self._unreadable.add(path)
                 continue
@@ -138,6 +180,34 @@ class CheckpointKeeper:
                 f"none of the checkpoints in {self.model_dir} can be restored "
                 f"({', '.join(candidates)}); move them away to start afresh")
         return None
+
+    def _remove_killed_saves(self):
+        """Removes the `ckpt-<step>_temp/` folders of saves that never finished.
+
+        TensorFlow writes a checkpoint's shards there and moves them out when the save ends;
+        one lock per run folder (paa_tf/training/run_lock.py) means no save is under way.
+        """
+        for temp in sorted(self.model_dir.glob("ckpt-*_temp")):
+            if temp.is_dir():
+                shutil.rmtree(temp)
+                print(f"NOTE: removed {temp}: the temporary folder of a save that did not "
+                      "finish (the run was killed while saving)", flush=True)
+
+    def set_aside(self, prefixes, folder):
+        """Moves the checkpoints `prefixes` (their index and data files) into `folder`, a new
+        folder inside the run folder, and lists the remaining ones in the state file."""
+        folder.mkdir()
+        for prefix in prefixes:
+            for path in glob.glob(glob.escape(prefix) + ".*"):
+                os.replace(path, folder / os.path.basename(path))
+        remaining = find_checkpoints(self.model_dir)
+        if remaining:
+            self._rewrite_state_file(remaining)
+        elif (self.model_dir / "checkpoint").exists():
+            os.replace(self.model_dir / "checkpoint", folder / "checkpoint")
+        self._manager = None
+        if self.latest in prefixes:
+            self.latest = None
 
     def _rewrite_state_file(self, readable_first):
         """Lists the restored checkpoint and the older ones (up to max_to_keep) in the state

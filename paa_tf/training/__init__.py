@@ -1,0 +1,1 @@
+"""Training: the loop and what guards a run folder while it trains."""
