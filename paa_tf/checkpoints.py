@@ -150,6 +150,9 @@ class CheckpointKeeper:
         state_file = self.model_dir / "checkpoint"
         if not candidates and listed is None and state_file.exists() and is_chief(self.strategy):
             state_file.unlink()  # lists nothing readable; TensorFlow would refuse to start
+        # Created before the restore (a save would create it): restored at once, it is not
+        # left pending, to be reported as unrestored when the program ends after a failure.
+        self.checkpoint.save_counter  # noqa: B018
         for index, path in enumerate(candidates):
             failure = None
             with _quiet_restore():

@@ -364,8 +364,10 @@ def _graph_decode():
 
     from paa_tf.data import transforms
 
+    # Traced here, once: the checks call it from several threads, and a tf.function's
+    # first calls made at the same time each trace it (and TensorFlow warns of retracing).
     return tf.function(lambda encoded: tf.shape(transforms.decode_image(encoded)),
-                       input_signature=[tf.TensorSpec([], tf.string)])
+                       input_signature=[tf.TensorSpec([], tf.string)]).get_concrete_function()
 
 
 def _tensorflow_decode_problem(data, path):
