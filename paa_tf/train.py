@@ -56,6 +56,11 @@ def _finite_flags(variables):
     return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
 
 
+def _step_of(prefix):
+    """'runs/x/ckpt-250' -> 250."""
+    return int(prefix.rsplit("-", 1)[1])
+
+
 def build_strategy(name="auto"):
     """A `tf.distribute` strategy by name.
 
@@ -252,6 +257,9 @@ class Trainer:
         if restored:
             print(f"Resumed from {restored} at step {self.step}", flush=True)
             self._resumed_from = restored
+            # Newer ones were unreadable (restore_latest fell back past them): never good.
+            self.record.drop([p for p in run_folder.find_checkpoints(self.model_dir)
+                              if _step_of(p) > _step_of(restored)])
             self.divergence = divergence.DivergenceMonitor(
                 self.config.train.divergence_factor, self.record.recent_losses(restored))
             if not self.record.is_confirmed(restored):
@@ -363,14 +371,12 @@ class Trainer:
     def _stop(self, error_class, step, what):
         """Raises `error_class`, naming the newest good checkpoint, after moving the ones
         written after it into `diverged-<step>/` (the chief moves; every worker stops)."""
-        def step_of(prefix):
-            return int(prefix.rsplit("-", 1)[1])
         present = run_folder.find_checkpoints(self.model_dir)
         good = next((p for p in present if self.record.is_confirmed(p)), None)
         # Nothing confirmed: what this run resumed from was judged by its first step.
-        floor = (step_of(good) if good else
-                 step_of(self._resumed_from) - 1 if self._resumed_from else -1)
-        after = [p for p in present if step_of(p) > floor]
+        floor = (_step_of(good) if good else
+                 _step_of(self._resumed_from) - 1 if self._resumed_from else -1)
+        after = [p for p in present if _step_of(p) > floor]
         moved = ""
         if after:
             folder = self.model_dir / f"diverged-{step}"
@@ -383,7 +389,7 @@ class Trainer:
                 self.record.drop(after)
             moved = (f"; moved {', '.join(pathlib.Path(p).name for p in after)} (no good loss "
                      f"was computed from them) to {folder}/")
-        older = [p for p in present if step_of(p) <= floor]
+        older = [p for p in present if _step_of(p) <= floor]
         if good:
             then = f"it resumes from {good}"
         elif older:

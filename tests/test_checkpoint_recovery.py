@@ -114,7 +114,7 @@ def test_non_finite_weights_after_a_finite_loss_are_not_saved(tmp_path):
         return logs
     model.train_step = poisoned
     with pytest.raises(train_lib.NonFiniteWeightsError,
-                       match=r"1 of \d+ .* after step 4 .* last good checkpoint is .*ckpt-2"):
+                       match=r"1 of \d+ .* after step 4 .* newest good checkpoint .* is .*ckpt-2"):
         trainer.train()
     assert saved_steps(tmp_path) == [2]
     resumed = make_trainer(tmp_path)
