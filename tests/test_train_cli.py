@@ -184,6 +184,8 @@ def test_two_workers_train_and_only_the_chief_writes(tiny_experiment, tmp_path):
     # Only the chief wrote: one event file, no leftover scratch folder of worker 1.
     assert len(os.listdir(tmp_path / "train")) == 1
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".worker")]
+    # The chief held the run folder's lock (worker 1 did not fight it) and released it.
+    assert not (tmp_path / "train.lock").exists()
 
 
 def wait_for(predicate, seconds=240):
@@ -193,6 +195,7 @@ def wait_for(predicate, seconds=240):
     return predicate()
 
 
+@pytest.mark.slow  # three programs, two at once (92-220 s on 2 cores shared with other jobs)
 def test_a_second_trainer_on_the_folder_exits_2_naming_the_first(tiny_experiment, tmp_path):
     """Two paa_train on one --model_dir: the second stops (exit 2) naming the first's PID and
     writes nothing; once the first is killed (SIGKILL), its stale lock is taken over."""
