@@ -55,7 +55,6 @@ def named_good(error):
     return None if match.group(1) == "none" else match.group(1)
 
 
-@pytest.mark.slow  # four trainers trace their step (97 s on 2 cores under a load of 12)
 def test_base_lr_1e6_stops_and_the_named_checkpoint_trains_on(tmp_path):
     """4 sane steps (ckpt-2, ckpt-4), then resumed with train.base_lr=1e6 and a checkpoint at
     every step: step 5's loss (from ckpt-4) is fine, ckpt-5 holds the weights of the 1e6

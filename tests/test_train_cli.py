@@ -195,7 +195,7 @@ def wait_for(predicate, seconds=240):
     return predicate()
 
 
-@pytest.mark.slow  # three programs, two at once (92-220 s on 2 cores shared with other jobs)
+@pytest.mark.slow  # three programs, two at once: 35 s on 2 idle cores, 92-220 s shared
 def test_a_second_trainer_on_the_folder_exits_2_naming_the_first(tiny_experiment, tmp_path):
     """Two paa_train on one --model_dir: the second stops (exit 2) naming the first's PID and
     writes nothing; once the first is killed (SIGKILL), its stale lock is taken over."""
