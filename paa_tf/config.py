@@ -222,6 +222,9 @@ class TrainConfig:
                                        "backbone"))
     # new class name: source class name, pairs added to (or overriding) the match by name.
     init_class_map: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Stop when a step's loss exceeds this multiple of the median of the 20 steps before it
+    # (paa_tf/training/divergence.py; measured default: docs/ROBUSTNESS.md); 0 = off.
+    divergence_factor: float = 10.0
 
 
 @dataclasses.dataclass
@@ -517,6 +520,7 @@ _INTERVALS = {
     "train.base_lr": "(0, inf)", "train.momentum": "[0, 1)", "train.weight_decay": "[0, inf)",
     "train.bias_lr_factor": "(0, inf)", "train.bias_weight_decay": "[0, inf)",
     "train.warmup_factor": "(0, 1]", "train.lr_decay": "(0, 1]",
+    "train.divergence_factor": "[0, inf)",
     "eval.score_threshold": "[0, 1]", "eval.nms_iou": "(0, 1]", "eval.voting_sigma": "(0, inf)",
     "eval.voting_iou": "[0, 1]", "eval.summary_images": "[0, inf)",
     "eval.summary_score_threshold": "[0, 1]",
@@ -585,6 +589,10 @@ def validate(config):
     if config.model.bn_epsilon < 0:
         raise ConfigError(f"config key 'model.bn_epsilon' is {config.model.bn_epsilon}; it must "
                           "be >= 0 (the epsilon the backbone checkpoint was trained with)")
+    if 0 < config.train.divergence_factor <= 1:
+        raise ConfigError(f"config key 'train.divergence_factor' is "
+                          f"{config.train.divergence_factor}; it must be 0 (off) or above 1 "
+                          "(a loss that many times the recent median stops the run)")
     if list(config.train.lr_steps) != sorted(config.train.lr_steps):
         raise ConfigError(f"config key 'train.lr_steps' must be increasing, got "
                           f"{config.train.lr_steps}")

@@ -10,6 +10,10 @@ Layout of a run folder (`--model_dir`)::
     checkpoint           TensorFlow's list of checkpoints (bookkeeping only, see
                          paa_tf/training/checkpoints.py: checkpoints are found from their
                          index files)
+    good_checkpoints.json  which checkpoints a good loss was computed from
+                         (paa_tf/training/good_checkpoints.py)
+    train.lock           held by the `paa_train` writing the folder (paa_tf/training/run_lock.py)
+    diverged-<step>/     checkpoints set aside when a run stopped on a bad loss at that step
     train/               TensorBoard summaries of training
     eval/<split>/        one folder per evaluated split (`eval_dir`): results.json,
                          metrics.json and its TensorBoard summaries; training's periodic

@@ -116,7 +116,7 @@ def test_non_finite_weights_after_a_finite_loss_are_not_saved(tmp_path):
         return logs
     model.train_step = poisoned
     with pytest.raises(train_lib.NonFiniteWeightsError,
-                       match=r"1 of \d+ .* after step 4 .* last good checkpoint is .*ckpt-2"):
+                       match=r"1 of \d+ .* after step 4 .* newest good checkpoint .* is .*ckpt-2"):
         trainer.train()
     assert saved_steps(tmp_path) == [2]
     resumed = make_trainer(tmp_path)
@@ -124,15 +124,19 @@ def test_non_finite_weights_after_a_finite_loss_are_not_saved(tmp_path):
     assert all(np.isfinite(v.numpy()).all() for v in resumed.model.weights)
 
 
-def test_a_save_killed_midway_is_skipped(trained, tmp_path):
-    """What a kill inside a save leaves: TensorFlow's temp folder, data moved but no index."""
+def test_a_save_killed_midway_is_skipped(trained, tmp_path, capsys):
+    """What a kill inside a save leaves: TensorFlow's temp folder (removed at the next start,
+    with a note), data moved but no index (skipped)."""
     run = copy_run(trained, tmp_path / "run")
     (run / "ckpt-6.index").unlink()  # killed between moving the data and writing the index
-    temp = run / "ckpt-8_temp"  # killed while writing the shards
+    temp = run / "ckpt-8_temp"  # killed while writing the shards: what TensorFlow leaves
     temp.mkdir()
-    (temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\x01" * 64)
+    (temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"")
+    (temp / "part-00000-of-00001.index").write_bytes(b"\x01" * 64)
     trainer = make_trainer(run)
     assert trainer.restore_or_initialise() == str(run / "ckpt-4") and trainer.step == 4
+    assert not temp.exists()
+    assert f"NOTE: removed {temp}: the temporary folder of a save" in capsys.readouterr().out
     trainer.train(total_steps=6)  # the incomplete ckpt-6 is written again, completely
     assert make_trainer(run).restore_or_initialise() == str(run / "ckpt-6")
 

@@ -85,20 +85,26 @@ def test_corrupted_newest_checkpoint_falls_back_with_warning(tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
+    """NaN from step 5 on: step 5's loss was computed from the weights saved as ckpt-4, so
+    ckpt-4 is not good (moved to diverged-5/); ckpt-2, judged by step 3, is."""
     trainer = make_trainer(tmp_path)
     model = trainer.model
     original = model.train_step
 
     def poisoned(data):
         logs = original(data)
-        # From the third update on the loss is NaN (as a diverging run would report it).
-        bad = tf.where(model.optimizer.iterations >= 3, np.nan, 0.0)
+        # From the fifth update on the loss is NaN (as a diverging run would report it).
+        bad = tf.where(model.optimizer.iterations >= 5, np.nan, 0.0)
         return dict(logs, loss=logs["loss"] + bad)
     model.train_step = poisoned
-    with pytest.raises(train_lib.NonFiniteLossError, match=r"step 3 .*ckpt-2"):
+    with pytest.raises(train_lib.NonFiniteLossError,
+                       match=r"step 5 .*newest good checkpoint .* is .*ckpt-2; moved ckpt-4 "
+                             r".*diverged-5/.*resumes from .*ckpt-2"):
         trainer.train()
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
-    assert not glob.glob(str(tmp_path / "ckpt-3*")) and not glob.glob(str(tmp_path / "ckpt-4*"))
+    assert sorted(os.listdir(tmp_path / "diverged-5")) == [
+        "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+    assert not glob.glob(str(tmp_path / "ckpt-4*")) and not glob.glob(str(tmp_path / "ckpt-5*"))
 
 
 def test_run_files_written_beside_checkpoints(tmp_path):

@@ -194,3 +194,87 @@ def test_two_workers_train_and_only_the_chief_writes(tiny_experiment, tmp_path):
     # Only the chief wrote: one event file, no leftover scratch folder of worker 1.
     assert len(os.listdir(tmp_path / "train")) == 1
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".worker")]
+    # The chief held the run folder's lock (worker 1 did not fight it) and released it.
+    assert not (tmp_path / "train.lock").exists()
+
+
+def wait_for(predicate, seconds=240):
+    deadline = time.time() + seconds
+    while time.time() < deadline and not predicate():
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.slow  # three programs, two at once: 35 s on 2 idle cores, 92-220 s shared
+def test_a_second_trainer_on_the_folder_exits_2_naming_the_first(tiny_experiment, tmp_path):
+    """Two paa_train on one --model_dir: the second stops (exit 2) naming the first's PID and
+    writes nothing; once the first is killed (SIGKILL), its stale lock is taken over."""
+    command = TRAIN + ["--config", str(tiny_experiment), "--model_dir", str(tmp_path),
+                       "--override", f"{SMALL},train.total_steps=2000,train.checkpoint_every=2"]
+    log = open(tmp_path.parent / "first.log", "w")
+    first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=REPO)
+    try:
+        assert wait_for(lambda: "step 3/2000" in open(log.name).read()), open(log.name).read()
+        lock = json.loads((tmp_path / "train.lock").read_text())
+        assert lock["pid"] == first.pid
+        before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()
+                  if p.name.startswith(("config", "label_map"))}
+        second = run_train(tiny_experiment, tmp_path, "train.total_steps=2000")
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"paa_train: error: {tmp_path} is being trained by another bin/paa_train " \
+               f"(PID {first.pid} on host " in second.stderr
+        assert "Traceback" not in second.stderr and "step 1/" not in second.stdout
+        assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()
+                if p.name in before} == before
+    finally:
+        first.kill()
+        first.wait()
+    assert json.loads((tmp_path / "train.lock").read_text())["pid"] == first.pid  # stale now
+    saved = max(int(p.name[5:-6]) for p in tmp_path.glob("ckpt-*.index"))
+    third = run_train(tiny_experiment, tmp_path, f"train.total_steps={saved + 1}")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"WARNING: taking over the lock of {tmp_path} left by PID {first.pid}" in third.stdout
+    assert f"finished at step {saved + 1}" in third.stdout
+    assert not (tmp_path / "train.lock").exists()  # released at the end
+
+
+def test_base_lr_1e6_exits_3_and_moves_what_it_wrote(tiny_experiment, tmp_path):
+    """The issue's case from a fresh start, a checkpoint at every step: step 2's loss (from the
+    weights of the first 1e6 update) is ~1e11 times step 1's: nothing is good, ckpt-1 is moved
+    to diverged-2/, the lock is released on exit 3."""
+    result = run_train(tiny_experiment, tmp_path,
+                       "train.base_lr=1e6,train.total_steps=10,train.checkpoint_every=1")
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "paa_train: error: the loss diverged at step 2" in result.stderr
+    assert "newest good checkpoint (a finite, non-diverging loss was computed from it) is " \
+           "none; moved ckpt-1" in result.stderr
+    assert "it starts afresh" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("ckpt-*"))
+    assert (tmp_path / "diverged-2" / "ckpt-1.index").is_file()
+    assert not (tmp_path / "train.lock").exists()
+
+
+def test_a_config_that_does_not_fit_the_checkpoint_is_one_paragraph(tiny_experiment, tmp_path):
+    """The run folder's config.yaml edited (another head width) and the run resumed from it:
+    exit 2, one paragraph, and no TensorFlow warning before it (there were ~225)."""
+    first = run_train(tiny_experiment, tmp_path, "train.total_steps=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = tmp_path / "config.yaml"
+    text = saved.read_text()
+    assert text.count("head_channels: 32") == 1
+    saved.write_text(text.replace("head_channels: 32", "head_channels: 64"))
+    quiet = {k: v for k, v in env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = TRAIN + ["--model_dir", str(tmp_path), "--override", "train.total_steps=2"]
+    result = subprocess.run(command, capture_output=True, text=True, env=quiet, timeout=300,
+                            cwd=REPO)
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("paa_train:")]
+    assert len(error) == 1 and error == result.stderr.strip().splitlines()[-1:], result.stderr
+    assert f"checkpoint {tmp_path / 'ckpt-1'} does not fit the model being trained" in error[0]
+    assert "head_channels 64" in error[0] and "another --model_dir" in error[0]
+    # Python's 'WARNING:tensorflow:', absl's 'W1204 20:02:41.8 ...', C++'s '...: W tensorflow/'.
+    warning = re.compile(r"WARNING|^W\d{4} |^\S+ \S+: W ")
+    warnings = [line for line in result.stderr.splitlines() + result.stdout.splitlines()
+                if warning.search(line)]
+    assert warnings == [], warnings[:5]
+    assert not (tmp_path / "train.lock").exists()

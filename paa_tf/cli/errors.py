@@ -5,8 +5,8 @@ Exit codes, the same for every program:
   0  done
   1  an unexpected failure (a bug): Python's traceback, please report it
   2  bad input: flags, config, data, files, checkpoints; the message says what to fix
-  3  paa_train stopped on a non-finite loss or non-finite weights (exceptions carrying an
-     `exit_code` attribute choose their own code)
+  3  paa_train stopped on a non-finite or diverging loss, or non-finite weights (exceptions
+     carrying an `exit_code` attribute choose their own code)
 
 A bad-input error prints `<program>: error: <message>` and no traceback; `--traceback`
 shows the traceback as well (for a bug report). Programs get this through

@@ -8,13 +8,18 @@ Example::
 
 Run it again with the same --model_dir to resume from the newest checkpoint.
 For several machines, start it on each with TF_CONFIG set and --strategy multi_worker.
+While it runs it holds the folder's lock file (`train.lock`): a second paa_train on the
+same --model_dir stops with exit code 2 naming the first (paa_tf/training/run_lock.py).
 """
+
+import contextlib
 
 from absl import app
 
 # noqa: F401  (keeps Keras 3 out before TensorFlow loads)
 from paa_tf.cli import program
 from paa_tf.run_folder import RunFolder
+from paa_tf.training.run_lock import RunLock
 
 FLAGS = program.FLAGS
 FLAG_SPECS = (
@@ -36,7 +41,8 @@ FLAG_SPECS = (
 
 
 def _main(argv):
-    # TensorFlow only only when training: --help and usage errors stay fast
+    # TensorFlow only when training: --help and usage errors stay fast
+    from paa_tf.training import checkpoints
     from paa_tf.training import train as train_lib
 
     run = RunFolder(FLAGS.model_dir)
@@ -50,9 +56,12 @@ def _main(argv):
     strategy = train_lib.build_strategy(FLAGS.strategy)
     print(f"paa_train: {strategy.num_replicas_in_sync} replica(s) with "
           f"{type(strategy).__name__}; global batch {config.train.batch_size}", flush=True)
-    trainer = train_lib.Trainer(config, FLAGS.model_dir, strategy)
-    trainer.restore_or_initialise()
-    trainer.train(stop_after=FLAGS.stop_after)  # NonFiniteLossError: exit code 3
+    # One writer per run folder: the chief holds the lock (the other workers of a
+    # multi-worker run write only their scratch copies) until the end, an error included.
+    with RunLock(FLAGS.model_dir) if checkpoints.is_chief(strategy) else contextlib.nullcontext():
+        trainer = train_lib.Trainer(config, FLAGS.model_dir, strategy)
+        trainer.restore_or_initialise()
+        trainer.train(stop_after=FLAGS.stop_after)  # NonFiniteLossError: exit code 3
     done = trainer.step >= config.train.total_steps
     print(f"paa_train: {'finished' if done else 'stopped'} at step {trainer.step} of "
           f"{config.train.total_steps}; checkpoint {trainer.keeper.latest}"

@@ -24,13 +24,15 @@ class NoReadableCheckpoint(ValueError):
         self.problems = problems
 
 
-def restore_newest(candidates, restore_one, what="checkpoint"):
+def restore_newest(candidates, restore_one, what="checkpoint", fatal=()):
     """(path, restore_one(path)) for the newest of `candidates` that `restore_one` accepts.
 
     Args:
       candidates: checkpoint prefixes, newest first (`RunFolder.checkpoints()`).
       restore_one: callable(path) -> result; any exception means "not this checkpoint".
       what: how the warnings name a checkpoint.
+      fatal: exception types raised by `restore_one` that end the search (e.g. a checkpoint
+        of another model: no older one will fit either).
     Returns (None, None) when `candidates` is empty; raises `NoReadableCheckpoint` (its
     message names the newest checkpoint and why it failed) when none can be restored.
     """
@@ -38,6 +40,8 @@ def restore_newest(candidates, restore_one, what="checkpoint"):
     for index, path in enumerate(candidates):
         try:
             return path, restore_one(path)
+        except fatal:
+            raise
         # A damaged file surfaces as an OpError, IndexError, ValueError... depending on where
         # the reader trips; a checkpoint of another model as an AssertionError.
         except Exception as error:  # noqa: BLE001

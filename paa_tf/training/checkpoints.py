@@ -6,9 +6,14 @@ state file loses nothing. TensorFlow writes a checkpoint's data first and its in
 a process killed mid-save leaves no index (or an index with incomplete data): such a
 checkpoint cannot be restored and `restore_latest` falls back to the next older one, as it
 does for a checkpoint damaged later (disk, copy). A run never starts afresh over
-checkpoints it could not read: it stops and says so.
+checkpoints it could not read: it stops and says so. The temporary folder of a save that was
+killed (`ckpt-<step>_temp/`, where TensorFlow writes the shards before moving them beside the
+index) is removed at the next start, with a note.
 """
 
+import contextlib
+import gc
+import glob
 import os
 import pathlib
 import shutil
@@ -33,6 +38,34 @@ def is_chief(strategy):
 
 class UnreadableCheckpointsError(ValueError):
     """`model_dir` holds checkpoints but none of them can be restored."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint holds other variables or shapes than the model being trained
+    (its config was changed since): older checkpoints of the run would not fit either."""
+
+
+def _mismatch(error):
+    """Whether a failed restore means "another model" rather than "damaged file"."""
+    if isinstance(error, AssertionError):  # assert_existing_objects_matched: other layers
+        return True
+    return isinstance(error, ValueError) and "incompatible tensor with shape" in str(error)
+
+
+@contextlib.contextmanager
+def _quiet_restore():
+    """Holds TensorFlow's logger at ERROR around a restore, until what the restore left is
+    garbage-collected: a failed restore's bookkeeping logs one warning per value it did not
+    restore when it is deleted (some 200 lines for a config that does not fit), and the
+    outcome is reported by the caller instead."""
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    tf_logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        gc.collect()
+        tf_logger.setLevel(level)
 
 
 def _worker_dir(model_dir, strategy):
@@ -110,6 +143,8 @@ class CheckpointKeeper:
         tried. Raises UnreadableCheckpointsError when there are checkpoint files but none
         can be read (a fresh start would overwrite them).
         """
+        if is_chief(self.strategy):
+            self._remove_killed_saves()
         candidates = find_checkpoints(self.model_dir)
         listed = _state_file_listing(self.model_dir)
         if candidates and (listed is None or candidates[0] not in listed):
@@ -119,9 +154,26 @@ class CheckpointKeeper:
         state_file = self.model_dir / "checkpoint"
         if not candidates and listed is None and state_file.exists() and is_chief(self.strategy):
             state_file.unlink()  # lists nothing readable; TensorFlow would refuse to start
+        # Created before the restore (a save would create it): restored at once, it is not
+        # left pending, to be reported as unrestored when the program ends after a failure.
+        self.checkpoint.save_counter  # noqa: B018
+
+        def restore(path):
+            with _quiet_restore():
+                try:
+                    self.checkpoint.restore(path).assert_existing_objects_matched()
+                # A damaged file surfaces as an OpError, IndexError, ValueError... depending
+                # on where the reader trips; a checkpoint of another model is no fallback.
+                except Exception as error:  # noqa: BLE001
+                    if not _mismatch(error):
+                        raise
+                    first_line = str(error).strip().splitlines()[0][:300] if str(error) else ""
+                    raise CheckpointMismatchError(
+                        f"checkpoint {path} does not fit the model being trained "
+                        f"({type(error).__name__}: {first_line})") from None
+
         try:
-            path, _ = restore_newest(
-                candidates, lambda p: self.checkpoint.restore(p).assert_existing_objects_matched())
+            path, _ = restore_newest(candidates, restore, fatal=(CheckpointMismatchError,))
         except NoReadableCheckpoint as error:
             self._unreadable.update(error.problems)
             raise UnreadableCheckpointsError(
@@ -134,6 +186,34 @@ class CheckpointKeeper:
         if is_chief(self.strategy):
             self._rewrite_state_file(candidates[index:])
         return path
+
+    def _remove_killed_saves(self):
+        """Removes the `ckpt-<step>_temp/` folders of saves that never finished.
+
+        TensorFlow writes a checkpoint's shards there and moves them out when the save ends;
+        one lock per run folder (paa_tf/training/run_lock.py) means no save is under way.
+        """
+        for temp in sorted(self.model_dir.glob("ckpt-*_temp")):
+            if temp.is_dir():
+                shutil.rmtree(temp)
+                print(f"NOTE: removed {temp}: the temporary folder of a save that did not "
+                      "finish (the run was killed while saving)", flush=True)
+
+    def set_aside(self, prefixes, folder):
+        """Moves the checkpoints `prefixes` (their index and data files) into `folder`, a new
+        folder inside the run folder, and lists the remaining ones in the state file."""
+        folder.mkdir()
+        for prefix in prefixes:
+            for path in glob.glob(glob.escape(prefix) + ".*"):
+                os.replace(path, folder / os.path.basename(path))
+        remaining = find_checkpoints(self.model_dir)
+        if remaining:
+            self._rewrite_state_file(remaining)
+        elif (self.model_dir / "checkpoint").exists():
+            os.replace(self.model_dir / "checkpoint", folder / "checkpoint")
+        self._manager = None
+        if self.latest in prefixes:
+            self.latest = None
 
     def _rewrite_state_file(self, readable_first):
         """Lists the restored checkpoint and the older ones (up to max_to_keep) in the state

@@ -4,8 +4,15 @@ One step = one optimizer update on a global batch, run by the detector's own
 `train_step` (assignment -> targets -> losses -> gradients) under the chosen
 `tf.distribute` strategy. Around it: resume from the newest readable
 checkpoint, periodic atomic checkpoints, TensorBoard summaries, a progress
-line, a stop on a non-finite loss that keeps the last good checkpoint, and
-optional periodic COCO evaluation.
+line, a stop on a non-finite or diverging loss that keeps the last good
+checkpoint, and optional periodic COCO evaluation.
+
+A checkpoint is good once a loss computed from its weights was finite and in line with the
+steps before it: the loss of step N+1 judges the weights saved after step N
+(paa_tf/training/good_checkpoints.py records it, paa_tf/training/divergence.py judges).
+On a bad loss the run stops, names the newest good checkpoint and moves the ones written
+after it into `diverged-<step>/` in the run folder, so that the next run resumes from a
+checkpoint that trains on.
 """
 
 import copy
@@ -23,14 +30,15 @@ from paa_tf.data import pipeline
 from paa_tf.evaluation import evaluate as evaluate_lib
 from paa_tf.modeling import detector
 from paa_tf.modeling.weights import load_backbone_weights
-from paa_tf.training import checkpoints, init_from, schedules
+from paa_tf.training import checkpoints, divergence, good_checkpoints, init_from, schedules
 from paa_tf.visualization import summaries
 
 _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss (or weights: NonFiniteWeightsError)."""
+    """Training produced a NaN or infinite loss (or weights: NonFiniteWeightsError; or a
+    diverging loss: DivergedLossError)."""
 
     exit_code = 3  # bin/paa_train's exit code for it (paa_tf/cli/errors.py)
 
@@ -39,10 +47,19 @@ class NonFiniteWeightsError(NonFiniteLossError):
     """An update left NaN or infinite weights although its loss was finite."""
 
 
+class DivergedLossError(NonFiniteLossError):
+    """A finite loss above `train.divergence_factor` x the running median of the steps before."""
+
+
 @tf.function
 def _finite_flags(variables):
     """bool [len(variables)]: whether each variable holds only finite values (one call)."""
     return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+
+
+def _step_of(prefix):
+    """'runs/x/ckpt-250' -> 250."""
+    return int(prefix.rsplit("-", 1)[1])
 
 
 def build_strategy(name="auto"):
@@ -174,6 +191,12 @@ class Trainer:
         # TensorBoard pictures at each periodic evaluation (paa_tf/visualization/summaries.py)
         self.eval_images = None  # the last evaluation's EvalImages
         self.assignment_summaries = summaries.TrainingAssignment(config)
+        self.record = good_checkpoints.CheckpointRecord(self.model_dir, writes=self.chief)
+        # The public seam of the divergence test: replace it to judge the losses otherwise.
+        self.divergence = divergence.DivergenceMonitor(config.train.divergence_factor)
+        self._unconfirmed = None  # the checkpoint the next step's loss judges
+        self._resumed_from = None
+        self._window = (0, 0.0)  # (steps, mean loss) since the loss trackers' last reset
 
     def _pipeline_fn(self, seed_offset=0):
         data_config = copy.deepcopy(self.config.data)
@@ -226,9 +249,31 @@ class Trainer:
         (paa_tf/training/init_from.py) or the backbone from `model.backbone_checkpoint`."""
         if self.config.train.init_from:  # refused on a resume too: the config is wrong
             init_from.refuse_own_run(self.config.train.init_from, self.model_dir)
-        restored = self.keeper.restore_latest()
+        try:
+            restored = self.keeper.restore_latest()
+        except checkpoints.CheckpointMismatchError as error:
+            model = self.config.model
+            raise ValueError(
+                f"{error}: the config describes another model (backbone {model.backbone}, "
+                f"{model.num_classes} classes, fpn_channels {model.fpn_channels}, "
+                f"head_channels {model.head_channels}, head_convs {model.head_convs}) than the "
+                f"one that wrote the checkpoints in {self.model_dir}. A model setting was "
+                f"changed since (in {self.folder.config_path}, --config or --override): undo "
+                "the change to resume this run, or train the new model in another --model_dir"
+            ) from None
         if restored:
             print(f"Resumed from {restored} at step {self.step}", flush=True)
+            self._resumed_from = restored
+            # Newer ones were unreadable (restore_latest fell back past them): never good.
+            self.record.drop([p for p in run_folder.find_checkpoints(self.model_dir)
+                              if _step_of(p) > _step_of(restored)])
+            self.divergence = divergence.DivergenceMonitor(
+                self.config.train.divergence_factor, self.record.recent_losses(restored))
+            if not self.record.is_confirmed(restored):
+                self._unconfirmed = restored
+                print(f"NOTE: no loss has been computed from {restored}'s weights yet (the "
+                      "run stopped or was killed right after saving it): this run's first "
+                      "step judges it", flush=True)
             if not self.exact_data_resume:
                 why = ("train.checkpoint_data is false" if not self.config.train.checkpoint_data
                        else "a multi-worker input iterator cannot be checkpointed")
@@ -256,7 +301,9 @@ class Trainer:
         `stop_after` ends this call after that many updates, with a checkpoint there, so
         that a new run resumes from it (used to split a run).
         Returns the last logs as floats. Raises NonFiniteLossError on a NaN/inf loss,
-        without saving the damaged weights.
+        NonFiniteWeightsError on NaN/inf weights, DivergedLossError on a diverging loss
+        (`train.divergence_factor`): the damaged weights are not saved, and the checkpoints
+        no good loss was computed from are moved into `diverged-<step>/`.
         """
         cfg = self.config.train
         total = total_steps or cfg.total_steps
@@ -270,12 +317,7 @@ class Trainer:
                 step = self.step
                 # 'lr' from the model is a window mean; the exact LR is reported separately.
                 logs = {name: float(value) for name, value in raw.items() if name != "lr"}
-                if not all(math.isfinite(v) for v in logs.values()):
-                    bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step} ({bad}); training stopped. The last "
-                        f"good checkpoint is {self.keeper.latest or 'none (no checkpoint yet)'}: "
-                        "lower train.base_lr or check the data, then run again to resume")
+                self._judge(step, logs)
                 lr = float(self._current_lr(step - 1))
                 if rate_base is None:
                     rate_base = (time.time(), step)
@@ -292,10 +334,13 @@ class Trainer:
                     print(progress_line(step, total, elapsed, done, self.global_batch, logs, lr),
                           flush=True)
                     self.model.reset_metrics()
+                    self._window = (0, 0.0)
                 stopping = stop_after is not None and step - start_step >= stop_after
                 if step % cfg.checkpoint_every == 0 or step == total or stopping:
                     self._check_finite_weights(step)
-                    self.keeper.save()
+                    saved = self.keeper.save() or str(self.model_dir / f"ckpt-{step}")
+                    self.record.saved(saved, step, self.divergence.recent)
+                    self._unconfirmed = saved
                 if cfg.eval_every and (step % cfg.eval_every == 0) and step != total:
                     self.evaluate(step)
         self.writer.flush()
@@ -314,12 +359,62 @@ class Trainer:
         flags = _finite_flags(self._state_variables).numpy()
         if not flags.all():
             names = [v.name for v, ok in zip(self._state_variables, flags) if not ok]
-            raise NonFiniteWeightsError(
+            self._stop(NonFiniteWeightsError, step, (
                 f"{len(names)} of {len(flags)} weight and optimizer variables are NaN or "
                 f"infinite after step {step} (e.g. {', '.join(names[:3])}) although the loss "
-                "was finite; this state was not saved and training stopped. The last good "
-                f"checkpoint is {self.keeper.latest or 'none (no checkpoint yet)'}: lower "
-                "train.base_lr or check the data, then run again to resume from it")
+                "was finite; this state was not saved and training stopped"))
+
+    def _judge(self, step, logs):
+        """Stops the run unless the loss of `step` is finite and not diverging; else confirms
+        the checkpoint whose weights it was computed from."""
+        bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
+        if bad:
+            self._stop(NonFiniteLossError, step,
+                       f"non-finite loss at step {step} ({bad}); training stopped")
+        count, previous = self._window
+        loss = divergence.step_loss(logs["loss"], previous, count + 1)
+        self._window = (count + 1, logs["loss"])
+        why = self.divergence.judge(loss)
+        if why:
+            self._stop(DivergedLossError, step,
+                       f"the loss diverged at step {step}: {why}; training stopped")
+        if self._unconfirmed:
+            self.record.confirm(self._unconfirmed, step, loss)
+            self._unconfirmed = None
+
+    def _stop(self, error_class, step, what):
+        """Raises `error_class`, naming the newest good checkpoint, after moving the ones
+        written after it into `diverged-<step>/` (the chief moves; every worker stops)."""
+        present = run_folder.find_checkpoints(self.model_dir)
+        good = next((p for p in present if self.record.is_confirmed(p)), None)
+        # Nothing confirmed: what this run resumed from was judged by its first step.
+        floor = (_step_of(good) if good else
+                 _step_of(self._resumed_from) - 1 if self._resumed_from else -1)
+        after = [p for p in present if _step_of(p) > floor]
+        moved = ""
+        if after:
+            folder = self.model_dir / f"diverged-{step}"
+            suffix = 1
+            while folder.exists():
+                suffix += 1
+                folder = self.model_dir / f"diverged-{step}-{suffix}"
+            if self.chief:
+                self.keeper.set_aside(after, folder)
+                self.record.drop(after)
+            moved = (f"; moved {', '.join(pathlib.Path(p).name for p in after)} (no good loss "
+                     f"was computed from them) to {folder}/")
+        older = [p for p in present if _step_of(p) <= floor]
+        if good:
+            then = f"it resumes from {good}"
+        elif older:
+            then = f"it resumes from {older[0]} (from before this run, judged by its first step)"
+        else:
+            then = "it starts afresh"
+        raise error_class(
+            f"{what}. The loss of a step is computed from the weights of the step before it; "
+            f"the newest good checkpoint (a finite, non-diverging loss was computed from it) is "
+            f"{good or 'none'}{moved}. Lower train.base_lr or check the data, then run the "
+            f"same command again: {then}")
 
     def _current_lr(self, step):
         """LR the schedule gives update index `step` (0-based)."""
