@@ -26,9 +26,9 @@ from bench_common import machine_facts  # noqa: E402  (bench/: script folder)
 
 import paa_tf  # noqa: E402,F401  (keeps Keras 3 out before TensorFlow loads)
 from paa_tf import config as config_lib  # noqa: E402
-from paa_tf.training import train as train_lib  # noqa: E402
 from paa_tf.data import synthetic  # noqa: E402
 from paa_tf.training import divergence  # noqa: E402
+from paa_tf.training import train as train_lib  # noqa: E402
 
 
 class Recorder(divergence.DivergenceMonitor):

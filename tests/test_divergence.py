@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from paa_tf.training import train as train_lib
 from paa_tf.cli import errors
 from paa_tf.training import divergence
+from paa_tf.training import train as train_lib
 from tests.test_train import make_trainer
 
 

@@ -319,20 +319,28 @@ def test_imagenet_resnet_converts_to_a_backbone_checkpoint_training_loads_whole(
     report = json.loads((tmp_path / "tv" / "import.json").read_text())
     assert report["layout"] == "imagenet" and set(report["not_weights"]) >= {"fc.weight",
                                                                            "fc.bias"}
-    from paa_tf.modeling.detector import build_detector
-
-    config = config_lib.load_config(
-        REPO / "configs" / "paa_r50_fpn_1x_coco_mmdet.yaml",
-        overrides=[f"model.backbone_checkpoint={tmp_path / 'tv' / 'ckpt-0'}"])
-    model = build_detector(config, image_size=(HEIGHT, WIDTH))
-    load = model.backbone_load_report
-    assert not load.missing and not load.shape_mismatch and not load.unused
-    assert len(load.loaded) == len(model.backbone.weights)
+    config, model = model_on_imported_backbone(tmp_path / "tv" / "ckpt-0")
     image = rgb_image(4)
     with torch.no_grad():
         want = network(reference_input("mmdet", image))[2].permute(0, 2, 3, 1).numpy()
     got = model.backbone(paa_input(config, image), training=False)[5].numpy()
     assert _relative_error(got, want) < RELATIVE_TOLERANCE
+
+
+def model_on_imported_backbone(checkpoint, overrides=()):
+    """(config, detector) of the mmdetection R-50 preset with `overrides`, its backbone loaded
+    from the backbone checkpoint `checkpoint` that bin/paa_import wrote: every weight loaded,
+    none missing, reshaped or unused."""
+    from paa_tf.modeling.detector import build_detector  # TensorFlow model code: these tests
+
+    config = config_lib.load_config(
+        REPO / "configs" / "paa_r50_fpn_1x_coco_mmdet.yaml",
+        overrides=list(overrides) + [f"model.backbone_checkpoint={checkpoint}"])
+    model = build_detector(config, image_size=(HEIGHT, WIDTH))
+    load = model.backbone_load_report
+    assert not load.missing and not load.shape_mismatch and not load.unused
+    assert len(load.loaded) == len(model.backbone.weights)
+    return config, model
 
 
 # --- The imported run, exported: same detections as the checkpoint evaluated in Python. ---

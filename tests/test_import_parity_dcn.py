@@ -34,6 +34,7 @@ from tests.test_import_parity import (
     assert_levels_match,
     assert_same_detections,
     cli_import,
+    model_on_imported_backbone,
     paa_input,
     reference_input,
     rgb_image,
@@ -223,22 +224,14 @@ def test_torchvision_imagenet_resnext_converts_to_a_backbone_checkpoint(tmp_path
     torchvision's layer4 output (an oracle independent of tests/helpers)."""
     from torchvision.models import resnext50_32x4d
 
-    from paa_tf.modeling.detector import build_detector
-
     network = ref.randomize(resnext50_32x4d(weights=None), seed=22)
     path = tmp_path / "resnext50_32x4d-imagenet.pth"
     torch.save(network.state_dict(), path)
     assert cli_import(["--torch_checkpoint", path, "--output_dir", tmp_path / "tv"]) == 0
     report = json.loads((tmp_path / "tv" / "import.json").read_text())
     assert report["architecture"] == "resnext50_32x4d"
-    config = config_lib.load_config(
-        REPO / "configs" / "paa_r50_fpn_1x_coco_mmdet.yaml",
-        overrides=["model.backbone=resnext50_32x4d",
-                   f"model.backbone_checkpoint={tmp_path / 'tv' / 'ckpt-0'}"])
-    model = build_detector(config, image_size=(HEIGHT, WIDTH))
-    load = model.backbone_load_report
-    assert not load.missing and not load.shape_mismatch and not load.unused
-    assert len(load.loaded) == len(model.backbone.weights)
+    config, model = model_on_imported_backbone(tmp_path / "tv" / "ckpt-0",
+                                               ["model.backbone=resnext50_32x4d"])
     image = rgb_image(4)
     with torch.no_grad():
         x = reference_input("mmdet", image)
