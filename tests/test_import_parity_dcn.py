@@ -23,7 +23,7 @@ import tf_keras
 import torch
 
 from paa_tf import config as config_lib
-from paa_tf import run_folder
+from paa_tf.modeling import restore
 from tests.helpers import torch_references as ref
 from tests.test_import_parity import (
     HEIGHT,
@@ -58,7 +58,7 @@ def imported(tmp_path_factory):
     assert cli_import(["--torch_checkpoint", checkpoint, "--output_dir", run_dir,
                        "--config", PRESET, "--override", OVERRIDE]) == 0
     config = config_lib.load_config(run_dir / "config.yaml")
-    model = run_folder.restore_model(config, tf.train.latest_checkpoint(str(run_dir)),
+    model = restore.restore_model(config, tf.train.latest_checkpoint(str(run_dir)),
                                      (HEIGHT, WIDTH))
     return {"network": network, "checkpoint": checkpoint, "run_dir": run_dir,
             "config": config, "model": model}

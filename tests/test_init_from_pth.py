@@ -10,9 +10,9 @@ import tensorflow as tf
 import torch
 
 from paa_tf import config as config_lib
-from paa_tf import run_folder
 from paa_tf.convert import coco_categories, importer
 from paa_tf.data import label_map as label_map_lib
+from paa_tf.modeling import restore
 from paa_tf.modeling.weights import _object_paths
 from paa_tf.training import train as train_lib
 from tests import train_utils
@@ -35,7 +35,7 @@ def test_init_from_a_pth_equals_the_imported_run_and_carries_coco_classes(tmp_pa
     # The oracle: bin/paa_import's own conversion of the same file, restored.
     imported = importer.import_checkpoint(pth, tmp_path / "imported")
     imported_config = config_lib.load_config(tmp_path / "imported" / "config.yaml")
-    source = run_folder.restore_model(imported_config, imported["checkpoint"], (128, 128))
+    source = restore.restore_model(imported_config, imported["checkpoint"], (128, 128))
 
     labels = tmp_path / "labels.json"
     label_map_lib.write_label_map(label_map_lib.from_names(CLASSES), labels)

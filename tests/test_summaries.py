@@ -252,7 +252,7 @@ def test_pictures_of_a_test_time_augmented_evaluation(trained, tmp_path):
 def test_tensorboard_serves_the_written_images(trained):
     """TensorBoard 2.20 (pinned with TensorFlow) on the run folder lists exactly the image
     tags written per run, and serves each picture with the pixels of the event file."""
-    from tests.helpers import tensorboard
+    from tests.helpers import tensorboard_server as tensorboard
 
     _, _, run = trained
     written = {}

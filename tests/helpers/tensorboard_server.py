@@ -1,5 +1,5 @@
 """TensorBoard (the version pinned with TensorFlow) served on a local port, for tests and
-for the README's screenshot (`python -m tests.helpers.tensorboard RUN_FOLDER OUT.png`)."""
+for the README's screenshot (`python -m tests.helpers.tensorboard_server RUN_FOLDER OUT.png`)."""
 
 import contextlib
 import json
