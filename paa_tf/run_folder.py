@@ -47,6 +47,13 @@ def find_checkpoints(model_dir):
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def checkpoint_step(prefix):
+    """The step of a `ckpt-<step>` checkpoint prefix ('runs/x/ckpt-250' -> 250; 0 when the
+    name holds none)."""
+    tail = os.path.basename(os.fspath(prefix)).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def check_num_classes(config, label_map, where):
     """`config` with `model.num_classes` taken from `label_map` when unset; a ValueError naming
     both numbers and the key when they disagree (`where` names the label map's origin)."""

@@ -30,6 +30,7 @@ import os
 from absl import app
 
 from paa_tf import config as config_lib
+from paa_tf import run_folder
 from paa_tf.cli import program
 from paa_tf.run_folder import RunFolder
 
@@ -89,12 +90,6 @@ def _config():
     return config_lib.load_config(FLAGS.config, overrides=FLAGS.override)
 
 
-def checkpoint_step(path):
-    """The training step of a `ckpt-N` checkpoint prefix (0 when it names none)."""
-    tail = os.path.basename(str(path)).rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
 def _run_model(output_dir):
     """Evaluate a checkpoint or an exported SavedModel on the chosen data."""
     # TensorFlow only once a model runs: --help and usage errors stay fast
@@ -141,7 +136,7 @@ def _run_model(output_dir):
     metrics = evaluate.evaluate_model(config, model, output_dir=output_dir,
                                       max_batches=FLAGS.max_batches, observer=pictures)
     if pictures:
-        pictures.write(checkpoint_step(path), log_dir=output_dir)
+        pictures.write(run_folder.checkpoint_step(path), log_dir=output_dir)
         print(f"image summaries: {len(pictures.pictures)} pictures in {output_dir}")
     return metrics
 

@@ -243,12 +243,25 @@ def export_from_model_dir(model_dir, export_dir, checkpoint=None, version=None,
     run.label_map()  # a missing or bad label map fails before the slow part
     if not checkpoint and not run.checkpoints():  # before the slow part
         raise ValueError(f"no checkpoint in {model_dir}; train first or pass --checkpoint")
+    version = free_version(config, export_dir, version, overwrite)  # before the slow part
+    module, config = restore_detector(run, config, checkpoint, score_voting)
+    return write_saved_model(run, module, config, export_dir, version, overwrite)
+
+
+def free_version(config, export_dir, version=None, overwrite=False):
+    """The version number to write (`version`, default `export.version`); a ValueError when
+    its folder exists and `overwrite` is not set."""
     version = config.export.version if version is None else int(version)
     target = os.path.join(os.fspath(export_dir), str(version))
-    if os.path.exists(target) and not overwrite:  # before the slow part
+    if os.path.exists(target) and not overwrite:
         raise ValueError(f"{target} exists; pass --overwrite to replace it or --version with a "
                          "new number (TF Serving serves the highest version)")
-    module, config = restore_detector(run, config, checkpoint, score_voting)
+    return version
+
+
+def write_saved_model(run, module, config, export_dir, version, overwrite=False):
+    """Save `module` (of `restore_detector`) with the run's label map and `config` as assets;
+    returns `<export_dir>/<version>`."""
     with tempfile.TemporaryDirectory() as scratch:
         config_copy = config_lib.save_config(config, os.path.join(scratch, CONFIG_ASSET))
         return save_exported(module, export_dir, version,

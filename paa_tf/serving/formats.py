@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from paa_tf.data import pipeline, transforms
+from paa_tf.data import pipeline, tfrecord, transforms
 from paa_tf.run_folder import RunFolder
 from paa_tf.serving import export, litert_export, onnx_export
 
@@ -36,35 +36,37 @@ def check_formats(names):
 
 def calibration_images(config, count):
     """`count` uint8 [h, w, 3] training images spread evenly over the run's train split
-    (`data.train_*` of `config`), decoded as the pipeline decodes them."""
-    records, _, _ = pipeline.load_records(config.data, "train", is_training=False)
-    paths = [r.path for r in records if r.path]
-    if not paths:
-        raise ValueError("litert_int8 calibration reads training image files; "
-                         f"data.format {config.data.format!r} has none (use coco or voc)")
-    picks = np.linspace(0, len(paths) - 1, num=min(count, len(paths))).astype(int)
-    return [transforms.decode_image(tf.io.read_file(paths[i])).numpy() for i in picks]
+    (`data.train_*` of `config`: image files or TFRecord shards), decoded as the pipeline
+    decodes them."""
+    records, _, layout = pipeline.load_records(config.data, "train", is_training=False)
+    picks = np.linspace(0, len(records) - 1, num=min(count, len(records))).astype(int)
+    return [transforms.decode_image(tf.constant(tfrecord.read_encoded(records[i], layout)))
+            .numpy() for i in picks]
 
 
 def export_formats(model_dir, export_dir, formats, checkpoint=None, version=None,
                    overwrite=False, config_overrides=None, num_calibration=100):
     """Write each of `formats` for the run in `model_dir`; returns {format: path}."""
     formats = check_formats(list(formats))
-    written = {}
-    if "saved_model" in formats:
-        written["saved_model"] = export.export_from_model_dir(
+    if formats == ("saved_model",):
+        return {"saved_model": export.export_from_model_dir(
             model_dir, export_dir, checkpoint=checkpoint, version=version,
-            overwrite=overwrite, config_overrides=config_overrides)
+            overwrite=overwrite, config_overrides=config_overrides)}
     others = [name for name in formats if name != "saved_model"]
-    if not others:
-        return written
+    run = RunFolder(model_dir)
+    config = run.config(overrides=config_overrides)
+    # Every existing output refused before the slow part; the model restored once for all.
+    if "saved_model" in formats:
+        version = export.free_version(config, export_dir, version, overwrite)
     for name in others:
         folder = os.path.join(os.fspath(export_dir), name)
         if os.path.exists(folder) and not overwrite:
             raise ValueError(f"{folder} exists; pass --overwrite to replace it")
-    run = RunFolder(model_dir)
-    config = run.config(overrides=config_overrides)
     module, config = export.restore_detector(run, config, checkpoint)
+    written = {}
+    if "saved_model" in formats:
+        written["saved_model"] = export.write_saved_model(run, module, config, export_dir,
+                                                          version, overwrite)
     for name in others:
         folder = os.path.join(os.fspath(export_dir), name)
         os.makedirs(folder, exist_ok=True)

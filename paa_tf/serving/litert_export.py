@@ -99,7 +99,7 @@ def litert_function(module):
     @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8,
                                                 name=INPUT_NAME)])
     def detect_one(inputs):
-        # float32 before the resize, as the SavedModel (export.ExportedDetector).
+        # The export's pre-processing (float32 before the resize, data.inference_preprocess).
         image, image_info = preprocess(inputs[0])
         image_info = image_info[None]
         # The converter loses the channel count through the resize's tf.cond (TFLite's IF),

@@ -30,6 +30,7 @@ from paa_tf.data import pipeline
 from paa_tf.evaluation import evaluate as evaluate_lib
 from paa_tf.modeling import detector
 from paa_tf.modeling.weights import load_backbone_weights
+from paa_tf.run_folder import checkpoint_step
 from paa_tf.training import checkpoints, divergence, good_checkpoints, init_from, schedules
 from paa_tf.visualization import summaries
 
@@ -55,11 +56,6 @@ class DivergedLossError(NonFiniteLossError):
 def _finite_flags(variables):
     """bool [len(variables)]: whether each variable holds only finite values (one call)."""
     return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
-
-
-def _step_of(prefix):
-    """'runs/x/ckpt-250' -> 250."""
-    return int(prefix.rsplit("-", 1)[1])
 
 
 def build_strategy(name="auto"):
@@ -266,7 +262,7 @@ class Trainer:
             self._resumed_from = restored
             # Newer ones were unreadable (restore_latest fell back past them): never good.
             self.record.drop([p for p in run_folder.find_checkpoints(self.model_dir)
-                              if _step_of(p) > _step_of(restored)])
+                              if checkpoint_step(p) > checkpoint_step(restored)])
             self.divergence = divergence.DivergenceMonitor(
                 self.config.train.divergence_factor, self.record.recent_losses(restored))
             if not self.record.is_confirmed(restored):
@@ -388,9 +384,9 @@ class Trainer:
         present = run_folder.find_checkpoints(self.model_dir)
         good = next((p for p in present if self.record.is_confirmed(p)), None)
         # Nothing confirmed: what this run resumed from was judged by its first step.
-        floor = (_step_of(good) if good else
-                 _step_of(self._resumed_from) - 1 if self._resumed_from else -1)
-        after = [p for p in present if _step_of(p) > floor]
+        floor = (checkpoint_step(good) if good else
+                 checkpoint_step(self._resumed_from) - 1 if self._resumed_from else -1)
+        after = [p for p in present if checkpoint_step(p) > floor]
         moved = ""
         if after:
             folder = self.model_dir / f"diverged-{step}"
@@ -403,7 +399,7 @@ class Trainer:
                 self.record.drop(after)
             moved = (f"; moved {', '.join(pathlib.Path(p).name for p in after)} (no good loss "
                      f"was computed from them) to {folder}/")
-        older = [p for p in present if _step_of(p) <= floor]
+        older = [p for p in present if checkpoint_step(p) <= floor]
         if good:
             then = f"it resumes from {good}"
         elif older:
