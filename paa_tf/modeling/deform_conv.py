@@ -67,13 +67,18 @@ def modulated_deform_conv(x, offset, mask, kernel, bias=None, strides=1, padding
     out_h, out_w = tf.shape(offset)[1], tf.shape(offset)[2]
     # Coordinates and interpolation weights in float32 whatever the compute dtype: float16
     # would round a position of ~200 px to 1/8 px.
-    offset = tf.reshape(tf.cast(offset, tf.float32), [batch, out_h, out_w, dg, taps, 2])
+    # dy and dx are every other channel, taken by a strided slice of the 4-D tensor: slicing
+    # them off a 6-D [B, Ho, Wo, dg, K, 2] has no LiteRT builtin (its STRIDED_SLICE stops at
+    # 5-D), and the exported LiteRT file may use builtin ops only.
+    offset = tf.cast(offset, tf.float32)
+    offset_y = tf.reshape(offset[..., 0::2], [batch, out_h, out_w, dg, taps])
+    offset_x = tf.reshape(offset[..., 1::2], [batch, out_h, out_w, dg, taps])
     mask = tf.reshape(tf.cast(mask, tf.float32), [batch, out_h, out_w, dg, taps])
     tap_y, tap_x = _taps((kh, kw), float(dilation))
     grid_y = tf.cast(tf.range(out_h) * strides - padding, tf.float32)
     grid_x = tf.cast(tf.range(out_w) * strides - padding, tf.float32)
-    pos_y = grid_y[:, None, None, None] + tap_y + offset[..., 0]  # [B, Ho, Wo, dg, K]
-    pos_x = grid_x[None, :, None, None] + tap_x + offset[..., 1]
+    pos_y = grid_y[:, None, None, None] + tap_y + offset_y  # [B, Ho, Wo, dg, K]
+    pos_x = grid_x[None, :, None, None] + tap_x + offset_x
     y0, x0 = tf.floor(pos_y), tf.floor(pos_x)
     frac_y, frac_x = pos_y - y0, pos_x - x0
     # [B, Ho, Wo, dg, K] -> [B, dg, Ho * Wo * K]: one gather per (image, deformable group).

@@ -52,6 +52,14 @@ def class_aware_nms(boxes, scores, params):
     With the KK candidate rule each row has at most one non-zero class score, so the N best
     pairs hold every candidate; with MM's all N x C pairs go in.
 
+    Pairs whose box has zero area (a candidate clipped to a line at the image border) stay
+    out of the NMS and are merged back by score: LiteRT's NON_MAX_SUPPRESSION_V5 (its
+    reference kernel, ai-edge-litert 2.3) puts every selected box back into its queue and
+    relies on the box's IoU with itself to suppress it, but gives a zero-area box IoU 0 with
+    everything, so it selected such a box again and again until all D outputs held it. TF's
+    NMS also gives it IoU 0 (it suppresses nothing and nothing suppresses it) and keeps it
+    once: the merge keeps what TF keeps.
+
     Args:
       boxes: float32 [1, N, 4] yxyx candidates; scores: float32 [1, N, C], 0 = absent.
       params: `postprocess.PostprocessParams`.
@@ -69,10 +77,20 @@ def class_aware_nms(boxes, scores, params):
     pair_boxes = tf.gather(boxes[0], row)
     step = tf.reduce_max(tf.abs(pair_boxes)) + 2.0
     apart = pair_boxes + shift + tf.cast(classes, tf.float32)[:, None] * step
+    # Zero area as the kernels compute it, |y2 - y1| * |x2 - x1| <= 0 (docstring).
+    sides = tf.abs(apart[:, 2:] - apart[:, :2])
+    zero_area = sides[:, 0] * sides[:, 1] <= 0.0
     keep, kept_scores, num = tf.raw_ops.NonMaxSuppressionV5(
-        boxes=apart, scores=pair_scores, max_output_size=max_det,
+        boxes=apart, scores=tf.where(zero_area, 0.0, pair_scores), max_output_size=max_det,
         iou_threshold=params.nms_iou, score_threshold=0.0, soft_nms_sigma=0.0,
         pad_to_max_output_size=True)
+    # The D best by score of the NMS's kept pairs and the zero-area ones (a score of 0 is
+    # no pair: NMS keeps only scores above 0).
+    kept_scores = tf.where(tf.range(max_det) < num, kept_scores, 0.0)
+    merged_scores = tf.concat([kept_scores, tf.where(zero_area, pair_scores, 0.0)], 0)
+    kept_scores, order = tf.math.top_k(merged_scores, k=max_det)
+    keep = tf.gather(tf.concat([keep, tf.range(count)], 0), order)
+    num = tf.reduce_sum(tf.cast(kept_scores > 0.0, tf.int32))
     valid = tf.range(max_det) < num
     det_classes = tf.where(valid, tf.gather(classes, keep), -1)[None]
     det_boxes = tf.gather(pair_boxes, keep)[None]
