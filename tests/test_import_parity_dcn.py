@@ -176,6 +176,9 @@ def _released_keys(depth, groups, width, dcn_stages, head_dcn):
     ((101, 64, 4, (), False), "paa_x101_64x4d_fpn_2x_coco_authors.yaml"),
     ((101, 64, 4, (4, 5), True), "paa_dcnv2_x101_64x4d_fpn_2x_coco_authors.yaml"),
     ((152, 32, 8, (3, 4, 5), True), "paa_dcnv2_x152_32x8d_fpn_2x_coco_authors.yaml"),
+    # Published AP, no released checkpoint: a model trained with their code imports too.
+    ((101, 1, 64, (3, 4, 5), True), "paa_dcnv2_r101_fpn_2x_coco_authors.yaml"),
+    ((101, 32, 8, (4, 5), True), "paa_dcnv2_x101_32x8d_fpn_2x_coco_authors.yaml"),
     ((101, 1, 64, (), False), "paa_r101_fpn_2x_coco_authors.yaml"),
 ])
 def test_each_released_network_picks_its_preset_and_the_preset_fits(network, preset):
@@ -240,3 +243,36 @@ def test_torchvision_imagenet_resnext_converts_to_a_backbone_checkpoint(tmp_path
             x = stage(x)
     got = model.backbone(paa_input(config, image), training=False)[5].numpy()
     assert _relative_error(got, x.permute(0, 2, 3, 1).numpy()) < RELATIVE_TOLERANCE
+
+
+@pytest.mark.slow
+def test_msra_resnet_with_dcn_in_res3_to_res5_matches_the_reference(tmp_path):
+    """The authors' dcnv2 ResNet layout (PAA_dcnv2_R_101_FPN: MSRA blocks with the stride in
+    the first 1x1, so every deformable conv has stride 1; DCNv2 in res3-res5 and the head):
+    an R-50 of that layout, imported through the R-101 dcnv2 preset that the file's keys pick
+    (depth overridden), gives every level's outputs and the detections of the reference."""
+    from paa_tf.convert import importer, layouts, torch_file
+
+    torch.manual_seed(0)
+    network = ref.randomize(ref.KKPAA(50, dcn_stages=(3, 4, 5), head_dcn=True), seed=14)
+    checkpoint = tmp_path / "dcnv2_r50.pth"
+    torch.save(network.checkpoint(), checkpoint)
+    arch = layouts.architecture(torch_file.read_state_dict(checkpoint)[0], "authors")
+    assert (arch.depth, arch.dcn_stages, arch.head_dcn) == (50, (3, 4, 5), True)
+    depth101 = layouts.Architecture(101, dcn_stages=(3, 4, 5), head_dcn=True)
+    preset = importer.preset_path("authors", depth101)
+    assert preset.name == "paa_dcnv2_r101_fpn_2x_coco_authors.yaml"
+    run_dir = tmp_path / "run"
+    assert cli_import(["--torch_checkpoint", checkpoint, "--output_dir", run_dir,
+                       "--config", preset, "--override", "model.backbone=resnet50"]) == 0
+    config = config_lib.load_config(run_dir / "config.yaml")
+    assert config.model.backbone_style == "msra"
+    model = restore.restore_model(config, tf.train.latest_checkpoint(str(run_dir)),
+                                  (HEIGHT, WIDTH))
+    image = rgb_image(5)
+    with torch.no_grad():
+        levels = ref.to_paa_layout(network(reference_input("authors", image)))
+    outputs = model(paa_input(config, image), training=False)
+    worst = assert_levels_match(levels, outputs, model.level_ids, "msra dcnv2")
+    print(f"\nmsra ResNet + DCNv2 res3-5: largest relative difference per output {worst}")
+    assert_same_detections(config, model, levels, outputs)

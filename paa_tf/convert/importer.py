@@ -56,16 +56,21 @@ _COMMON = {"model.min_level": 3, "model.max_level": 7, "model.octave_base_scale"
 
 # The preset used by default for each reference and network (``layouts.architecture``). The
 # schedule in the name is the one the released models were trained with (mmdetection's 1x;
-# the authors' R-50 release is 1.5x, their other releases 2x); it changes nothing at
-# inference.
+# the authors' R-50 release is 1.5x, their others 2x); it changes nothing at inference. The
+# authors' dcnv2 R-101 and X-101 32x8d have presets without a released checkpoint (a model
+# trained with their code imports through them).
 _ARCH = layouts.Architecture
 PRESETS = {("mmdet", _ARCH(50)): "paa_r50_fpn_1x_coco_mmdet.yaml",
            ("mmdet", _ARCH(101)): "paa_r101_fpn_1x_coco_mmdet.yaml",
            ("authors", _ARCH(50)): "paa_r50_fpn_1.5x_coco_authors.yaml",
            ("authors", _ARCH(101)): "paa_r101_fpn_2x_coco_authors.yaml",
+           ("authors", _ARCH(101, dcn_stages=(3, 4, 5), head_dcn=True)):
+               "paa_dcnv2_r101_fpn_2x_coco_authors.yaml",
            ("authors", _ARCH(101, 64, 4)): "paa_x101_64x4d_fpn_2x_coco_authors.yaml",
            ("authors", _ARCH(101, 64, 4, (4, 5), True)):
                "paa_dcnv2_x101_64x4d_fpn_2x_coco_authors.yaml",
+           ("authors", _ARCH(101, 32, 8, (4, 5), True)):
+               "paa_dcnv2_x101_32x8d_fpn_2x_coco_authors.yaml",
            ("authors", _ARCH(152, 32, 8, (3, 4, 5), True)):
                "paa_dcnv2_x152_32x8d_fpn_2x_coco_authors.yaml"}
 
