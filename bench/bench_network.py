@@ -107,6 +107,7 @@ def level_outputs_tf(outputs):
 
 
 def level_outputs_torch(levels):
+    """The reference's per-level NCHW outputs, in paa-tf's layout, as one float32 array."""
     flat = ref.to_paa_layout(levels)
     return np.concatenate([np.concatenate([a.reshape(-1) for a in flat[k]])
                            for k in ("cls_logits", "box_deltas", "iou_logits")])
@@ -151,9 +152,8 @@ def torch_configurations(network, example_inputs):
             outputs = frozen[key](x)
         return [outputs[i:i + 3] for i in range(0, len(outputs), 3)]
 
-    # Inductor's C++ code for the CPU, one graph per input shape (dynamic=False: the fastest
-    # code, compiled in the untimed warm-up round; torchvision's deform_conv2d stays an
-    # external kernel call inside the graph).
+    # Inductor's C++ code for the CPU, one graph per input shape (dynamic=False), compiled in
+    # the untimed warm-up round.
     compiled = torch.compile(network, dynamic=False)
 
     def compile_(x):
