@@ -125,8 +125,9 @@ class _Flat(torch.nn.Module):
         return tuple(t for level in self.network(x) for t in level)
 
 
-def torch_configurations(network, example_inputs):
-    """name -> callable(NCHW tensor) -> the network's per-level outputs."""
+def torch_configurations(network):
+    """name -> callable(NCHW tensor) -> the network's per-level outputs. The traced and
+    compiled forms are built per input shape at their first call (the untimed warm-up)."""
     network = network.eval()
 
     def eager(x):
@@ -144,7 +145,7 @@ def torch_configurations(network, example_inputs):
 
     def jit(x):
         key = tuple(x.shape)
-        if key not in frozen:  # one trace per input shape, outside the timed calls
+        if key not in frozen:  # one trace per input shape
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
                 frozen[key] = torch.jit.freeze(torch.jit.trace(flat, x, check_trace=False))
@@ -160,8 +161,6 @@ def torch_configurations(network, example_inputs):
         with torch.inference_mode():
             return compiled(x)
 
-    for x in example_inputs:  # trace every shape now: tracing is not what is timed
-        jit(x)
     return {"torch eager": eager, "torch channels_last": in_channels_last, "torch jit": jit,
             "torch compile": compile_}
 
@@ -190,7 +189,7 @@ def run(name, photos, args, folder):
     print(f"\n{name}: {report['architecture']} ({NETWORKS[name][1]}), inputs {shapes}")
 
     tf_calls = tf_configurations(model)
-    torch_calls = torch_configurations(network, torch_inputs)
+    torch_calls = torch_configurations(network)
     reference = level_outputs_torch(torch_calls["torch eager"](torch_inputs[0]))
     scale = np.abs(reference).max()
     for label, call in {**tf_calls, **torch_calls}.items():
@@ -212,8 +211,7 @@ def run(name, photos, args, folder):
     print(f"  {'per photo':20s}{'wall ms':>10s}{'CPU ms':>10s}")
     for label in calls:
         print(f"  {label:20s}{wall[label] * 1e3:10.0f}{cpu[label] * 1e3:10.0f}")
-    best_tf = min((label for label in tf_calls), key=cpu.get)
-    best_torch = min((label for label in torch_calls), key=cpu.get)
+    best_tf, best_torch = min(tf_calls, key=cpu.get), min(torch_calls, key=cpu.get)
     print(f"  best TF ({best_tf}) / best PyTorch ({best_torch}): CPU "
           f"{cpu[best_tf] / cpu[best_torch]:.2f}x, wall {wall[best_tf] / wall[best_torch]:.2f}x;"
           f" tf function / torch eager: CPU {cpu['tf function'] / cpu['torch eager']:.2f}x")

@@ -142,20 +142,28 @@ def _python_path(config, model, decoded, score_voting=True):
             "num_detections": det["num_detections"].astype(np.float32)}
 
 
-def pair_detections(want, got):
-    """Index into `got` of the partner of each detection of `want` (dicts of one image's
-    `detection_boxes` [N, 4], `detection_scores` [N], `detection_classes` [N], N equal):
-    the one-to-one pairing within classes that minimises the summed largest score-or-corner
-    difference (`linear_sum_assignment`). Not by rank, which round-off may swap between two
-    near-tied scores; not by IoU, undefined for the zero-area boxes a random model can clip."""
-    from scipy.optimize import linear_sum_assignment
+OTHER_CLASS = 1e9  # pairing cost of two detections of different classes
 
+
+def pairing_cost(want, got):
+    """float [N, M]: the largest score-or-corner difference between each detection of `want`
+    and of `got` (dicts of one image's `detection_boxes` [N, 4], `detection_scores` [N],
+    `detection_classes` [N]; M for `got`), `OTHER_CLASS` across classes."""
     cost = np.maximum(
         np.abs(want["detection_scores"][:, None] - got["detection_scores"][None]),
         np.abs(want["detection_boxes"][:, None] - got["detection_boxes"][None]).max(-1))
-    cost = np.where(want["detection_classes"][:, None] == got["detection_classes"][None],
-                    cost, 1e9)
-    rows, partner = linear_sum_assignment(cost)
+    return np.where(want["detection_classes"][:, None] == got["detection_classes"][None],
+                    cost, OTHER_CLASS)
+
+
+def pair_detections(want, got):
+    """Index into `got` of the partner of each detection of `want` (`pairing_cost`'s dicts,
+    N equal): the one-to-one pairing within classes that minimises the summed
+    `pairing_cost` (`linear_sum_assignment`). Not by rank, which round-off may swap between two
+    near-tied scores; not by IoU, undefined for the zero-area boxes a random model can clip."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, partner = linear_sum_assignment(pairing_cost(want, got))
     assert np.array_equal(rows, np.arange(len(rows)))
     return partner
 

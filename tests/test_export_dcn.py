@@ -135,20 +135,20 @@ def _format_pairs(want, got, size):
     """For each detection of `want` ((boxes [n, 4], scores [n], classes [n]) of one image,
     `test_export_formats._reliable`): (largest corner difference in pixels of the original
     image of height, width `size`, score difference) to its partner in `got`, or None without
-    a same-class one. One to one, minimising the summed largest score-or-corner difference
-    (`test_export.pair_detections`' rule) rather than by IoU as test_export_formats pairs:
-    this random model clips some boxes to zero area at the image border, where IoU is 0."""
+    a same-class one. One to one, minimising the summed `test_export.pairing_cost` (the rule
+    of `test_export.pair_detections`, here for unequal counts) rather than by IoU as
+    test_export_formats pairs: this random model clips some boxes to zero area at the image
+    border, where IoU is 0."""
     from scipy.optimize import linear_sum_assignment
 
-    boxes, scores, classes = want
-    got_boxes, got_scores, got_classes = got
+    keys = ("detection_boxes", "detection_scores", "detection_classes")
+    cost = test_export.pairing_cost(dict(zip(keys, want)), dict(zip(keys, got)))
+    boxes, scores, _ = want
+    got_boxes, got_scores, _ = got
     pixels = np.tile(np.asarray(size, np.float32), 2)
-    corner = np.abs(boxes[:, None] - got_boxes[None]).max(-1)
-    cost = np.maximum(np.abs(scores[:, None] - got_scores[None]), corner)
-    cost = np.where(classes[:, None] == got_classes[None], cost, 1e9)
     pairs = [None] * len(boxes)
     for row, col in zip(*linear_sum_assignment(cost)):
-        if cost[row, col] < 1e9:
+        if cost[row, col] < test_export.OTHER_CLASS:
             pairs[row] = (float(np.abs((boxes[row] - got_boxes[col]) * pixels).max()),
                           float(abs(scores[row] - got_scores[col])))
     return pairs
